@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` (the whole pipeline, locally, on the demo data) and
+# `make test` (the test suite). Both create the virtual environment first when it is missing or stale.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: demo test compile lock
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements/lock.txt
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+# Extra arguments for the run: make demo ARGS="training.epochs=1 --phases phase1 phase2 phase6"
+demo: $(STAMP)
+	$(BIN)/streetvision run $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Refresh the committed default pipeline YAML after changing components or defaults.
+compile: $(STAMP)
+	$(BIN)/streetvision compile -o pipelines/streetvision_stage1.yaml
+
+# Re-resolve requirements/dev.in into requirements/lock.txt in a scratch environment.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q -r requirements/dev.in
+	{ sed -n '1,2p' requirements/lock.txt; .lock-venv/bin/python -m pip freeze; } > requirements/lock.txt.new
+	mv requirements/lock.txt.new requirements/lock.txt && rm -rf .lock-venv

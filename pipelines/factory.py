@@ -1,0 +1,94 @@
+"""The pipeline factory: `build_pipeline(cfg)` returns a KFP pipeline with only the selected phases.
+
+Phases are chosen at compile time (no dsl.If): the local runner's control-flow support is young, and a
+compiled YAML that shows exactly what runs is easier to review. Tasks are wired by artifact type, so a
+mis-wired split fails here, when the pipeline is defined.
+"""
+
+from pathlib import Path
+
+from kfp import compiler, dsl, kubernetes
+
+from streetvision.config import Config, config_to_json
+from streetvision.phase_graph import resolve_phases
+from streetvision_components.phases import PHASE_FUNCTIONS
+
+# GKE node labels for each accelerator choice (cloud.google.com/gke-accelerator).
+GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+GKE_ACCELERATORS = {"h100": "nvidia-h100-80gb", "a100": "nvidia-a100-80gb"}
+
+DEFAULT_PIPELINE_FILE = Path(__file__).with_name("streetvision_stage1.yaml")
+
+
+def make_component(phase: str, cfg: Config):
+    """Wrap the phase's function as a lightweight component on the image its resources call for."""
+    uses_gpu = cfg.cluster.resources_for(phase).gpus > 0
+    image = cfg.cluster.gpu_image if uses_gpu else cfg.cluster.cpu_image
+    return dsl.component(PHASE_FUNCTIONS[phase], base_image=image, install_kfp_package=False)
+
+
+def configure_task(task: dsl.PipelineTask, phase: str, cfg: Config) -> dsl.PipelineTask:
+    """Requests/limits from config; GPU phases get the accelerator, its node selector and toleration."""
+    res = cfg.cluster.resources_for(phase)
+    task.set_display_name(phase)
+    task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu)
+    task.set_memory_request(res.memory).set_memory_limit(res.memory)
+    if res.gpus > 0 and cfg.cluster.accelerator != "none":
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(res.gpus)
+        kubernetes.add_node_selector(task, GKE_ACCELERATOR_LABEL, GKE_ACCELERATORS[cfg.cluster.accelerator])
+        kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+    return task
+
+
+def build_pipeline(cfg: Config):
+    """A KFP pipeline for `cfg`; its `config` parameter defaults to the resolved config (as JSON)."""
+    phases, _ = resolve_phases(cfg.pipeline.phases)
+    ops = {phase: make_component(phase, cfg) for phase in phases}
+    default_config = config_to_json(cfg)
+
+    @dsl.pipeline(
+        name=cfg.pipeline.name,
+        description="StreetVision Stage 1: ingest -> train -> calibrate + selective policy -> bundle -> evaluate",
+    )
+    def stage1(config: str = default_config):
+        common = {"config": config}
+        ingest = configure_task(ops["ingest"](**common), "ingest", cfg)
+        if "phase1" not in ops:
+            return
+        phase1 = configure_task(
+            ops["phase1"](
+                **common,
+                train=ingest.outputs["train"],
+                val_select=ingest.outputs["val_select"],
+                val_calib=ingest.outputs["val_calib"],
+            ),
+            "phase1",
+            cfg,
+        )
+        if "phase2" not in ops:
+            return
+        phase2 = configure_task(
+            ops["phase2"](**common, val_calib_logits=phase1.outputs["val_calib_logits"]), "phase2", cfg
+        )
+        if "phase6" not in ops:
+            return
+        phase6 = configure_task(
+            ops["phase6"](**common, checkpoint=phase1.outputs["checkpoint"], policy=phase2.outputs["policy"]),
+            "phase6",
+            cfg,
+        )
+        if "evaluate" in ops:
+            configure_task(
+                ops["evaluate"](**common, bundle=phase6.outputs["bundle"], val_test=ingest.outputs["val_test"]),
+                "evaluate",
+                cfg,
+            )
+
+    return stage1
+
+
+def compile_pipeline(cfg: Config, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(cfg), str(path))
+    return path

@@ -1,0 +1,157 @@
+"""Run the pipeline with the KFP local runner, in a run folder of its own, resumable after a failure.
+
+Layout of a run folder (under --output-dir):
+  config.yaml   the resolved config (a resumed run reads it back, so it reruns the same pipeline)
+  pipeline.yaml the compiled pipeline that ran
+  run.json      status, timings, and where the bundle and report are
+  run.log       the complete log of every task (the console shows the readable part)
+  kfp/          the KFP pipeline root: task outputs and the local cache (.kfp_cache) that makes resume work
+"""
+
+import contextlib
+import io
+import json
+import logging
+import re
+import secrets
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kfp import local
+
+from streetvision.config import Config, config_from_yaml_file, config_to_json, config_to_yaml
+from streetvision.phase_graph import resolve_phases
+from streetvision.run_summary import PIPELINE_ROOT, RUN_CONFIG, RUN_RECORD, RunSummary, summarize_run
+from streetvision_pipelines.factory import build_pipeline, compile_pipeline
+
+
+RUN_LOG = "run.log"
+# Local-runner chatter that buries the phases' own output: the executor's input JSON, its bookkeeping lines,
+# and the repr of every output artifact. run.log keeps all of it.
+_QUIET = re.compile(
+    r"\[KFP Executor [^]]*INFO\]: (Looking for|Loading KFP|Wrote executor)"
+    r"|^\s*(\w+: \w+\( name=|uri='|metadata=\{)"
+    r"|Streamed logs:|outputs:$|has no outputs$"
+)
+
+
+class ConsoleFilter(io.TextIOBase):
+    """Tee for the local run: everything to run.log, the readable part to the console."""
+
+    def __init__(self, console, log_file):
+        self.console, self.log_file = console, log_file
+        self.pending = ""
+        self.in_dump = False
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self._route(line)
+        return len(text)
+
+    def _route(self, line: str) -> None:
+        if "Got executor_input:" in line:
+            self.in_dump = True
+            return
+        if self.in_dump:
+            # The dump is indented JSON; it ends with a closing brace at the dump's own indentation.
+            self.in_dump = line.strip() != "}" or line.startswith("        ")
+            return
+        if not _QUIET.search(line):
+            self.console.write(line + "\n")
+
+    def flush(self) -> None:
+        self.log_file.flush()
+        self.console.flush()
+
+
+@dataclass
+class LocalRun:
+    run_dir: Path
+    succeeded: bool
+    error: str | None
+    seconds: float
+    summary: RunSummary
+
+
+@contextlib.contextmanager
+def _show_cache_hits():
+    """The local runner logs a reused (cached) task at INFO outside its own log setup, where it is dropped;
+    a resumed run should say which phases it reused."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(lambda record: "cache hit" in record.getMessage())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def new_run_dir(output_dir: str | Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(output_dir) / f"{stamp}-{secrets.token_hex(3)}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def prepare_run(cfg: Config | None, output_dir: str | Path, resume: str | Path | None) -> tuple[Path, Config]:
+    """A fresh run folder with the config saved in it, or an existing one (resume) with its saved config."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / RUN_CONFIG).is_file():
+            raise FileNotFoundError(
+                f"{run_dir} is not a run folder (no {RUN_CONFIG}); pass a folder that `streetvision run` created"
+            )
+        return run_dir, config_from_yaml_file(run_dir / RUN_CONFIG)
+    run_dir = new_run_dir(output_dir)
+    (run_dir / RUN_CONFIG).write_text(config_to_yaml(cfg))
+    return run_dir, cfg
+
+
+def run_local(cfg: Config, run_dir: Path) -> LocalRun:
+    """Run every selected phase locally; a rerun on the same folder resumes from the first unfinished phase."""
+    phases, _ = resolve_phases(cfg.pipeline.phases)
+    compile_pipeline(cfg, run_dir / "pipeline.yaml")
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(run_dir / PIPELINE_ROOT),
+        enable_caching=True,
+    )
+    started = time.time()
+    error = None
+    with open(run_dir / RUN_LOG, "a") as log_file, warnings.catch_warnings():
+        # Resource requests and node selectors are for the cluster; the local runner says so once per task.
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+        # The local runner uses this environment, not the image; it warns that the image is not "python".
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        with contextlib.redirect_stdout(ConsoleFilter(sys.stdout, log_file)), _show_cache_hits():
+            try:
+                build_pipeline(cfg)(config=config_to_json(cfg))
+            except RuntimeError as exc:  # the local runner reports a failed task this way
+                error = str(exc)
+    seconds = time.time() - started
+    summary = summarize_run(run_dir, phases)
+    succeeded = error is None and all(summary.status(p) == "done" for p in phases)
+    record = {
+        "status": "succeeded" if succeeded else "failed",
+        "error": error,
+        "phases": {p: summary.status(p) for p in phases},
+        "seconds": round(seconds, 1),
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bundle": str(summary.bundle) if summary.bundle else None,
+        "report": str(summary.report) if summary.report else None,
+        "evaluation": summary.evaluation,
+    }
+    (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2))
+    return LocalRun(run_dir, succeeded, error, seconds, summary)

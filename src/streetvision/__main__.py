@@ -1,0 +1,5 @@
+import sys
+
+from streetvision.cli import main
+
+sys.exit(main())

@@ -1,0 +1,251 @@
+"""Load, override and validate the typed config.
+
+Override syntax follows the seed (Hydra style): ``group=preset`` picks a preset file for a group that has
+them (``model=vit_small``), ``a.b.c=value`` sets one key (the value is parsed as YAML, so ``1``, ``true``,
+``[a, b]`` and ``null`` mean what they say). Every problem — unknown keys, wrong types, bad values — is
+collected and raised once as :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streetvision.config.schema import Config
+
+DEFAULTS_PACKAGE = "streetvision.config"
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """All problems found in a config, one per line."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"{len(self.problems)} problem(s) in {source}:\n{lines}\n"
+            "Fix the keys above (see `streetvision config` for every key and its default)."
+        )
+
+
+def _defaults_dir():
+    return resources.files(DEFAULTS_PACKAGE).joinpath("defaults")
+
+
+def preset_groups() -> dict[str, list[str]]:
+    """Groups that have preset files, e.g. {'model': ['demo_tiny', 'vit_base', 'vit_small']}."""
+    groups = {}
+    for entry in _defaults_dir().iterdir():
+        if entry.is_dir() and not entry.name.startswith("_"):
+            groups[entry.name] = sorted(p.name[:-5] for p in entry.iterdir() if p.name.endswith(".yaml"))
+    return groups
+
+
+def _read_yaml(text: str, source: str) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], source) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"top level must be a mapping, got {type(data).__name__}"], source)
+    return data
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _split_overrides(overrides: list[str], problems: list[str]) -> tuple[dict[str, str], list[tuple[str, Any]]]:
+    groups = preset_groups()
+    selections: dict[str, str] = {}
+    assignments: list[tuple[str, Any]] = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"override {item!r}: expected key=value, e.g. training.epochs=1 or model=vit_small")
+            continue
+        if key in groups and "." not in key:
+            if raw not in groups[key]:
+                problems.append(f"override {item!r}: unknown {key} preset {raw!r}; available: {groups[key]}")
+            else:
+                selections[key] = raw
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        assignments.append((key, value))
+    return selections, assignments
+
+
+def _set_dotted(data: dict, dotted: str, value: Any, problems: list[str]) -> None:
+    parts = dotted.split(".")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part, _MISSING)
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            problems.append(f"override {dotted}: {where!r} is not a config group{_suggest(part, node)}")
+            return
+        node = child
+    if parts[-1] not in node:
+        problems.append(f"override {dotted}: unknown key{_suggest(parts[-1], node)}")
+        return
+    node[parts[-1]] = value
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, where: str, problems: list[str]) -> Any:
+    """Check `value` against annotation `tp`; return the converted value (or the input on failure)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, problems)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], where, problems)
+    if origin is typing.Literal:
+        if value not in args:
+            problems.append(f"{where}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+            return value
+        return [_coerce(v, args[0], f"{where}[{i}]", problems) for i, v in enumerate(value)] if args else value
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }.get(tp)
+    if ok is None:
+        raise TypeError(f"config schema uses unsupported annotation {tp!r} at {where}")
+    if not ok(value):
+        problems.append(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return value
+    return float(value) if tp is float else value
+
+
+def _build(cls, data: Any, where: str, problems: list[str]):
+    if not isinstance(data, dict):
+        problems.append(f"{where or 'config'}: expected a mapping, got {type(data).__name__} {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            problems.append(f"{where + '.' if where else ''}{key}: unknown key{_suggest(str(key), names)}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{where + '.' if where else ''}{name}", problems)
+    try:
+        return cls(**kwargs)
+    except TypeError:  # only reached when a problem was already recorded for this group
+        return cls()
+
+
+def _check_values(node, where: str, problems: list[str]) -> None:
+    """Run each (nested) group's own check(), prefixing its problems with the group's path."""
+    check = getattr(node, "check", None)
+    if check is not None:
+        try:
+            problems += [f"{where}.{p}" if where else p for p in check()]
+        except TypeError:  # a value of the wrong type, already reported by _build
+            pass
+    for f in dataclasses.fields(node):
+        child = getattr(node, f.name)
+        if dataclasses.is_dataclass(child):
+            _check_values(child, f"{where}.{f.name}" if where else f.name, problems)
+
+
+def config_from_dict(data: dict, source: str = "config", problems: list[str] | None = None) -> Config:
+    problems = list(problems or [])
+    cfg = _build(Config, data, "", problems)
+    _check_values(cfg, "", problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def default_tree(selections: dict[str, str] | None = None) -> dict:
+    """The default config as a plain dict, with preset groups resolved."""
+    base = _read_yaml(_defaults_dir().joinpath("config.yaml").read_text(), "defaults/config.yaml")
+    chosen = dict(base.pop("defaults", {}) or {})
+    chosen.update(selections or {})
+    for group, preset in chosen.items():
+        text = _defaults_dir().joinpath(group, f"{preset}.yaml").read_text()
+        base[group] = _deep_merge(base.get(group, {}), _read_yaml(text, f"defaults/{group}/{preset}.yaml"))
+    # Fill keys the YAML leaves out from the dataclass defaults, so overrides can address every key.
+    return _deep_merge(dataclasses.asdict(Config()), base)
+
+
+def load_config(overrides: list[str] | None = None, config_file: str | Path | None = None) -> Config:
+    """Defaults <- preset selections <- optional YAML file <- dotted overrides; validated as a whole."""
+    problems: list[str] = []
+    selections, assignments = _split_overrides(list(overrides or []), problems)
+    tree = default_tree(selections)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            problems.append(f"--config {path}: file not found")
+        else:
+            tree = _deep_merge(tree, _read_yaml(path.read_text(), str(path)))
+    for key, value in assignments:
+        _set_dotted(tree, key, value, problems)
+    return config_from_dict(tree, "config and overrides", problems)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def config_to_json(cfg: Config) -> str:
+    return json.dumps(config_to_dict(cfg), sort_keys=True)
+
+
+def config_from_json(text: str) -> Config:
+    """Parse the config a pipeline task receives (validated again: a hand-edited run can't skip checks)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"not valid JSON: {exc}"], "pipeline parameter 'config'") from exc
+    return config_from_dict(data, "pipeline parameter 'config'")
+
+
+def config_from_yaml_file(path: str | Path) -> Config:
+    return config_from_dict(_read_yaml(Path(path).read_text(), str(path)), str(path))

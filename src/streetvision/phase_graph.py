@@ -1,0 +1,48 @@
+"""Which phases a run contains: the user's selection plus what it cannot run without (kfp-free)."""
+
+from __future__ import annotations
+
+from streetvision.config.schema import PHASE_NAMES
+from streetvision.contracts.errors import ContractError
+
+# Phases that produce the bundle's selective policy; phase 6 takes exactly one.
+POLICY_PHASES = ("phase2",)
+REQUIRES = {
+    "ingest": (),
+    "phase1": ("ingest",),
+    "phase2": ("phase1",),
+    "phase6": ("phase1",),
+    "evaluate": ("ingest", "phase6"),
+}
+
+
+def resolve_phases(requested: list[str]) -> tuple[list[str], list[str]]:
+    """Return (phases in execution order, phases added as dependencies). Raise when the choice is ambiguous.
+
+    Dependencies with a single possible provider are added; the bundle's policy phase must be chosen.
+    """
+    if "all" in requested:
+        return list(PHASE_NAMES), []
+    chosen = set(requested)
+    unknown = chosen - set(PHASE_NAMES)
+    if unknown:
+        raise ContractError(
+            f"unknown phase(s) {sorted(unknown)}", "--phases / pipeline.phases", f"choose from {list(PHASE_NAMES)} or all"
+        )
+    needs_bundle = chosen & {"phase6", "evaluate"}
+    policies = chosen & set(POLICY_PHASES)
+    if needs_bundle and len(policies) != 1:
+        found = sorted(policies) or "none"
+        raise ContractError(
+            f"the bundle takes exactly one policy phase; selected: {found}",
+            "--phases / pipeline.phases",
+            f"add exactly one of {list(POLICY_PHASES)} (e.g. --phases phase1 phase2 phase6)",
+        )
+    stack = list(chosen)
+    while stack:
+        for dep in REQUIRES[stack.pop()]:
+            if dep not in chosen:
+                chosen.add(dep)
+                stack.append(dep)
+    ordered = [p for p in PHASE_NAMES if p in chosen]
+    return ordered, [p for p in ordered if p not in requested]

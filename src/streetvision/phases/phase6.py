@@ -1,0 +1,86 @@
+"""Phase 6: export the deployment bundle — weights, calibrator, exactly one policy, config, versions, hashes."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from pathlib import Path
+
+from streetvision import __version__
+from streetvision.config.loader import config_to_yaml
+from streetvision.config.schema import Config
+from streetvision.contracts.metadata import (
+    ArtifactMetadata,
+    check_same_partition,
+    prepare_output_dir,
+    require_input,
+    write_metadata,
+)
+from streetvision.contracts.validators import (
+    BUNDLE_FILES,
+    BUNDLE_MANIFEST,
+    sha256_file,
+    validate_bundle,
+    validate_checkpoint,
+    validate_policy,
+)
+
+PHASE = "phase6"
+
+
+def _versions() -> dict:
+    import safetensors
+    import timm
+    import torch
+
+    return {
+        "streetvision": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, bundle_dir: str | Path) -> dict:
+    checkpoint_dir, policy_dir = Path(checkpoint_dir), Path(policy_dir)
+    metas = {
+        "checkpoint": require_input(checkpoint_dir, kind="checkpoint", phase=PHASE, input_name="checkpoint"),
+        "policy": require_input(policy_dir, kind="policy", phase=PHASE, input_name="policy"),
+    }
+    partition = check_same_partition(metas, PHASE)
+    validate_checkpoint(checkpoint_dir)
+    policy = validate_policy(json.loads((policy_dir / "policy.json").read_text()), f"{PHASE} input 'policy'")
+    bundle_dir = prepare_output_dir(bundle_dir)
+
+    for name in ("model.safetensors", "model_config.json", "preprocessing.json"):
+        shutil.copyfile(checkpoint_dir / name, bundle_dir / name)
+    shutil.copyfile(policy_dir / "calibrator.json", bundle_dir / "calibrator.json")
+    shutil.copyfile(policy_dir / "policy.json", bundle_dir / "policy.json")
+    (bundle_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    (bundle_dir / "versions.json").write_text(json.dumps(_versions(), indent=2))
+    manifest = {
+        "format": "streetvision.bundle/v1",
+        "policy_kind": policy["kind"],
+        "guarantee": policy["guarantee"],
+        "files": {name: sha256_file(bundle_dir / name) for name in BUNDLE_FILES},
+    }
+    (bundle_dir / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    validate_bundle(bundle_dir)
+
+    lineage = list(dict.fromkeys(metas["checkpoint"].lineage + metas["policy"].lineage))
+    meta = ArtifactMetadata(
+        kind="bundle",
+        phase=PHASE,
+        partition=partition,
+        lineage=lineage,
+        summary={
+            "policy": policy["kind"],
+            "feasible": policy["feasible"],
+            "calib_coverage": round(policy["calib_coverage"], 4),
+            "files": len(BUNDLE_FILES) + 1,
+            "bytes": sum((bundle_dir / n).stat().st_size for n in BUNDLE_FILES),
+        },
+    )
+    return {"bundle": write_metadata(bundle_dir, meta)}

@@ -1,0 +1,116 @@
+"""The evaluation report: one self-contained HTML file (inline PNG plots, no network), readable in the KFP UI."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written inside pipeline tasks
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _reliability(confidence, correct, bins):
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    centers, accs, counts = [], [], []
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            centers.append(confidence[mask].mean())
+            accs.append(correct[mask].mean())
+            counts.append(int(mask.sum()))
+    ax.plot([0.5, 1], [0.5, 1], "--", color="grey", label="perfect calibration")
+    ax.scatter(centers, accs, s=[12 + 4 * np.sqrt(c) for c in counts], color="#1f77b4", zorder=3,
+               label="bins (size ~ count)")
+    ax.plot(centers, accs, color="#1f77b4")
+    ax.set(xlim=(0.45, 1.01), ylim=(0.0, 1.02), xlabel="confidence (calibrated)", ylabel="accuracy",
+           title="Reliability diagram")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def _risk_coverage(coverage, risk, metrics, policy):
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot(coverage, risk, color="#d62728", label="selective risk")
+    ax.axhline(policy["target_risk"], ls="--", color="grey", label=f"target risk {policy['target_risk']:.2f}")
+    if metrics["coverage"] > 0:
+        ax.scatter([metrics["coverage"]], [1 - metrics["selective_accuracy"]], color="black", zorder=3,
+                   label=f"policy: coverage {metrics['coverage']:.2f}")
+    ax.set(xlim=(0, 1.01), ylim=(0, max(0.05, float(risk.max()) * 1.1)), xlabel="coverage",
+           ylabel="error among accepted", title=f"Risk-coverage (AURC {metrics['aurc']:.3f})")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _confusion(matrix, label_names):
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center",
+                color="white" if value > matrix.max() / 2 else "black", fontsize=12)
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=label_names, yticklabels=label_names,
+           xlabel="predicted", ylabel="true", title="Confusion matrix (all samples)")
+    return _png(fig)
+
+
+def _roc(fpr, tpr, auroc):
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot(fpr, tpr, color="#2ca02c", label=f"AUROC {auroc:.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate (roadwork recall)", title="ROC")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "n/a" if not np.isfinite(value) else f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def write_html_report(path, *, metrics, confidence, correct, matrix, roc, risk_coverage, policy, label_names,
+                      ece_bins) -> None:
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in metrics.items())
+    verdict = (
+        f"Accuracy {metrics['accuracy']:.3f} is "
+        f"{'above' if metrics['accuracy'] > metrics['majority_rate'] else '<b>not above</b>'} "
+        f"the majority-class rate {metrics['majority_rate']:.3f} of VAL_TEST."
+    )
+    plots = [
+        _reliability(np.asarray(confidence), np.asarray(correct, dtype=float), ece_bins),
+        _risk_coverage(*risk_coverage, metrics, policy),
+        _confusion(np.asarray(matrix), label_names),
+        _roc(*roc, metrics["auroc"]),
+    ]
+    images = "".join(f'<img alt="plot" src="data:image/png;base64,{p}">' for p in plots)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>StreetVision Stage 1 evaluation</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
+table {{ border-collapse: collapse; }} td {{ border-bottom: 1px solid #ddd; padding: 3px 12px; }}
+.plots img {{ margin: 6px; border: 1px solid #eee; }} .note {{ background: #f6f6f6; padding: 8px 12px; }}
+</style></head><body>
+<h1>StreetVision Stage 1 — VAL_TEST evaluation</h1>
+<p class="note">{html.escape(verdict)}</p>
+<p class="note"><b>Policy guarantee.</b> {html.escape(policy["guarantee"])}</p>
+<div class="plots">{images}</div>
+<h2>Metrics ({metrics['n']} VAL_TEST images, calibrated probabilities, decision at 0.5)</h2>
+<table>{rows}</table>
+</body></html>
+"""
+    Path(path).write_text(page)

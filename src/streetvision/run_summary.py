@@ -1,0 +1,122 @@
+"""Read a run folder back: which phases finished, their key numbers, and where the bundle and report are.
+
+Works from the artifacts' completion records alone (no KFP API returns task outputs after a local run), so
+it also reads a run that failed half-way or was resumed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streetvision.contracts.metadata import METADATA_FILE
+
+RUN_CONFIG = "config.yaml"
+RUN_RECORD = "run.json"
+PIPELINE_ROOT = "kfp"
+
+# What each phase must leave behind to count as done: (kind, split) of its outputs.
+PHASE_OUTPUTS = {
+    "ingest": [("split", "train"), ("split", "val_select"), ("split", "val_calib"), ("split", "val_test"),
+               ("data_report", None)],
+    "phase1": [("checkpoint", None), ("logits", "val_select"), ("logits", "val_calib")],
+    "phase2": [("policy", None)],
+    "phase6": [("bundle", None)],
+    "evaluate": [("evaluation", "val_test")],
+}
+
+# The numbers worth a glance in the summary table, per output kind.
+HEADLINE = {
+    "data_report": ("records", "placed", "quarantined"),
+    "split": ("count", "class_counts"),
+    "checkpoint": ("best_epoch", "epochs_run", "val_select_mcc", "train_images_per_second", "device"),
+    "logits": ("accuracy", "mcc", "auroc"),
+    "policy": ("feasible", "threshold", "calib_coverage", "risk_bound", "temperature"),
+    "bundle": ("policy", "files", "bytes"),
+    "evaluation": ("accuracy", "majority_rate", "balanced_accuracy", "mcc", "auroc", "ece", "coverage",
+                   "selective_accuracy"),
+}
+
+
+@dataclass
+class OutputRecord:
+    phase: str
+    kind: str
+    split: str | None
+    path: Path
+    meta: dict
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    phases: list[str]
+    outputs: dict[tuple[str, str | None], OutputRecord] = field(default_factory=dict)
+
+    def status(self, phase: str) -> str:
+        return "done" if all(key in self.outputs for key in PHASE_OUTPUTS[phase]) else "not finished"
+
+    def reused(self, record: OutputRecord) -> bool:
+        """True when the output came from an earlier attempt of this run (a resume reused it)."""
+        attempts = sorted(p for p in (self.run_dir / PIPELINE_ROOT).iterdir() if p.is_dir() and p.name[0] != ".")
+        return bool(attempts) and attempts[-1] not in record.path.parents
+
+    def path_of(self, kind: str, split: str | None = None) -> Path | None:
+        record = self.outputs.get((kind, split))
+        return record.path if record else None
+
+    @property
+    def bundle(self) -> Path | None:
+        return self.path_of("bundle")
+
+    @property
+    def report(self) -> Path | None:
+        evaluation = self.path_of("evaluation", "val_test")
+        return evaluation / "report.html" if evaluation else None
+
+    @property
+    def evaluation(self) -> dict | None:
+        record = self.outputs.get(("evaluation", "val_test"))
+        return record.meta["summary"] if record else None
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """(phase, done/reused/missing, output, headline numbers) for every expected output, in phase order."""
+        rows = []
+        for phase in self.phases:
+            for kind, split in PHASE_OUTPUTS[phase]:
+                record = self.outputs.get((kind, split))
+                name = f"{kind}[{split}]" if split else kind
+                if record is None:
+                    rows.append((phase, "missing", name, ""))
+                    continue
+                values = {**record.meta.get("summary", {}), **{k: record.meta.get(k) for k in ("count", "class_counts")}}
+                numbers = ", ".join(
+                    f"{k}={_short(values[k])}" for k in HEADLINE[kind] if values.get(k) is not None
+                )
+                rows.append((phase, "reused" if self.reused(record) else "done", name, numbers))
+        return rows
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "/".join(str(v) for v in value.values())
+    return str(value)
+
+
+def summarize_run(run_dir: str | Path, phases: list[str]) -> RunSummary:
+    """Collect the newest complete output of each (kind, split) under the run's pipeline root."""
+    run_dir = Path(run_dir)
+    summary = RunSummary(run_dir, phases)
+    for record_file in sorted((run_dir / PIPELINE_ROOT).rglob(METADATA_FILE)):
+        try:
+            meta = json.loads(record_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        key = (meta.get("kind"), meta.get("split") if meta.get("kind") in ("split", "logits", "evaluation") else None)
+        current = summary.outputs.get(key)
+        if current is None or meta.get("created_unix", 0) >= current.meta.get("created_unix", 0):
+            summary.outputs[key] = OutputRecord(meta["phase"], key[0], key[1], record_file.parent, meta)
+    return summary

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny configs and a small ingested demo dataset (CPU only, offline)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from streetvision.config import load_config
+from streetvision.contracts import Split
+
+# Keep CPU tests predictable on 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+TINY = [
+    "data.demo.num_sequences=80",
+    "data.demo.frames_min=1",
+    "data.demo.frames_max=2",
+    "data.demo.roadwork_fraction=0.6",
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.depth=1",
+    "model.embed_dim=48",
+    "model.num_heads=2",
+    "training.epochs=1",
+    "training.batch_size=32",
+    "calibration.target_risk=0.5",
+]
+
+
+@pytest.fixture
+def tiny_cfg():
+    return load_config(TINY)
+
+
+def split_dirs(root: Path) -> dict[Split, Path]:
+    return {split: root / split.value for split in Split}
+
+
+@pytest.fixture(scope="session")
+def ingested(tmp_path_factory):
+    """One ingest of a small demo set, shared by the tests that only read it."""
+    from streetvision.phases.ingest import run_ingest
+
+    root = tmp_path_factory.mktemp("ingested")
+    cfg = load_config(TINY)
+    dirs = split_dirs(root)
+    meta = run_ingest(cfg, dirs, root / "report")
+    return cfg, dirs, root / "report", meta
+
+
+@pytest.fixture(scope="session")
+def trained(ingested, tmp_path_factory):
+    """Phase 1 on the shared ingest: checkpoint and logits dirs."""
+    from streetvision.phases.phase1 import run_phase1
+
+    cfg, dirs, _, _ = ingested
+    root = tmp_path_factory.mktemp("trained")
+    out = {name: root / name for name in ("checkpoint", "val_select_logits", "val_calib_logits")}
+    run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], out["checkpoint"],
+               out["val_select_logits"], out["val_calib_logits"])
+    return cfg, dirs, out

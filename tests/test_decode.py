@@ -1,0 +1,57 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streetvision.data.decode import QuarantineReason, decode_image
+
+
+def _encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _code(data: bytes, size=32, min_size=16) -> str:
+    with pytest.raises(QuarantineReason) as info:
+        decode_image(data, size, min_size)
+    return info.value.code
+
+
+def test_good_images_decode_to_the_training_size():
+    for img, fmt in [(Image.new("RGB", (80, 60), (200, 10, 10)), "JPEG"), (Image.new("L", (40, 40), 128), "PNG"),
+                     (Image.new("RGB", (50, 50)).convert("P"), "PNG")]:
+        out = decode_image(_encode(img, fmt), 32, 16)
+        assert out.pixels.shape == (32, 32, 3) and out.pixels.dtype == np.uint8
+        assert (out.width, out.height) == img.size
+
+
+def test_every_bad_input_has_a_named_reason():
+    good = _encode(Image.new("RGB", (64, 64), (1, 2, 3)))
+    assert _code(b"") == "zero_byte"
+    assert _code(b"this is not an image at all") == "not_an_image"
+    assert _code(good[: len(good) // 2]) == "undecodable"  # truncated JPEG
+    assert _code(_encode(Image.new("RGB", (10, 64)))) == "too_small"
+    assert _code(_encode(Image.new("CMYK", (64, 64)))) == "unsupported_mode"
+    assert _code(_encode(Image.new("RGBA", (64, 64)), "PNG")) == "unsupported_mode"
+    assert _code(_encode(Image.new("I;16", (64, 64)), "PNG")) == "unsupported_mode"
+
+
+def test_exif_orientation_is_applied():
+    # A 60x30 image whose EXIF says "rotate 90": it must come out as seen (portrait), size reported 30x60.
+    img = Image.new("RGB", (60, 30), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 30, 30))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW when shown
+    out = decode_image(_encode(img, exif=exif.tobytes()), 32, 16)
+    assert (out.width, out.height) == (30, 60)
+    top, bottom = out.pixels[:8].mean(), out.pixels[-8:].mean()
+    assert top > 200 and bottom < 50  # the white left half is now on top
+
+
+def test_pixel_hash_identifies_identical_content():
+    a = _encode(Image.new("RGB", (64, 64), (5, 6, 7)))
+    assert decode_image(a, 32, 16).pixel_hash == decode_image(a, 32, 16).pixel_hash
+    b = _encode(Image.new("RGB", (64, 64), (90, 6, 7)))
+    assert decode_image(a, 32, 16).pixel_hash != decode_image(b, 32, 16).pixel_hash

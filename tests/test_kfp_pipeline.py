@@ -1,0 +1,141 @@
+"""The KFP layer: typed wiring, compile of every phase selection, committed YAML freshness, plan, resources."""
+
+import pytest
+from kfp import dsl
+from kfp.dsl.types.type_utils import InconsistentTypeException
+
+from streetvision.config import load_config
+from streetvision.contracts import PHASE_READS, ContractError, check_access
+from streetvision.phase_graph import resolve_phases
+from streetvision_components.phases import PHASE_FUNCTIONS
+from streetvision_components.types import split_of_type
+from streetvision_pipelines.factory import DEFAULT_PIPELINE_FILE, make_component
+from streetvision_pipelines.inspect_spec import compile_to_documents, describe, load_documents
+
+
+def test_component_signatures_read_only_what_their_role_allows():
+    cfg = load_config()
+    for phase, func in PHASE_FUNCTIONS.items():
+        spec = make_component(phase, cfg).component_spec
+        split_inputs = {
+            name: split_of_type(inp.type.split("@")[0])
+            for name, inp in (spec.inputs or {}).items()
+            if split_of_type(inp.type.split("@")[0]) is not None
+        }
+        declared = {name: split for name, (_, split) in PHASE_READS[phase].items()}
+        assert split_inputs == declared, phase
+        for name, (role, split) in PHASE_READS[phase].items():
+            check_access(role, split, f"{phase}.{name}")  # the table itself obeys the policy
+
+
+def _wire(bad: str):
+    """A pipeline definition with one deliberately wrong edge."""
+    cfg = load_config()
+    ops = {p: make_component(p, cfg) for p in PHASE_FUNCTIONS}
+
+    @dsl.pipeline(name="miswired")
+    def miswired(config: str = "{}"):
+        ingest = ops["ingest"](config=config)
+        p1 = ops["phase1"](
+            config=config,
+            train=ingest.outputs["val_test" if bad == "test_as_train" else "train"],
+            val_select=ingest.outputs["val_select"],
+            val_calib=ingest.outputs["val_calib"],
+        )
+        source = "val_select_logits" if bad == "select_logits_to_policy" else "val_calib_logits"
+        ops["phase2"](config=config, val_calib_logits=p1.outputs[source])
+
+    return miswired
+
+
+@pytest.mark.parametrize("bad", ["select_logits_to_policy", "test_as_train"])
+def test_wrong_split_wiring_fails_at_pipeline_definition(bad):
+    with pytest.raises(InconsistentTypeException):
+        _wire(bad)
+
+
+def test_correct_wiring_is_accepted():
+    _wire("none")
+
+
+def test_phase_selection_adds_dependencies_and_refuses_ambiguity():
+    assert resolve_phases(["all"])[0] == ["ingest", "phase1", "phase2", "phase6", "evaluate"]
+    phases, added = resolve_phases(["phase2"])
+    assert phases == ["ingest", "phase1", "phase2"] and added == ["ingest", "phase1"]
+    with pytest.raises(ContractError, match="exactly one policy phase"):
+        resolve_phases(["phase6"])
+    with pytest.raises(ContractError, match="unknown phase"):
+        resolve_phases(["phase9"])
+
+
+VALID_SELECTIONS = [
+    ["ingest"],
+    ["phase1"],
+    ["phase1", "phase2"],
+    ["phase2", "phase6"],
+    ["phase1", "phase2", "phase6"],
+    ["all"],
+]
+
+
+@pytest.mark.parametrize("phases", VALID_SELECTIONS, ids=lambda p: "+".join(p))
+@pytest.mark.parametrize("accelerator", ["h100", "a100", "none"])
+def test_every_phase_selection_compiles(phases, accelerator):
+    cfg = load_config([f"pipeline.phases=[{', '.join(phases)}]", f"cluster.accelerator={accelerator}"])
+    expected, _ = resolve_phases(phases)
+    plans = describe(compile_to_documents(cfg))
+    assert [p.display_name for p in plans] == expected
+    for plan in plans:
+        gpus = cfg.cluster.resources_for(plan.display_name).gpus
+        accel = plan.resources.get("accelerator", {})
+        if gpus and accelerator != "none":
+            assert accel.get("resourceType") == "nvidia.com/gpu" and accel.get("resourceCount") == str(gpus)
+            label = {"h100": "nvidia-h100-80gb", "a100": "nvidia-a100-80gb"}[accelerator]
+            assert plan.node_selector == {"cloud.google.com/gke-accelerator": label}
+            assert plan.image == cfg.cluster.gpu_image
+        else:
+            assert not accel and not plan.node_selector
+        assert plan.resources["resourceCpuLimit"] == cfg.cluster.resources_for(plan.display_name).cpu
+
+
+def test_plan_shows_splits_and_producers():
+    plans = {p.display_name: p for p in describe(compile_to_documents(load_config()))}
+    phase1_inputs = {r.name: (r.split, r.producer) for r in plans["phase1"].inputs}
+    assert phase1_inputs == {
+        "train": ("train", "ingest.train"),
+        "val_select": ("val_select", "ingest.val_select"),
+        "val_calib": ("val_calib", "ingest.val_calib"),
+    }
+    assert {r.name: r.split for r in plans["evaluate"].inputs} == {"bundle": None, "val_test": "val_test"}
+
+
+def _significant(text: str) -> list[str]:
+    # The compiler writes `#` header comments with dict defaults in random order; everything else is stable.
+    return [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+
+
+def test_committed_default_pipeline_is_fresh(tmp_path):
+    fresh = tmp_path / "fresh.yaml"
+    from streetvision_pipelines.factory import compile_pipeline
+
+    compile_pipeline(load_config(), fresh)
+    assert DEFAULT_PIPELINE_FILE.is_file(), "run `make compile` to write the default pipeline YAML"
+    assert _significant(DEFAULT_PIPELINE_FILE.read_text()) == _significant(fresh.read_text()), (
+        "pipelines/streetvision_stage1.yaml is stale: run `make compile` and commit it"
+    )
+
+
+def test_compiled_default_carries_the_resolved_config_and_pinned_kfp():
+    import json
+
+    docs = load_documents(DEFAULT_PIPELINE_FILE.read_text())
+    default = docs[0]["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"]
+    assert json.loads(default) == json.loads(__import__("streetvision.config", fromlist=["x"]).config_to_json(load_config()))
+    assert docs[0]["sdkVersion"] == "kfp-2.17.3"
+
+
+def test_components_are_lightweight_without_kfp_install():
+    for phase in PHASE_FUNCTIONS:
+        container = make_component(phase, load_config()).component_spec.implementation.container
+        command = " ".join(container.command)
+        assert "pip install" not in command and "kfp.dsl.executor_main" in command

@@ -1,0 +1,97 @@
+"""Run-time leakage checks in the phase functions: the local runner drops KFP types, so metadata decides."""
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from streetvision.contracts import DataError, IncompleteArtifactError, LeakageViolationError, Split
+from streetvision.contracts.metadata import METADATA_FILE, read_metadata
+from streetvision.phases.evaluate import run_evaluate
+from streetvision.phases.phase1 import run_phase1
+from streetvision.phases.phase2 import run_phase2
+from streetvision.phases.phase6 import run_phase6
+
+
+def test_phase2_refuses_val_select_logits(trained, tmp_path):
+    cfg, _, out = trained
+    with pytest.raises(LeakageViolationError) as info:
+        run_phase2(cfg, out["val_select_logits"], tmp_path / "policy")
+    assert "VAL_SELECT" in info.value.what and "val_calib_logits" in info.value.where
+    assert "VAL_CALIB" in info.value.fix
+    assert not (tmp_path / "policy").exists()  # nothing written before the check
+
+
+def test_phase1_refuses_val_test_as_train(ingested, tmp_path):
+    cfg, dirs, _, _ = ingested
+    with pytest.raises(LeakageViolationError, match="VAL_TEST data was given to a step whose role is fit"):
+        run_phase1(cfg, dirs[Split.VAL_TEST], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB],
+                   tmp_path / "c", tmp_path / "s", tmp_path / "l")
+    with pytest.raises(LeakageViolationError, match="expected VAL_CALIB data, got VAL_SELECT"):
+        run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_SELECT],
+                   tmp_path / "c", tmp_path / "s", tmp_path / "l")
+
+
+def test_incomplete_input_is_refused(ingested, tmp_path):
+    cfg, dirs, _, _ = ingested
+    partial = tmp_path / "train"
+    shutil.copytree(dirs[Split.TRAIN], partial)
+    (partial / METADATA_FILE).unlink()  # as if ingest died while writing
+    with pytest.raises(IncompleteArtifactError, match="no completion record"):
+        run_phase1(cfg, partial, dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], tmp_path / "c", tmp_path / "s",
+                   tmp_path / "l")
+
+
+def test_edited_split_is_refused(ingested, tmp_path):
+    cfg, dirs, _, _ = ingested
+    edited = tmp_path / "val_calib"
+    shutil.copytree(dirs[Split.VAL_CALIB], edited)
+    table = pq.read_table(edited / "samples.parquet")
+    pq.write_table(table.slice(1), edited / "samples.parquet")
+    with pytest.raises(DataError):
+        run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], edited, tmp_path / "c", tmp_path / "s",
+                   tmp_path / "l")
+
+
+def test_evaluate_refuses_a_bundle_touched_by_val_test(trained, ingested, tmp_path):
+    cfg, dirs, out = trained
+    run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
+    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", tmp_path / "bundle")
+    # Forge a lineage in which VAL_TEST was used upstream (as a hand-assembled artifact might).
+    record = tmp_path / "bundle" / METADATA_FILE
+    meta = json.loads(record.read_text())
+    meta["lineage"].append({"phase": "phase2", "role": "policy_fitting", "split": "val_test", "fingerprint": "x",
+                            "count": 1})
+    record.write_text(json.dumps(meta))
+    with pytest.raises(LeakageViolationError):
+        run_evaluate(cfg, tmp_path / "bundle", dirs[Split.VAL_TEST], tmp_path / "eval", tmp_path / "r.html")
+
+
+def test_phases_refuse_inputs_from_another_partition(trained, tmp_path):
+    cfg, dirs, out = trained
+    run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
+    record = tmp_path / "policy" / METADATA_FILE
+    meta = json.loads(record.read_text())
+    meta["partition"] = "another-ingest"
+    record.write_text(json.dumps(meta))
+    with pytest.raises(LeakageViolationError, match="different"):
+        run_phase6(cfg, out["checkpoint"], tmp_path / "policy", tmp_path / "bundle")
+
+
+def test_end_to_end_phase_functions_record_lineage(trained, tmp_path):
+    cfg, dirs, out = trained
+    run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
+    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", tmp_path / "bundle")
+    run_evaluate(cfg, tmp_path / "bundle", dirs[Split.VAL_TEST], tmp_path / "eval", tmp_path / "report.html")
+    lineage = [(e.phase, e.role, e.split) for e in read_metadata(tmp_path / "eval", "t").lineage]
+    assert lineage == [
+        ("phase1", "fit", "train"),
+        ("phase1", "model_selection", "val_select"),
+        ("phase1", "prediction", "val_calib"),
+        ("phase2", "policy_fitting", "val_calib"),
+        ("evaluate", "final_evaluation", "val_test"),
+    ]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == read_metadata(dirs[Split.VAL_TEST], "t").count
+    assert "<img" in (tmp_path / "report.html").read_text()
