@@ -65,15 +65,18 @@ def create_model(cfg: ModelConfig) -> torch.nn.Module:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist", where, "set model.weights to an existing file")
     model = build_from_spec(spec)
-    state = _read_state_dict(path)
-    result = model.load_state_dict(state, strict=False)
+    fix = "use weights saved from the same timm architecture and size (a classifier head may be absent)"
+    try:
+        result = model.load_state_dict(_read_state_dict(path), strict=False)
+    except RuntimeError as exc:  # tensor shape mismatches
+        raise CheckpointError(f"weights do not fit {cfg.name}: {str(exc).splitlines()[-1].strip()}", where, fix) from exc
     head = {k for k in model.state_dict() if k.startswith("head.")}
     missing = [k for k in result.missing_keys if k not in head]
     if missing or result.unexpected_keys:
         raise CheckpointError(
             f"weights do not match {cfg.name}: missing {missing[:5]}, unexpected {list(result.unexpected_keys)[:5]}",
             where,
-            "use weights saved from the same timm architecture and size (a classifier head may be absent)",
+            fix,
         )
     return model
 

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from streetvision.config import load_config
+from streetvision.contracts import CheckpointError
+from streetvision.contracts.validators import validate_checkpoint
+from streetvision.models import create_model, load_model_dir, model_spec, predict_logits, save_model_dir
+
+TINY_MODEL = ["model.img_size=32", "model.patch_size=8", "model.depth=1", "model.embed_dim=48", "model.num_heads=2"]
+
+
+def test_tiny_dinov2_architecture_from_config():
+    cfg = load_config(TINY_MODEL).model
+    model = create_model(cfg)
+    assert type(model).__name__ == "VisionTransformer" and len(model.blocks) == 1
+    logits = predict_logits(model, np.zeros((3, 32, 32, 3), np.uint8), [0.5] * 3, [0.5] * 3)
+    assert logits.shape == (3, 2) and np.isfinite(logits).all()
+
+
+def test_local_weights_load_and_mismatches_are_refused(tmp_path):
+    cfg = load_config(TINY_MODEL).model
+    source = create_model(cfg)
+    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
+    save_file(backbone, str(tmp_path / "backbone.safetensors"))
+    torch.save({"model": source.state_dict()}, tmp_path / "full.pt")
+    for name in ("backbone.safetensors", "full.pt"):
+        cfg.weights = str(tmp_path / name)
+        loaded = create_model(cfg)
+        assert torch.equal(loaded.patch_embed.proj.weight, source.patch_embed.proj.weight)
+    bigger = load_config([*TINY_MODEL, "model.embed_dim=64"]).model
+    bigger.weights = str(tmp_path / "backbone.safetensors")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        create_model(bigger)
+    cfg.weights = str(tmp_path / "nope.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        create_model(cfg)
+    cfg.weights = "gs://bucket/weights.safetensors"
+    with pytest.raises(CheckpointError, match="remote weight paths"):
+        create_model(cfg)
+
+
+def test_checkpoint_dir_round_trip_and_validation(tmp_path):
+    cfg = load_config(TINY_MODEL).model
+    model = create_model(cfg).eval()
+    save_model_dir(model, model_spec(cfg), tmp_path)
+    again = load_model_dir(tmp_path)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(model(x), again(x))
+    assert validate_checkpoint(tmp_path)["name"] == cfg.name
+    (tmp_path / "model_config.json").write_text(
+        (tmp_path / "model_config.json").read_text().replace('"depth": 1', '"depth": 2'))
+    with pytest.raises(CheckpointError, match="do not load"):
+        validate_checkpoint(tmp_path)
