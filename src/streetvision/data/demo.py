@@ -2,19 +2,19 @@
 
 Each dashcam *sequence* is one random street scene (sky, road in perspective, buildings, trees, poles,
 cars, people) drawn once on a 2x supersampled canvas; its frames are crops of that canvas with a little
-forward motion (zoom about the vanishing point), lateral drift and brightness change, so frames of a
-sequence are near-duplicates that must stay in one split.
+forward motion (zoom about the vanishing point), lateral drift, exposure change and sensor noise, so
+frames of a sequence are near-duplicates that must stay in one split.
 
-Roadwork scenes contain cones, striped barriers, warning signs, chevron boards or an excavator. Every
-roadwork item has a colour-matched *counterpart* that ordinary scenes draw instead (people in orange
-hi-vis, red/white striped awnings, round red/white traffic signs, orange vans, ...), on top of
+Roadwork scenes contain cones, striped barriers, warning signs, chevron boards or an excavator. Each
+roadwork group has a colour-matched *stand-in* that ordinary scenes draw instead (people in orange
+hi-vis, red/white striped awnings, round red/white traffic signs, orange cars and vans), on top of
 label-independent distractors (orange/red cars, orange facades, autumn trees, dusk skies, brake lights,
-sodium lamps, zebra crossings). So colour statistics of the two classes overlap and a classifier has to
-learn shapes: triangular cones, diagonally striped boards, triangular signs.
+sodium lamps, zebra crossings). Colour statistics of the two classes therefore overlap and a classifier
+has to learn shapes: tapered cones, diagonally striped boards, triangular signs.
 
 Every random draw of sequence ``i`` comes from ``numpy.random.default_rng([seed, i])``: the same config
-writes byte-identical files, and raising ``num_sequences`` only appends sequences.
-"""
+writes byte-identical files, raising ``num_sequences`` only appends sequences, and ``label_noise`` moves
+frames between label folders without changing a pixel."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ SUPERSAMPLE = 2
 
 Color = tuple[int, int, int]
 Point = tuple[float, float]
+Draw = ImageDraw.ImageDraw
 
 ORANGE: Color = (240, 110, 25)
 RED: Color = (205, 35, 35)
@@ -45,10 +46,10 @@ DARK: Color = (28, 28, 30)
 class DemoRecord:
     """One generated JPEG; ``label`` is the published (possibly noise-flipped) label."""
 
-    path: str
-    label: int
-    group_id: str
-    source: str = "demo"
+    path: str  # relative to out_dir, POSIX separators, e.g. "roadwork/seq00012_f03.jpg"
+    label: int  # 1 = roadwork, 0 = no roadwork
+    group_id: str  # the dashcam sequence, e.g. "demo-seq00012"
+    source: str  # always "demo"
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,12 @@ class _View:
 
 
 # One drawable item: (depth, draw function). Items are drawn far to near so near ones occlude.
-Item = tuple[float, Callable[[ImageDraw.ImageDraw], None]]
+Item = tuple[float, Callable[[Draw], None]]
+
+
+def _later(fn: Callable[..., None], *args: object) -> Callable[[Draw], None]:
+    """Bind a draw function's arguments now; draw later, once the scene's items are sorted by depth."""
+    return lambda draw: fn(draw, *args)
 
 
 def generate_demo_dataset(
@@ -85,7 +91,11 @@ def generate_demo_dataset(
     cfg: DemoConfig,
     label_names: tuple[str, str] = ("no_roadwork", "roadwork"),
 ) -> list[DemoRecord]:
-    """Write JPEGs under out_dir/<label name>/ and return one record per file, in a stable order."""
+    """Write JPEGs under out_dir/<label name>/ and return one record per file, in a stable order.
+
+    Records come sequence by sequence, frame by frame. Files of the same name are overwritten; other
+    files already in out_dir are left alone (and are not returned).
+    """
     _validate(cfg, label_names)
     out_dir = pathlib.Path(out_dir)
     for name in label_names:
@@ -189,7 +199,7 @@ def _render_frame(
     gain = motion.brightness * (1.0 + rng.normal(0.0, 0.03))
     arr = np.asarray(frame, dtype=np.float32) * gain
     arr += rng.normal(0.0, motion.noise, size=arr.shape).astype(np.float32)
-    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -210,15 +220,15 @@ def _render_scene(rng: np.random.Generator, w: int, h: int, roadwork: bool) -> t
     night = _draw_sky(draw, view, rng)
     lanes = _draw_ground(draw, view, rng)
     items: list[Item] = []
-    sides = _draw_buildings(draw, view, rng, night, items)
+    sides = _draw_buildings(draw, view, rng, night)
     _add_background(items, view, rng, night, lanes, sides)
-    # Roadwork items and their colour-matched counterparts come from the same layout draw, so the two
-    # classes get the same amount of orange, red and white.
-    for kind in _sample_layout(rng):
+    # Roadwork groups and their colour-matched stand-ins come from the same layout draw, so the two
+    # classes get about the same amount of orange, red and white.
+    for kind, near in _sample_layout(rng):
         if roadwork:
-            _add_roadwork(items, view, rng, kind, lanes)
+            _add_roadwork(items, view, rng, kind, near, lanes)
         else:
-            _add_counterpart(items, view, rng, kind, lanes, sides)
+            _add_stand_in(items, view, rng, kind, near, lanes, sides)
     for _, paint in sorted(items, key=lambda item: -item[0]):
         paint(draw)
     return img, view
@@ -239,7 +249,7 @@ def _mix(a: Color, b: Color, f: float) -> Color:
     return tuple(int(a[i] + (b[i] - a[i]) * f) for i in range(3))  # type: ignore[return-value]
 
 
-def _draw_sky(draw: ImageDraw.ImageDraw, view: _View, rng: np.random.Generator) -> bool:
+def _draw_sky(draw: Draw, view: _View, rng: np.random.Generator) -> bool:
     """Vertical gradient for a random time of day; returns whether it is night."""
     mood = _pick(rng, ["day", "overcast", "dusk", "night"], [0.45, 0.25, 0.18, 0.12])
     top, bottom = {
@@ -259,7 +269,7 @@ def _ground_quad(view: _View, z0: float, z1: float, u0: float, u1: float) -> lis
     return [view.at(z0, u0), view.at(z0, u1), view.at(z1, u1), view.at(z1, u0)]
 
 
-def _draw_ground(draw: ImageDraw.ImageDraw, view: _View, rng: np.random.Generator) -> int:
+def _draw_ground(draw: Draw, view: _View, rng: np.random.Generator) -> int:
     """Sidewalk, road, kerbs, lane markings, maybe a zebra crossing; returns lanes per direction."""
     sidewalk = _jitter(rng, _pick(rng, [(165, 160, 150), (140, 140, 140), (180, 170, 150)]), 10)
     draw.rectangle([0, view.horizon, view.w, view.h], fill=sidewalk)
@@ -286,14 +296,6 @@ def _draw_ground(draw: ImageDraw.ImageDraw, view: _View, rng: np.random.Generato
     return lanes
 
 
-def _draw_crossing(draw: ImageDraw.ImageDraw, view: _View, z: float) -> None:
-    """Zebra crossing: white stripes across the road (stripes that are *not* roadwork)."""
-    u = -0.95
-    while u < 0.95:
-        draw.polygon(_ground_quad(view, z, z + 0.35, u, u + 0.11), fill=WHITE)
-        u += 0.22
-
-
 # ----------------------------------------------------------------------------------------------------
 # Buildings
 
@@ -306,15 +308,13 @@ FACADES: list[Color] = [
 
 @dataclass(frozen=True)
 class _Side:
-    """A street side: facade plane at lateral u (sign gives the side)."""
+    """A street side: the facade plane at lateral u (its sign gives the side)."""
 
     u: float
 
 
-def _draw_buildings(
-    draw: ImageDraw.ImageDraw, view: _View, rng: np.random.Generator, night: bool, items: list[Item]
-) -> list[_Side]:
-    """Distant skyline and facades along both sides, far segments first."""
+def _draw_buildings(draw: Draw, view: _View, rng: np.random.Generator, night: bool) -> list[_Side]:
+    """Distant skyline and facades along both sides of the street, far segments first."""
     haze = _jitter(rng, (120, 125, 140) if not night else (25, 28, 40), 10)
     x = view.vx - view.px(12, 2.5)
     while x < view.vx + view.px(12, 2.5):
@@ -329,8 +329,7 @@ def _draw_buildings(
         bounds = [0.5]
         while bounds[-1] < 14:
             bounds.append(bounds[-1] + float(rng.uniform(0.5, 1.4)) * (1 + 0.2 * bounds[-1]))
-        segments = list(zip(bounds[:-1], bounds[1:]))
-        for z0, z1 in reversed(segments):
+        for z0, z1 in reversed(list(zip(bounds[:-1], bounds[1:]))):
             _draw_facade(draw, view, rng, side.u, z0, z1, night)
     return sides
 
@@ -340,7 +339,7 @@ def _facade_quad(view: _View, u: float, z0: float, z1: float, h0: float, h1: flo
 
 
 def _draw_facade(
-    draw: ImageDraw.ImageDraw, view: _View, rng: np.random.Generator, u: float, z0: float, z1: float, night: bool
+    draw: Draw, view: _View, rng: np.random.Generator, u: float, z0: float, z1: float, night: bool
 ) -> None:
     """One building: a wall with a grid of windows, sometimes a shop awning."""
     height = float(rng.uniform(1.2, 4.0))
@@ -350,63 +349,43 @@ def _draw_facade(
     draw.polygon(_facade_quad(view, u, z0, z1, 0, height), fill=wall)
     glass = _jitter(rng, (60, 75, 95), 10)
     lit = (235, 200, 110)
-    cols = max(1, int((z1 - z0) / 0.35))
-    zs = np.linspace(z0, z1, cols + 1)
-    h = 0.55
-    while h + 0.3 < height:
-        for a, b in zip(zs[:-1], zs[1:]):
-            pad = (b - a) * 0.22
-            fill = lit if night and rng.random() < 0.4 else glass
-            draw.polygon(_facade_quad(view, u, a + pad, b - pad, h, h + 0.25), fill=fill)
-        h += 0.45
+    # Far facades are a few pixels wide: their windows would be sub-pixel, so skip them (speed).
+    if abs(u) * view.road * (1 / z0 - 1 / z1) >= 6:
+        cols = max(1, int((z1 - z0) / 0.35))
+        zs = np.linspace(z0, z1, cols + 1)
+        h = 0.55
+        while h + 0.3 < height:
+            for a, b in zip(zs[:-1], zs[1:]):
+                pad = (b - a) * 0.22
+                fill = lit if night and rng.random() < 0.4 else glass
+                draw.polygon(_facade_quad(view, u, a + pad, b - pad, h, h + 0.25), fill=fill)
+            h += 0.45
     if rng.random() < 0.15:
-        _draw_awning(draw, view, rng, u, z0, z1, _pick(rng, [ORANGE, RED, (40, 130, 70)]))
+        color = _jitter(rng, _pick(rng, [ORANGE, RED, (40, 130, 70)]), 10)
+        stripes = int(rng.integers(4, 9)) if rng.random() < 0.7 else 0
+        a, b = z0 + (z1 - z0) * 0.1, z1 - (z1 - z0) * 0.1
+        _draw_awning(draw, view, u, a, b, color, stripes, 0.55)
 
 
 def _draw_awning(
-    draw: ImageDraw.ImageDraw, view: _View, rng: np.random.Generator, u: float, z0: float, z1: float, color: Color
+    draw: Draw, view: _View, u: float, z0: float, z1: float, color: Color, stripes: int, top: float
 ) -> None:
-    """Shop awning, plain or with white stripes running *down* the facade (vertical on screen)."""
-    a, b = z0 + (z1 - z0) * 0.1, z1 - (z1 - z0) * 0.1
-    lo, hi = 0.35, 0.55
-    draw.polygon(_facade_quad(view, u, a, b, lo, hi), fill=_jitter(rng, color, 10))
-    if rng.random() < 0.7:
-        n = int(rng.integers(4, 9)) * 2
-        zs = np.linspace(a, b, n + 1)
-        for i in range(0, n, 2):
-            draw.polygon(_facade_quad(view, u, zs[i], zs[i + 1], lo, hi), fill=WHITE)
+    """Shop awning on a facade, plain or with white stripes running down it (vertical on screen)."""
+    draw.polygon(_facade_quad(view, u, z0, z1, 0.35, top), fill=color)
+    zs = np.linspace(z0, z1, 2 * stripes + 1)
+    for i in range(0, 2 * stripes, 2):
+        draw.polygon(_facade_quad(view, u, zs[i], zs[i + 1], 0.35, top), fill=WHITE)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Everyday objects (label independent, and the counterparts of roadwork items)
+# Everyday objects: label-independent distractors, and the stand-ins for roadwork in ordinary scenes
 
 CAR_COLORS: list[Color] = [
     (235, 235, 235), (30, 30, 35), (150, 155, 160), (40, 70, 140), (200, 35, 35), (240, 120, 30),
     (90, 110, 90), (230, 200, 40),
 ]
-
-
-def _draw_car(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, color: Color, brake: bool, van: bool) -> None:
-    """A car (or van) seen from behind: body, rear window, wheels, brake lights, plate."""
-    half = 0.33 if not van else 0.38
-    body_top = 0.32 if not van else 0.75
-    draw.polygon(_upright(view, z, u - half * 1.05, u + half * 1.05, 0.0, 0.03), fill=(20, 20, 20))  # shadow
-    for s in (-1, 1):
-        draw.polygon(_upright(view, z, u + s * half * 0.62, u + s * half * 0.98, 0.0, 0.12), fill=DARK)
-    draw.polygon(_upright(view, z, u - half, u + half, 0.07, body_top), fill=color)
-    if not van:
-        cab = [view.at(z, u - half * 0.9, body_top), view.at(z, u + half * 0.9, body_top),
-               view.at(z, u + half * 0.7, 0.5), view.at(z, u - half * 0.7, 0.5)]
-        draw.polygon(cab, fill=_mix(color, (0, 0, 0), 0.15))
-        glass = [view.at(z, u - half * 0.8, body_top + 0.01), view.at(z, u + half * 0.8, body_top + 0.01),
-                 view.at(z, u + half * 0.64, 0.48), view.at(z, u - half * 0.64, 0.48)]
-        draw.polygon(glass, fill=(45, 55, 70))
-    else:
-        draw.polygon(_upright(view, z, u - half * 0.05, u + half * 0.05, 0.1, body_top), fill=_mix(color, DARK, 0.4))
-    light = (255, 40, 30) if brake else (150, 25, 25)
-    for s in (-1, 1):
-        draw.polygon(_upright(view, z, u + s * half * 0.72, u + s * half * 0.95, 0.2, 0.27), fill=light)
-    draw.polygon(_upright(view, z, u - 0.08, u + 0.08, 0.12, 0.18), fill=WHITE)
+SKINS: list[Color] = [(230, 190, 160), (170, 120, 90), (110, 75, 55)]
+CLOTHES: list[Color] = [(40, 40, 45), (60, 80, 130), (150, 40, 40), (230, 110, 30), (200, 200, 195)]
 
 
 def _upright(view: _View, z: float, u0: float, u1: float, h0: float, h1: float) -> list[Point]:
@@ -414,42 +393,75 @@ def _upright(view: _View, z: float, u0: float, u1: float, h0: float, h1: float) 
     return [view.at(z, u0, h0), view.at(z, u1, h0), view.at(z, u1, h1), view.at(z, u0, h1)]
 
 
-def _draw_person(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, clothes: Color, hivis: bool) -> None:
-    """A pedestrian: legs, torso (maybe with a reflective stripe), arms, head."""
+def _draw_car(
+    draw: Draw, view: _View, z: float, u: float, color: Color, brake: bool, van: bool
+) -> None:
+    """A car (or van) seen from behind: body, rear window, wheels, brake lights, plate."""
+    half = 0.38 if van else 0.33
+    body_top = 0.75 if van else 0.32
+    draw.polygon(_upright(view, z, u - half * 1.05, u + half * 1.05, 0.0, 0.03), fill=(20, 20, 20))  # shadow
+    for s in (-1, 1):
+        draw.polygon(_upright(view, z, u + s * half * 0.62, u + s * half * 0.98, 0.0, 0.12), fill=DARK)
+    draw.polygon(_upright(view, z, u - half, u + half, 0.07, body_top), fill=color)
+    if van:  # the gap between the two rear doors
+        gap = _upright(view, z, u - half * 0.05, u + half * 0.05, 0.1, body_top)
+        draw.polygon(gap, fill=_mix(color, DARK, 0.4))
+    else:
+        cab = [view.at(z, u - half * 0.9, body_top), view.at(z, u + half * 0.9, body_top),
+               view.at(z, u + half * 0.7, 0.5), view.at(z, u - half * 0.7, 0.5)]
+        draw.polygon(cab, fill=_mix(color, (0, 0, 0), 0.15))
+        glass = [view.at(z, u - half * 0.8, body_top + 0.01), view.at(z, u + half * 0.8, body_top + 0.01),
+                 view.at(z, u + half * 0.64, 0.48), view.at(z, u - half * 0.64, 0.48)]
+        draw.polygon(glass, fill=(45, 55, 70))
+    light = (255, 40, 30) if brake else (150, 25, 25)
+    for s in (-1, 1):
+        draw.polygon(_upright(view, z, u + s * half * 0.72, u + s * half * 0.95, 0.2, 0.27), fill=light)
+    draw.polygon(_upright(view, z, u - 0.08, u + 0.08, 0.12, 0.18), fill=WHITE)
+
+
+def _draw_person(
+    draw: Draw,
+    view: _View,
+    z: float,
+    u: float,
+    clothes: Color,
+    skin: Color,
+    hivis: bool = False,
+    k: float = 1.0,
+) -> None:
+    """A pedestrian about 0.6*k tall: legs, torso (maybe with a reflective stripe), arms, head."""
     legs = (45, 50, 70)
     for s in (-1, 1):
-        draw.polygon(_upright(view, z, u + s * 0.01, u + s * 0.05, 0.0, 0.25), fill=legs)
-    draw.polygon(_upright(view, z, u - 0.075, u + 0.075, 0.24, 0.5), fill=clothes)
+        draw.polygon(_upright(view, z, u + s * 0.01 * k, u + s * 0.05 * k, 0.0, 0.25 * k), fill=legs)
+    draw.polygon(_upright(view, z, u - 0.075 * k, u + 0.075 * k, 0.24 * k, 0.5 * k), fill=clothes)
     for s in (-1, 1):
-        draw.polygon(_upright(view, z, u + s * 0.075, u + s * 0.1, 0.28, 0.49), fill=clothes)
+        draw.polygon(_upright(view, z, u + s * 0.075 * k, u + s * 0.1 * k, 0.28 * k, 0.49 * k), fill=clothes)
     if hivis:
-        draw.polygon(_upright(view, z, u - 0.075, u + 0.075, 0.33, 0.36), fill=WHITE)
-    cx, cy = view.at(z, u, 0.56)
-    r = view.px(z, 0.055)
-    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=_pick_skin(u))
+        draw.polygon(_upright(view, z, u - 0.075 * k, u + 0.075 * k, 0.33 * k, 0.37 * k), fill=WHITE)
+    cx, cy = view.at(z, u, 0.56 * k)
+    r = view.px(z, 0.055 * k)
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=skin)
 
 
-def _pick_skin(u: float) -> Color:
-    # Deterministic from position so the function needs no RNG argument.
-    return [(230, 190, 160), (170, 120, 90), (110, 75, 55)][int(abs(u) * 1000) % 3]
-
-
-def _draw_pole(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, top: float, color: Color = (95, 95, 100)) -> None:
+def _draw_pole(
+    draw: Draw, view: _View, z: float, u: float, top: float, color: Color = (95, 95, 100)
+) -> None:
     draw.polygon(_upright(view, z, u - 0.015, u + 0.015, 0.0, top), fill=color)
 
 
-def _draw_lamp(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, glow: Color, night: bool) -> None:
+def _draw_lamp(draw: Draw, view: _View, z: float, u: float, glow: Color, night: bool) -> None:
     """Street lamp: tall pole, arm over the road, lamp head (sodium orange or white)."""
     _draw_pole(draw, view, z, u, 2.2)
     inward = -math.copysign(0.35, u)
-    draw.line([view.at(z, u, 2.2), view.at(z, u + inward, 2.2)], fill=(95, 95, 100), width=max(1, int(view.px(z, 0.025))))
+    width = max(1, int(view.px(z, 0.025)))
+    draw.line([view.at(z, u, 2.2), view.at(z, u + inward, 2.2)], fill=(95, 95, 100), width=width)
     cx, cy = view.at(z, u + inward, 2.15)
-    r = view.px(z, 0.07 if not night else 0.11)
+    r = view.px(z, 0.11 if night else 0.07)
     draw.ellipse([cx - r * 1.4, cy - r, cx + r * 1.4, cy + r], fill=glow)
 
 
-def _draw_traffic_light(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, lit: int) -> None:
-    """Pole with a dark box and three lamps; one of red/amber/green is lit."""
+def _draw_traffic_light(draw: Draw, view: _View, z: float, u: float, lit: int) -> None:
+    """Pole with a dark box and three lamps; one of red/amber/green (0/1/2) is lit."""
     _draw_pole(draw, view, z, u, 0.9)
     draw.polygon(_upright(view, z, u - 0.07, u + 0.07, 0.9, 1.35), fill=(25, 25, 25))
     on = [(255, 40, 30), (255, 170, 20), (40, 220, 90)]
@@ -460,8 +472,8 @@ def _draw_traffic_light(draw: ImageDraw.ImageDraw, view: _View, z: float, u: flo
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=on[i] if i == lit else off[i])
 
 
-def _draw_round_sign(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, size: float, kind: str) -> None:
-    """Round regulatory sign on a pole: no-entry, speed limit, or blue mandatory."""
+def _draw_round_sign(draw: Draw, view: _View, z: float, u: float, size: float, kind: str) -> None:
+    """Round regulatory sign on a pole: "no_entry", "speed" (limit) or "blue" (mandatory direction)."""
     _draw_pole(draw, view, z, u, 0.75)
     cx, cy = view.at(z, u, 0.75 + size * 0.5)
     r = view.px(z, size * 0.5)
@@ -474,15 +486,16 @@ def _draw_round_sign(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float,
         ri = r * 0.72
         draw.ellipse([cx - ri, cy - ri, cx + ri, cy + ri], fill=WHITE)
         for s in (-1, 1):  # two dark digits
-            draw.rectangle([cx + s * r * 0.28 - r * 0.12, cy - r * 0.35, cx + s * r * 0.28 + r * 0.12, cy + r * 0.35], fill=DARK)
+            dx = cx + s * r * 0.28
+            draw.rectangle([dx - r * 0.12, cy - r * 0.35, dx + r * 0.12, cy + r * 0.35], fill=DARK)
     else:
         draw.ellipse(box, fill=(30, 80, 170))
         draw.polygon([(cx, cy - r * 0.6), (cx + r * 0.4, cy), (cx - r * 0.4, cy)], fill=WHITE)
         draw.rectangle([cx - r * 0.12, cy, cx + r * 0.12, cy + r * 0.6], fill=WHITE)
 
 
-def _draw_rect_sign(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, size: float, color: Color) -> None:
-    """Rectangular sign or shop banner on a pole (square, not a diamond), with a dark border and text bars."""
+def _draw_rect_sign(draw: Draw, view: _View, z: float, u: float, size: float, color: Color) -> None:
+    """Upright rectangular sign or shop banner on a pole (not a diamond): dark border and a text bar."""
     _draw_pole(draw, view, z, u, 0.75)
     cx, cy = view.at(z, u, 0.75 + size * 0.45)
     a, b = view.px(z, size * 0.6), view.px(z, size * 0.45)
@@ -491,13 +504,22 @@ def _draw_rect_sign(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, 
     draw.rectangle([cx - a * 0.6, cy - b * 0.15, cx + a * 0.6, cy + b * 0.15], fill=DARK)
 
 
-def _draw_tree(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, leaves: Color, size: float) -> None:
+def _draw_tree(draw: Draw, view: _View, z: float, u: float, leaves: Color, size: float) -> None:
+    """Trunk and a two-tone round canopy."""
     draw.polygon(_upright(view, z, u - 0.03, u + 0.03, 0.0, 0.8 * size), fill=(90, 65, 45))
     cx, cy = view.at(z, u, 1.05 * size)
     r = view.px(z, 0.4 * size)
     draw.ellipse([cx - r, cy - r * 1.1, cx + r, cy + r * 0.9], fill=leaves)
-    r2 = r * 0.6
-    draw.ellipse([cx - r2 - r * 0.3, cy - r2 - r * 0.45, cx + r2 - r * 0.3, cy + r2 - r * 0.45], fill=_mix(leaves, WHITE, 0.12))
+    hx, hy, r2 = cx - r * 0.3, cy - r * 0.45, r * 0.6
+    draw.ellipse([hx - r2, hy - r2, hx + r2, hy + r2], fill=_mix(leaves, WHITE, 0.12))
+
+
+def _draw_crossing(draw: Draw, view: _View, z: float) -> None:
+    """Zebra crossing: white stripes across the road (stripes that are *not* roadwork)."""
+    u = -0.95
+    while u < 0.95:
+        draw.polygon(_ground_quad(view, z, z + 0.35, u, u + 0.11), fill=WHITE)
+        u += 0.22
 
 
 def _add_background(
@@ -514,33 +536,43 @@ def _add_background(
             for _ in range(int(rng.integers(1, 4))):
                 u = s * float(rng.uniform(1.2, 1.45))
                 col = _jitter(rng, leaves, 12)
-                items.append((z, lambda d, z=z, u=u, c=col, sz=size: _draw_tree(d, view, z, u, c, sz)))
+                items.append((z, _later(_draw_tree, view, z, u, col, size)))
                 z += float(rng.uniform(1.0, 3.0))
         if rng.random() < 0.5:
-            glow = _pick(rng, [(255, 160, 50), (255, 245, 210)])
+            glow = _pick(rng, [(255, 160, 50), (255, 245, 210)])  # sodium orange or white
             z = float(rng.uniform(1.2, 3.0))
             for _ in range(int(rng.integers(1, 4))):
-                items.append((z, lambda d, z=z, u=s * 1.12, g=glow: _draw_lamp(d, view, z, u, g, night)))
+                items.append((z, _later(_draw_lamp, view, z, s * 1.12, glow, night)))
                 z *= float(rng.uniform(1.6, 2.4))
     if rng.random() < 0.3:
         z, u = float(rng.uniform(1.5, 4.0)), float(_pick(rng, [-1.15, 1.15]))
         lit = int(rng.choice(3, p=[0.5, 0.2, 0.3]))
-        items.append((z, lambda d, z=z, u=u, lit=lit: _draw_traffic_light(d, view, z, u, lit)))
+        items.append((z, _later(_draw_traffic_light, view, z, u, lit)))
     if rng.random() < 0.3:
         z, u = float(rng.uniform(1.3, 4.0)), float(_pick(rng, [-1.15, 1.15]))
         kind = _pick(rng, ["no_entry", "speed", "blue"])
-        items.append((z, lambda d, z=z, u=u, k=kind: _draw_round_sign(d, view, z, u, 0.3, k)))
-    for _ in range(int(rng.integers(0, 4))):
+        items.append((z, _later(_draw_round_sign, view, z, u, 0.3, kind)))
+    for _ in range(int(rng.integers(0, 3))):
         _add_car(items, view, rng, lanes, float(rng.uniform(1.3, 6.0)))
     for _ in range(int(rng.integers(0, 3))):
         z = float(rng.uniform(1.3, 4.5))
         u = float(_pick(rng, [-1, 1])) * float(rng.uniform(1.1, 1.45))
-        clothes = _jitter(rng, _pick(rng, [(40, 40, 45), (60, 80, 130), (150, 40, 40), (230, 110, 30), (200, 200, 195)]))
-        items.append((z, lambda d, z=z, u=u, c=clothes: _draw_person(d, view, z, u, c, False)))
+        clothes = _jitter(rng, _pick(rng, CLOTHES))
+        skin = _pick(rng, SKINS)
+        items.append((z, _later(_draw_person, view, z, u, clothes, skin)))
 
 
-def _add_car(items: list[Item], view: _View, rng: np.random.Generator, lanes: int, z: float,
-             color: Color | None = None, van: bool | None = None, u: float | None = None) -> None:
+def _add_car(
+    items: list[Item],
+    view: _View,
+    rng: np.random.Generator,
+    lanes: int,
+    z: float,
+    color: Color | None = None,
+    van: bool | None = None,
+    u: float | None = None,
+) -> None:
+    """Add a car at depth z; lane, colour and body type are random unless given."""
     if u is None:
         centres = [0.5] if lanes == 1 else [0.25, 0.75]
         u = float(_pick(rng, centres)) * float(_pick(rng, [-1, 1]))
@@ -552,16 +584,19 @@ def _add_car(items: list[Item], view: _View, rng: np.random.Generator, lanes: in
     if van is None:
         van = bool(rng.random() < 0.2)
     brake = bool(rng.random() < 0.5)
-    items.append((z, lambda d, z=z, u=u, c=color, b=brake, v=van: _draw_car(d, view, z, u, c, b, v)))
+    items.append((z, _later(_draw_car, view, z, u, color, brake, van)))
 
 
 # ----------------------------------------------------------------------------------------------------
 # Roadwork objects
 
 
-def _stripe_clip(poly: list[Point], x0: float, y0: float, x1: float, y1: float) -> list[Point]:
-    """Clip a convex polygon to an axis-aligned box (Sutherland-Hodgman)."""
-    def clip(pts: list[Point], inside: Callable[[Point], bool], cross: Callable[[Point, Point], Point]) -> list[Point]:
+def _clip_to_box(poly: list[Point], x0: float, y0: float, x1: float, y1: float) -> list[Point]:
+    """Clip a convex polygon to an axis-aligned box (Sutherland-Hodgman), for stripes on a board."""
+
+    def clip(
+        pts: list[Point], inside: Callable[[Point], bool], cross: Callable[[Point, Point], Point]
+    ) -> list[Point]:
         out: list[Point] = []
         for i, cur in enumerate(pts):
             prev = pts[i - 1]
@@ -592,115 +627,136 @@ def _stripe_clip(poly: list[Point], x0: float, y0: float, x1: float, y1: float) 
     return pts
 
 
-def _draw_cone(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, height: float, color: Color) -> None:
-    """Traffic cone: dark square base, orange/red triangle, two white bands."""
+def _draw_cone(draw: Draw, view: _View, z: float, u: float, height: float, color: Color) -> None:
+    """Traffic cone: dark square base, orange/red tapered body, two white bands."""
     bx, by = view.at(z, u)
     hp = view.px(z, height)
     base = hp * 0.09
     draw.rectangle([bx - hp * 0.36, by - base, bx + hp * 0.36, by], fill=_mix(color, DARK, 0.35))
+    bottom, top = by - base, by - hp
     half_bottom, half_top = hp * 0.28, hp * 0.05
-    top = by - hp
 
-    def half_at(y: float) -> float:  # half-width of the cone body at screen row y
-        return half_top + (half_bottom - half_top) * (y - top) / (by - base - top)
+    def band(f0: float, f1: float) -> list[Point]:  # the body between fractions f0 < f1 of its height
+        ya, yb = top + (bottom - top) * f0, top + (bottom - top) * f1
+        wa = half_top + (half_bottom - half_top) * f0
+        wb = half_top + (half_bottom - half_top) * f1
+        return [(bx - wa, ya), (bx + wa, ya), (bx + wb, yb), (bx - wb, yb)]
 
-    draw.polygon([(bx - half_bottom, by - base), (bx + half_bottom, by - base), (bx + half_top, top), (bx - half_top, top)], fill=color)
-    for f0, f1 in ((0.3, 0.45), (0.6, 0.72)):
-        ya, yb = top + (by - base - top) * f0, top + (by - base - top) * f1
-        draw.polygon([(bx - half_at(ya), ya), (bx + half_at(ya), ya), (bx + half_at(yb), yb), (bx - half_at(yb), yb)], fill=WHITE)
+    draw.polygon(band(0.0, 1.0), fill=color)
+    draw.polygon(band(0.3, 0.45), fill=WHITE)
+    draw.polygon(band(0.6, 0.72), fill=WHITE)
 
 
-def _draw_barrier(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, width: float, color: Color) -> None:
-    """Barrier board with diagonal color/white stripes on two legs."""
+def _draw_barrier(draw: Draw, view: _View, z: float, u: float, width: float, color: Color) -> None:
+    """Barrier board with diagonal colour/white stripes, on two legs with feet."""
     legs = (70, 70, 75)
     for s in (-1, 1):
-        draw.polygon(_upright(view, z, u + s * width * 0.4 - 0.02, u + s * width * 0.4 + 0.02, 0.0, 0.3), fill=legs)
-        draw.polygon(_upright(view, z, u + s * width * 0.4 - 0.09, u + s * width * 0.4 + 0.09, 0.0, 0.03), fill=legs)
+        leg = u + s * width * 0.4
+        draw.polygon(_upright(view, z, leg - 0.02, leg + 0.02, 0.0, 0.3), fill=legs)
+        draw.polygon(_upright(view, z, leg - 0.09, leg + 0.09, 0.0, 0.03), fill=legs)
     x0, y1 = view.at(z, u - width / 2, 0.22)
-    x1, y0 = view.at(z, u + width / 2, 0.45)
+    x1, y0 = view.at(z, u + width / 2, 0.22 + 0.3 * width)
     draw.rectangle([x0, y0, x1, y1], fill=WHITE)
-    period = (y1 - y0) * 1.1
-    slant = y1 - y0
+    slant = y1 - y0  # 45-degree stripes, narrow enough that one 8 px patch at 64 px sees a stripe pair
+    period = slant * 0.6
     x = x0 - slant
     while x < x1:
         stripe = [(x, y1), (x + period / 2, y1), (x + period / 2 + slant, y0), (x + slant, y0)]
-        pts = _stripe_clip(stripe, x0, y0, x1, y1)
+        pts = _clip_to_box(stripe, x0, y0, x1, y1)
         if len(pts) >= 3:
             draw.polygon(pts, fill=color)
         x += period
 
 
-def _draw_chevron(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, width: float, color: Color, right: bool) -> None:
-    """Chevron board: white arrow heads on a red/orange board, on legs."""
+def _draw_chevron(
+    draw: Draw, view: _View, z: float, u: float, width: float, color: Color, right: bool
+) -> None:
+    """Chevron board: white arrow heads on a red/orange board, on two legs."""
     for s in (-1, 1):
-        draw.polygon(_upright(view, z, u + s * width * 0.35 - 0.02, u + s * width * 0.35 + 0.02, 0.0, 0.25), fill=(70, 70, 75))
+        leg = u + s * width * 0.35
+        draw.polygon(_upright(view, z, leg - 0.02, leg + 0.02, 0.0, 0.25), fill=(70, 70, 75))
     x0, y1 = view.at(z, u - width / 2, 0.2)
     x1, y0 = view.at(z, u + width / 2, 0.5)
     draw.rectangle([x0, y0, x1, y1], fill=color)
     hgt = y1 - y0
     n = max(2, int(round((x1 - x0) / (hgt * 0.75))))
     step = (x1 - x0) / n
-    th = step * 0.35
-    a = hgt * 0.35
+    th, a = step * 0.35, hgt * 0.35  # stroke thickness and arrow depth
     sign = 1 if right else -1
+    top, mid, bottom = y0 + hgt * 0.12, y0 + hgt / 2, y1 - hgt * 0.12
     for i in range(n):
         cx = x0 + step * (i + 0.5) + sign * a * 0.4
-        pts = [(cx - sign * a, y0 + hgt * 0.12), (cx - sign * a + sign * th, y0 + hgt * 0.12), (cx + sign * th, y0 + hgt / 2),
-               (cx - sign * a + sign * th, y1 - hgt * 0.12), (cx - sign * a, y1 - hgt * 0.12), (cx, y0 + hgt / 2)]
-        draw.polygon(pts, fill=WHITE)
+        back, front = cx - sign * a, cx - sign * a + sign * th
+        arrow = [(back, top), (front, top), (cx + sign * th, mid), (front, bottom), (back, bottom), (cx, mid)]
+        draw.polygon(arrow, fill=WHITE)
 
 
-def _draw_warning_sign(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, size: float, diamond: bool, low: bool) -> None:
+def _draw_warning_sign(
+    draw: Draw, view: _View, z: float, u: float, size: float, diamond: bool, low: bool
+) -> None:
     """Roadwork sign: red-bordered white triangle or orange diamond, with a dark digging-worker glyph."""
     mount = 0.2 if low else 0.75
-    if low:  # A-frame stand on the road
+    if low:  # on an A-frame stand on the road
+        width = max(1, int(view.px(z, 0.025)))
         for s in (-1, 1):
-            draw.line([view.at(z, u + s * size * 0.3), view.at(z, u, mount)], fill=(70, 70, 75), width=max(1, int(view.px(z, 0.025))))
+            draw.line([view.at(z, u + s * size * 0.3), view.at(z, u, mount)], fill=(70, 70, 75), width=width)
     else:
         _draw_pole(draw, view, z, u, mount)
     r = view.px(z, size * 0.5)
     cx, cy = view.at(z, u, mount + size * 0.5)
     if diamond:
-        outer = [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
-        inner = [(cx, cy - r * 0.85), (cx + r * 0.85, cy), (cx, cy + r * 0.85), (cx - r * 0.85, cy)]
-        draw.polygon(outer, fill=DARK)
-        draw.polygon(inner, fill=ORANGE)
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=DARK)
+        ri = r * 0.85
+        draw.polygon([(cx, cy - ri), (cx + ri, cy), (cx, cy + ri), (cx - ri, cy)], fill=ORANGE)
     else:
         cy += r * 0.15
-        outer = [(cx, cy - r * 1.1), (cx + r * 1.05, cy + r * 0.75), (cx - r * 1.05, cy + r * 0.75)]
-        inner = [(cx, cy - r * 0.55), (cx + r * 0.6, cy + r * 0.5), (cx - r * 0.6, cy + r * 0.5)]
-        draw.polygon(outer, fill=RED)
-        draw.polygon(inner, fill=WHITE)
+        for apex, half, base, fill in ((1.1, 1.05, 0.75, RED), (0.55, 0.6, 0.5, WHITE)):  # border, then face
+            y = cy + base * r
+            draw.polygon([(cx, cy - apex * r), (cx + half * r, y), (cx - half * r, y)], fill)
     g = r * 0.28  # glyph: a head, a bent body and a shovel
     draw.ellipse([cx - g * 0.5, cy - g * 1.3, cx + g * 0.1, cy - g * 0.7], fill=DARK)
-    draw.line([(cx - g * 0.2, cy - g * 0.7), (cx + g * 0.3, cy + g * 0.3)], fill=DARK, width=max(1, int(g * 0.4)))
-    draw.line([(cx + g * 0.3, cy + g * 0.3), (cx + g * 0.9, cy + g * 0.5)], fill=DARK, width=max(1, int(g * 0.25)))
+    draw.line([(cx - g * 0.2, cy - g * 0.7), (cx + g * 0.3, cy + g * 0.3)], DARK, max(1, int(g * 0.4)))
+    draw.line([(cx + g * 0.3, cy + g * 0.3), (cx + g * 0.9, cy + g * 0.5)], DARK, max(1, int(g * 0.25)))
 
 
-def _draw_excavator(draw: ImageDraw.ImageDraw, view: _View, z: float, u: float, color: Color, facing: float) -> None:
-    """Excavator-ish block: tracks, body, cab with window, boom and bucket."""
+def _draw_excavator(
+    draw: Draw, view: _View, z: float, u: float, color: Color, facing: float
+) -> None:
+    """Excavator-ish block: tracks, body, cab with window, boom and bucket (facing is +-1)."""
     draw.polygon(_upright(view, z, u - 0.45, u + 0.45, 0.0, 0.15), fill=DARK)
     draw.polygon(_upright(view, z, u - 0.4, u + 0.4, 0.15, 0.45), fill=color)
-    draw.polygon(_upright(view, z, u - 0.35 * facing, u + 0.0 * facing, 0.45, 0.8), fill=color)
+    draw.polygon(_upright(view, z, u - 0.35 * facing, u, 0.45, 0.8), fill=color)
     draw.polygon(_upright(view, z, u - 0.3 * facing, u - 0.05 * facing, 0.52, 0.74), fill=(60, 75, 95))
-    w = max(2, int(view.px(z, 0.07)))
-    p0, p1, p2 = view.at(z, u + 0.2 * facing, 0.45), view.at(z, u + 0.55 * facing, 1.0), view.at(z, u + 0.85 * facing, 0.3)
-    draw.line([p0, p1, p2], fill=_mix(color, DARK, 0.2), width=w)
-    bx, by = p2
+    boom = [view.at(z, u + f * facing, h) for f, h in ((0.2, 0.45), (0.55, 1.0), (0.85, 0.3))]
+    draw.line(boom, fill=_mix(color, DARK, 0.2), width=max(2, int(view.px(z, 0.07))))
+    bx, by = boom[-1]
     b = view.px(z, 0.12)
-    draw.polygon([(bx - b, by - b), (bx + b, by - b), (bx + b * 0.5, by + b), (bx - b * 0.8, by + b * 0.6)], fill=DARK)
+    bucket = [(bx - b, by - b), (bx + b, by - b), (bx + b * 0.5, by + b), (bx - b * 0.8, by + b * 0.6)]
+    draw.polygon(bucket, DARK)
 
 
-def _sample_layout(rng: np.random.Generator) -> list[str]:
-    """Which roadwork item groups (or their counterparts) a scene gets: 1-3 of them."""
-    kinds = ["cones", "barrier", "sign", "chevron", "excavator"]
-    n = int(rng.choice([1, 2, 3], p=[0.45, 0.4, 0.15]))
-    return [_pick(rng, kinds, [0.34, 0.26, 0.22, 0.1, 0.08]) for _ in range(n)]
+# ----------------------------------------------------------------------------------------------------
+# Layout: roadwork groups, or their colour-matched stand-ins
 
 
-def _sample_depth(rng: np.random.Generator) -> float:
-    """Depth of a roadwork group (or counterpart): mostly near enough to be clearly visible, sometimes far."""
-    return float(rng.uniform(1.25, 2.4) if rng.random() < 0.8 else rng.uniform(2.4, 4.0))
+def _sample_layout(rng: np.random.Generator) -> list[tuple[str, bool]]:
+    """Which roadwork groups (or their stand-ins) a scene gets, as (kind, near).
+
+    A worksite has one main group on the road near the camera (cones, barrier or chevron board) and up
+    to two more of any kind; warning signs and excavators only come with a main group, as in real sites.
+    The main group is what makes the task learnable for a small model trained briefly from scratch.
+    """
+    main = _pick(rng, ["cones", "barrier", "chevron"], [0.5, 0.4, 0.1])
+    n_extra = int(rng.choice([0, 1, 2], p=[0.05, 0.55, 0.4]))
+    kinds, weights = ["cones", "barrier", "sign", "chevron", "excavator"], [0.25, 0.2, 0.3, 0.1, 0.15]
+    return [(main, True)] + [(_pick(rng, kinds, weights), False) for _ in range(n_extra)]
+
+
+def _sample_depth(rng: np.random.Generator, near: bool) -> float:
+    """Depth of a group: near for the main group, else mid-distance or sometimes far (small)."""
+    if near:
+        return float(rng.uniform(1.15, 1.8))
+    return float(rng.uniform(1.3, 2.6) if rng.random() < 0.75 else rng.uniform(2.6, 4.0))
 
 
 def _fit_z(view: _View, u: float, z: float, half: float) -> float:
@@ -713,25 +769,30 @@ def _roadwork_color(rng: np.random.Generator) -> Color:
     return _jitter(rng, _pick(rng, [ORANGE, RED], [0.7, 0.3]), 10)
 
 
-def _add_roadwork(items: list[Item], view: _View, rng: np.random.Generator, kind: str, lanes: int) -> None:
-    """Add one group of roadwork objects on the road or at the kerb, mostly in the near half."""
+def _add_roadwork(
+    items: list[Item], view: _View, rng: np.random.Generator, kind: str, near: bool, lanes: int
+) -> None:
+    """Add one group of roadwork objects, on the road or at the kerb."""
     color = _roadwork_color(rng)
-    z = _sample_depth(rng)
+    z = _sample_depth(rng, near)
     u = float(rng.uniform(-0.9, 0.9))
-    if kind == "cones":
-        height = float(rng.uniform(0.36, 0.5))
+    # The main group is drawn larger than life (a cone as tall as a car) so that it stays clearly visible
+    # once the frame is squeezed to 64x64; the extra groups keep realistic, often small, sizes.
+    big = 1.5 if near else 1.0
+    if kind == "cones":  # a line of cones along the road
+        height = float(rng.uniform(0.36, 0.5)) * big
         z = _fit_z(view, u, z, 0.2)
-        for _ in range(int(rng.integers(1, 6))):
-            items.append((z, lambda d, z=z, u=u, h=height, c=color: _draw_cone(d, view, z, u, h, c)))
+        for _ in range(int(rng.integers(3 if near else 1, 8))):
+            items.append((z, _later(_draw_cone, view, z, u, height, color)))
             z += float(rng.uniform(0.4, 1.2))
             u += float(rng.normal(0, 0.05))
     elif kind == "barrier":
-        width = float(rng.uniform(0.7, 1.0))
+        width = float(rng.uniform(0.7, 1.0)) * big
         z = _fit_z(view, u, z, width / 2)
-        items.append((z, lambda d, z=z, u=u, w=width, c=color: _draw_barrier(d, view, z, u, w, c)))
-        if rng.random() < 0.3:  # a second board continues the closure across the lane
+        items.append((z, _later(_draw_barrier, view, z, u, width, color)))
+        if rng.random() < (0.5 if near else 0.25):  # a second board continues the closure across the lane
             u2 = u - math.copysign(width * 1.05, u)
-            items.append((z, lambda d, z=z, u=u2, w=width, c=color: _draw_barrier(d, view, z, u2, w, c)))
+            items.append((z, _later(_draw_barrier, view, z, u2, width, color)))
     elif kind == "sign":
         low = bool(rng.random() < 0.4)  # on an A-frame on the road, else on a pole at the kerb
         if not low:
@@ -739,74 +800,83 @@ def _add_roadwork(items: list[Item], view: _View, rng: np.random.Generator, kind
         diamond = bool(rng.random() < 0.35)
         size = float(rng.uniform(0.36, 0.5))
         z = _fit_z(view, u, z, size / 2)
-        items.append((z, lambda d, z=z, u=u, s=size, di=diamond, lo=low: _draw_warning_sign(d, view, z, u, s, di, lo)))
+        items.append((z, _later(_draw_warning_sign, view, z, u, size, diamond, low)))
     elif kind == "chevron":
-        width = float(rng.uniform(0.7, 1.0))
+        width = float(rng.uniform(0.7, 1.0)) * big
         right = bool(rng.random() < 0.5)
         z = _fit_z(view, u, z, width / 2)
-        items.append((z, lambda d, z=z, u=u, w=width, c=color, r=right: _draw_chevron(d, view, z, u, w, c, r)))
-    else:
+        items.append((z, _later(_draw_chevron, view, z, u, width, color, right)))
+    else:  # an excavator beside the road, boom towards it
         u = float(_pick(rng, [-1.2, 1.2]))
         ecolor = _jitter(rng, _pick(rng, [YELLOW, ORANGE]), 10)
         facing = -math.copysign(1.0, u)
         z = _fit_z(view, u, max(z, 1.5), 0.45)
-        items.append((z, lambda d, z=z, u=u, c=ecolor, f=facing: _draw_excavator(d, view, z, u, c, f)))
+        items.append((z, _later(_draw_excavator, view, z, u, ecolor, facing)))
     if rng.random() < 0.2:  # something in front: a passing car or a pole partly hides the roadwork
         if rng.random() < 0.5:  # offset sideways so that part of the roadwork stays visible
             shift = float(rng.uniform(0.3, 0.5)) * float(_pick(rng, [-1, 1]))
             _add_car(items, view, rng, lanes, z * 0.85, u=u + shift)
         else:
             zp, up = z * 0.8, u + float(rng.uniform(-0.15, 0.15))
-            items.append((zp, lambda d, z=zp, u=up: _draw_pole(d, view, z, u, 1.5)))
+            items.append((zp, _later(_draw_pole, view, zp, up, 1.5)))
 
 
-def _add_counterpart(
-    items: list[Item], view: _View, rng: np.random.Generator, kind: str, lanes: int, sides: list[_Side]
+def _add_stand_in(
+    items: list[Item],
+    view: _View,
+    rng: np.random.Generator,
+    kind: str,
+    near: bool,
+    lanes: int,
+    sides: list[_Side],
 ) -> None:
-    """Add the colour-matched ordinary-scene stand-in for a roadwork group (same colours, other shapes)."""
+    """Add the colour-matched stand-in of a roadwork group to an ordinary scene: same colours, other shapes.
+
+    The stand-in of a near main group is drawn larger too, so that the amount of orange, red and white per
+    image stays similar across the classes.
+    """
     color = _roadwork_color(rng)
-    z = _sample_depth(rng)
-    if kind == "cones":  # orange cones -> people in orange (often hi-vis) clothes
-        for _ in range(int(rng.integers(1, 4))):
+    z = _sample_depth(rng, near)
+    big = 1.4 if near else 1.0
+    if kind == "cones":  # a line of orange cones -> people in orange (often hi-vis) clothes
+        for _ in range(int(rng.integers(2 if near else 1, 6))):
             u = float(_pick(rng, [-1, 1])) * float(rng.uniform(1.05, 1.4))
             hivis = bool(rng.random() < 0.6)
+            skin = _pick(rng, SKINS)
             zi = _fit_z(view, u, z, 0.1)
-            items.append((zi, lambda d, z=zi, u=u, c=color, h=hivis: _draw_person(d, view, z, u, c, h)))
+            items.append((zi, _later(_draw_person, view, zi, u, color, skin, hivis, big)))
             z += float(rng.uniform(0.3, 1.0))
+        if near and rng.random() < 0.5:  # white stripes on the ground, like the cones' bands
+            items.append((50.0, _later(_draw_crossing, view, z)))
     elif kind == "barrier":  # striped board -> striped awning, or zebra crossing plus a coloured car
         if rng.random() < 0.6:
-            side = _pick(rng, sides)
+            u = _pick(rng, sides).u
             z0 = float(rng.uniform(0.9, 2.0))
-            items.append((50.0, lambda d, u=side.u, a=z0, c=color: _draw_awning_striped(d, view, u, a, a * 1.6, c)))
+            z1 = z0 * (2.1 if near else 1.6)
+            items.append((50.0, _later(_draw_awning, view, u, z0, z1, color, 6, 0.65)))
         else:
-            items.append((50.0, lambda d, z=z: _draw_crossing(d, view, z)))
+            items.append((50.0, _later(_draw_crossing, view, z)))
             _add_car(items, view, rng, lanes, z * 1.2, color=color, van=False)
-    elif kind == "sign":  # warning triangle -> round red/white sign or orange square sign
+        if near and rng.random() < 0.5:
+            _add_car(items, view, rng, lanes, float(rng.uniform(1.3, 2.5)), color=_roadwork_color(rng))
+    elif kind == "sign":  # warning triangle -> round red/white sign, or orange rectangular sign
         u = float(_pick(rng, [-1.12, 1.12]))
         size = float(rng.uniform(0.36, 0.5))
         z = _fit_z(view, u, z, size / 2)
         if rng.random() < 0.65:
-            kind2 = _pick(rng, ["no_entry", "speed"])
-            items.append((z, lambda d, z=z, u=u, s=size, k=kind2: _draw_round_sign(d, view, z, u, s, k)))
+            sign = _pick(rng, ["no_entry", "speed"])
+            items.append((z, _later(_draw_round_sign, view, z, u, size, sign)))
         else:
-            items.append((z, lambda d, z=z, u=u, s=size: _draw_rect_sign(d, view, z, u, s, ORANGE)))
-    elif kind == "chevron":  # red/orange board -> red/orange car with brake lights, or a red traffic light
-        _add_car(items, view, rng, lanes, z, color=color, van=False)
+            items.append((z, _later(_draw_rect_sign, view, z, u, size, ORANGE)))
+    elif kind == "chevron":  # red/orange board -> red/orange car with brake lights, maybe a red light
+        _add_car(items, view, rng, lanes, z, color=color, van=bool(near and rng.random() < 0.5))
         if rng.random() < 0.5:
             u = float(_pick(rng, [-1.15, 1.15]))
             z = _fit_z(view, u, z, 0.1)
-            items.append((z, lambda d, z=z, u=u: _draw_traffic_light(d, view, z, u, 0)))
+            items.append((z, _later(_draw_traffic_light, view, z, u, 0)))
+        if near and rng.random() < 0.5:
+            items.append((50.0, _later(_draw_crossing, view, z)))
     else:  # excavator -> an orange/yellow van at the kerb
         u = float(_pick(rng, [-0.85, 0.85]))
-        ecolor = _jitter(rng, _pick(rng, [YELLOW, ORANGE]), 10)
-        _add_car(items, view, rng, lanes, _fit_z(view, u, max(z, 1.5), 0.4), color=ecolor, van=True, u=u)
-
-
-def _draw_awning_striped(draw: ImageDraw.ImageDraw, view: _View, u: float, z0: float, z1: float, color: Color) -> None:
-    """A striped awning on a facade, always with white stripes (the counterpart of a barrier board)."""
-    lo, hi = 0.35, 0.6
-    draw.polygon(_facade_quad(view, u, z0, z1, lo, hi), fill=color)
-    n = 12
-    zs = np.linspace(z0, z1, n + 1)
-    for i in range(0, n, 2):
-        draw.polygon(_facade_quad(view, u, zs[i], zs[i + 1], lo, hi), fill=WHITE)
+        vcolor = _jitter(rng, _pick(rng, [YELLOW, ORANGE]), 10)
+        _add_car(items, view, rng, lanes, _fit_z(view, u, max(z, 1.5), 0.4), color=vcolor, van=True, u=u)
