@@ -126,13 +126,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"VAL_TEST accuracy {evaluation['accuracy']:.3f} is {'above' if above else 'NOT above'} the "
               f"majority-class rate {evaluation['majority_rate']:.3f} (balanced accuracy "
               f"{evaluation['balanced_accuracy']:.3f}, MCC {evaluation['mcc']:.3f}).")
+    if result.summary.policy_guarantee:
+        print(f"policy: {result.summary.policy_guarantee}")
     if result.summary.bundle:
         print(f"bundle: {result.summary.bundle}")
     if result.summary.report:
         print(f"report: {result.summary.report}")
     if not result.succeeded:
-        print(f"\n{result.error or 'some phases did not finish'}\nThe task log above shows the cause. After fixing "
-              f"it, resume (finished phases are reused):\n  streetvision run --resume {run_dir}", file=sys.stderr)
+        print(f"\n{result.error or 'some phases did not finish'}\nThe task log above (and {run_dir}/run.log) shows "
+              f"the cause. If it was transient (killed, out of memory) or fixed in code, resume "
+              f"and finished phases are reused:\n  streetvision run --resume {run_dir}\nIf it needs another config, "
+              "start a new run with the changed overrides.", file=sys.stderr)
         return 1
     return 0
 

@@ -76,6 +76,11 @@ class RunSummary:
         return evaluation / "report.html" if evaluation else None
 
     @property
+    def policy_guarantee(self) -> str | None:
+        record = self.outputs.get(("policy", None))
+        return record.meta["summary"].get("guarantee") if record else None
+
+    @property
     def evaluation(self) -> dict | None:
         record = self.outputs.get(("evaluation", "val_test"))
         return record.meta["summary"] if record else None

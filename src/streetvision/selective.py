@@ -91,7 +91,8 @@ def guarantee_text(policy: dict) -> str:
         return (
             f"No threshold meets the target: selective accuracy >= {1 - policy['target_risk']:.1%} could not be "
             f"certified at confidence {1 - policy['delta']:.0%} from {policy['n_calib']} VAL_CALIB samples. "
-            "The policy accepts nothing (every image goes to Stage 2)."
+            "The policy accepts nothing (every image goes to Stage 2). More VAL_CALIB data, a stronger model or a "
+            "looser calibration.target_risk can make it feasible."
         )
     return (
         f"Among accepted images, accuracy >= {1 - policy['target_risk']:.1%} with probability >= "

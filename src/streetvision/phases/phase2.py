@@ -51,6 +51,7 @@ def run_phase2(cfg: Config, val_calib_logits_dir: str | Path, policy_dir: str | 
             "risk_bound": policy["risk_bound"],
             "target_risk": policy["target_risk"],
             "temperature": round(calibrator["temperature"], 4),
+            "guarantee": policy["guarantee"],
         },
     )
     return {"policy": write_metadata(policy_dir, meta)}
