@@ -7,6 +7,8 @@ The task's cache key (used by `streetvision run --resume`) covers this source an
 config), not the library code: resuming after a fix in a failed phase reuses the phases that finished.
 """
 
+from typing import NamedTuple
+
 from kfp.dsl import HTML, ClassificationMetrics, Input, Metrics, Output
 
 from streetvision_components.types import (
@@ -99,8 +101,12 @@ def evaluate(
     metrics: Output[Metrics],
     classification_metrics: Output[ClassificationMetrics],
     report: Output[HTML],
-):
-    """Final numbers on VAL_TEST, through the bundle's own inference path; the only reader of VAL_TEST."""
+) -> NamedTuple("EvaluateOutputs", [("blessed", bool)]):
+    """Final numbers on VAL_TEST, through the bundle's own inference path; the only reader of VAL_TEST.
+
+    `blessed` is the pass/fail verdict of `evaluation.blessing`; a cluster pipeline can gate publishing on it
+    (`dsl.If(evaluate_task.outputs["blessed"] == True)`)."""
+    from collections import namedtuple
     import json
 
     from streetvision.config import config_from_json
@@ -119,6 +125,7 @@ def evaluate(
         json.dump(result["scalars"], handle, indent=2)
     with open(classification_metrics.path, "w") as handle:
         json.dump({"confusion_matrix": result["confusion_matrix"], "roc": roc}, handle)
+    return namedtuple("EvaluateOutputs", ["blessed"])(result["blessed"])
 
 
 # Phase name (as in the config) -> component function.

@@ -26,6 +26,8 @@ TINY = [
     "training.epochs=1",
     "training.batch_size=32",
     "calibration.target_risk=0.5",
+    "evaluation.bootstrap_resamples=200",
+    "evaluation.challenge_levels=[0, 3]",
 ]
 
 

@@ -35,10 +35,11 @@ def test_whole_pipeline_runs_locally(tmp_path):
     assert record["status"] == "succeeded"
     assert set(record["phases"].values()) == {"done"}
     validate_bundle(record["bundle"])
-    assert Path(record["report"]).read_text().count("<img") == 4
+    assert Path(record["report"]).read_text().count("<img") == 5  # 4 plots + the challenge levels
     assert config_from_yaml_file(run_dir / "config.yaml") == load_config(TINY)
     assert f"bundle: {record['bundle']}" in result.stdout and f"report: {record['report']}" in result.stdout
     assert "majority-class rate" in result.stdout and "run summary (succeeded" in result.stdout
+    assert "blessing: PASSED" in result.stdout or "blessing: FAILED" in result.stdout
     assert "Got executor_input" not in result.stdout  # kept in run.log, not on the console
     assert "Got executor_input" in (run_dir / "run.log").read_text()
 

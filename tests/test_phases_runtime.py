@@ -92,6 +92,6 @@ def test_end_to_end_phase_functions_record_lineage(trained, tmp_path):
         ("phase2", "policy_fitting", "val_calib"),
         ("evaluate", "final_evaluation", "val_test"),
     ]
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["n"] == read_metadata(dirs[Split.VAL_TEST], "t").count
+    results = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert results["metrics"]["n"] == read_metadata(dirs[Split.VAL_TEST], "t").count
     assert "<img" in (tmp_path / "report.html").read_text()

@@ -1,4 +1,4 @@
-"""`streetvision` command line: run, plan, compile, config.
+"""`streetvision` command line: run, plan, compile, config, report.
 
 The library never imports kfp; the commands that need it (run, plan, compile) import the pipeline package
 when they are called.
@@ -25,6 +25,7 @@ examples:
   streetvision run --resume outputs/20261126-101500-ab12cd   # finish a failed run
   streetvision plan model=vit_base cluster.accelerator=a100
   streetvision compile -o pipeline.yaml
+  streetvision report outputs/20261126-101500-ab12cd        # open the evaluation report
 """
 
 
@@ -126,6 +127,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"VAL_TEST accuracy {evaluation['accuracy']:.3f} is {'above' if above else 'NOT above'} the "
               f"majority-class rate {evaluation['majority_rate']:.3f} (balanced accuracy "
               f"{evaluation['balanced_accuracy']:.3f}, MCC {evaluation['mcc']:.3f}).")
+    if evaluation and "blessed" in evaluation:
+        checks = "; ".join(evaluation.get("blessing_checks", [])) or "no rule configured"
+        print(f"blessing: {'PASSED' if evaluation['blessed'] else 'FAILED'} ({checks})")
     if result.summary.policy_guarantee:
         print(f"policy: {result.summary.policy_guarantee}")
     if result.summary.bundle:
@@ -138,6 +142,18 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"and finished phases are reused:\n  streetvision run --resume {run_dir}\nIf it needs another config, "
               "start a new run with the changed overrides.", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    from streetvision.run_summary import find_report
+
+    report = find_report(args.path).resolve()
+    print(f"report: {report}")
+    if not args.no_open and not webbrowser.open(report.as_uri()):
+        print("no browser found here; open the file above in one (it is self-contained, no network needed)")
     return 0
 
 
@@ -172,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(conf)
     conf.add_argument("--presets", action="store_true", help="list the presets of each config group")
     conf.set_defaults(func=cmd_config)
+
+    report = sub.add_parser("report", help="open the evaluation report of a run (HTML: plots, intervals, blessing)")
+    report.add_argument("path", metavar="RUN", help="a run folder (outputs/<run>), an evaluation folder or report.html")
+    report.add_argument("--no-open", action="store_true", help="only print where the report is")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -75,6 +75,22 @@ def _roc(fpr, tpr, auroc):
     return _png(fig)
 
 
+def _challenge(challenge):
+    """Accuracy and MCC per challenge level, with their bootstrap intervals as error bars."""
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    levels = [entry["level"] for entry in challenge]
+    for offset, (name, color) in enumerate((("accuracy", "#1f77b4"), ("mcc", "#ff7f0e"))):
+        values = np.array([entry["metrics"][name] for entry in challenge])
+        bounds = np.array([entry["intervals"][name] for entry in challenge], dtype=float)
+        errors = np.abs(np.stack([values - bounds[:, 0], bounds[:, 1] - values]))
+        ax.errorbar(np.array(levels) + 0.08 * (offset - 0.5), values, yerr=np.nan_to_num(errors), fmt="o-",
+                    color=color, capsize=3, label=name)
+    ax.set(xticks=levels, xlabel="challenge level (224 px JPEG)", ylim=(min(0.0, ax.get_ylim()[0]), 1.02),
+           title="Deployment-style challenge")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def _fmt(value) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -83,34 +99,82 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
-def write_html_report(path, *, metrics, confidence, correct, matrix, roc, risk_coverage, policy, label_names,
+def _interval(bounds) -> str:
+    low, high = bounds
+    return "n/a" if not (np.isfinite(low) and np.isfinite(high)) else f"[{low:.4f}, {high:.4f}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+# Metrics shown in the per-level and per-slice tables.
+_COMPACT = ("accuracy", "mcc", "auroc", "ece", "coverage", "deployment_score")
+
+
+def _compact_rows(entries: list[dict], key: str) -> list[list[str]]:
+    return [[html.escape(str(e[key])), str(e["metrics"]["n"])]
+            + [f"{_fmt(e['metrics'][m])} {_interval(e['intervals'][m])}" for m in _COMPACT] for e in entries]
+
+
+def write_html_report(path, *, results, confidence, correct, matrix, roc, risk_coverage, policy, label_names,
                       ece_bins) -> None:
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in metrics.items())
+    metrics, intervals = results["metrics"], results["intervals"]
+    level = f"{results['confidence_level']:.0%}"
     verdict = (
         f"Accuracy {metrics['accuracy']:.3f} is "
-        f"{'above' if metrics['accuracy'] > metrics['majority_rate'] else '<b>not above</b>'} "
+        f"{'above' if metrics['accuracy'] > metrics['majority_rate'] else 'NOT above'} "
         f"the majority-class rate {metrics['majority_rate']:.3f} of VAL_TEST."
     )
+    blessing = results["blessing"]
+    checks = "".join(f"<li>{html.escape(c['rule'])}: {_fmt(c['value'])} — {'pass' if c['passed'] else '<b>FAIL</b>'}"
+                     "</li>" for c in blessing["checks"]) or "<li>no rule configured</li>"
     plots = [
         _reliability(np.asarray(confidence), np.asarray(correct, dtype=float), ece_bins),
         _risk_coverage(*risk_coverage, metrics, policy),
         _confusion(np.asarray(matrix), label_names),
         _roc(*roc, metrics["auroc"]),
     ]
+    if results["challenge"]:
+        plots.append(_challenge(results["challenge"]))
     images = "".join(f'<img alt="plot" src="data:image/png;base64,{p}">' for p in plots)
+    metric_rows = [[html.escape(k), _fmt(v), _interval(intervals[k]) if k in intervals else ""]
+                   for k, v in metrics.items()]
+    target_rows = [[html.escape(t["label"]), html.escape(t["target"]), _fmt(t["value"]),
+                    "met" if t["met"] else "<b>not met</b>"] for t in results["seed_targets"]]
+    compact_header = [f"{m} [{level} CI]" for m in _COMPACT]
+    sections = [
+        f"<h2>Metrics ({metrics['n']} VAL_TEST images, calibrated probabilities, decision at 0.5)</h2>",
+        _table(["metric", "value", f"{level} bootstrap interval"], metric_rows),
+        "<h2>Against the seed's targets</h2>",
+        _table(["metric", "target", "measured", "verdict"], target_rows),
+    ]
+    if results["challenge"]:
+        sections += [
+            "<h2>Challenge levels (VAL_TEST re-rendered as deployment sends it)</h2>",
+            _table(["level", "n"] + compact_header, _compact_rows(results["challenge"], "level")),
+            "<ul>" + "".join(f"<li>level {e['level']}: {html.escape(e['description'])}</li>"
+                             for e in results["challenge"]) + "</ul>",
+        ]
+    if results["slices"]:
+        sections += ["<h2>Slices</h2>", _table(["slice", "n"] + compact_header, _compact_rows(results["slices"], "slice"))]
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>StreetVision Stage 1 evaluation</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
-table {{ border-collapse: collapse; }} td {{ border-bottom: 1px solid #ddd; padding: 3px 12px; }}
-.plots img {{ margin: 6px; border: 1px solid #eee; }} .note {{ background: #f6f6f6; padding: 8px 12px; }}
+table {{ border-collapse: collapse; margin-bottom: 12px; }} td, th {{ border-bottom: 1px solid #ddd; padding: 3px 12px; }}
+th {{ text-align: left; }} .plots img {{ margin: 6px; border: 1px solid #eee; }}
+.note {{ background: #f6f6f6; padding: 8px 12px; }} .pass {{ background: #e7f6e7; }} .fail {{ background: #fbe9e9; }}
 </style></head><body>
 <h1>StreetVision Stage 1 — VAL_TEST evaluation</h1>
 <p class="note">{html.escape(verdict)}</p>
+<div class="note {'pass' if blessing['passed'] else 'fail'}"><b>Blessing: {'PASSED' if blessing['passed'] else 'FAILED'}</b>
+(judged on the {'point estimates' if blessing['judge'] == 'point' else 'cautious end of each interval'})<ul>{checks}</ul></div>
 <p class="note"><b>Policy guarantee.</b> {html.escape(policy["guarantee"])}</p>
 <div class="plots">{images}</div>
-<h2>Metrics ({metrics['n']} VAL_TEST images, calibrated probabilities, decision at 0.5)</h2>
-<table>{rows}</table>
+{"".join(sections)}
 </body></html>
 """
     Path(path).write_text(page)

@@ -35,7 +35,7 @@ HEADLINE = {
     "policy": ("feasible", "threshold", "calib_coverage", "risk_bound", "temperature"),
     "bundle": ("policy", "files", "bytes"),
     "evaluation": ("accuracy", "majority_rate", "balanced_accuracy", "mcc", "auroc", "ece", "coverage",
-                   "selective_accuracy"),
+                   "selective_accuracy", "deployment_score", "blessed"),
 }
 
 
@@ -125,3 +125,19 @@ def summarize_run(run_dir: str | Path, phases: list[str]) -> RunSummary:
         if current is None or meta.get("created_unix", 0) >= current.meta.get("created_unix", 0):
             summary.outputs[key] = OutputRecord(meta["phase"], key[0], key[1], record_file.parent, meta)
     return summary
+
+
+def find_report(path: str | Path) -> Path:
+    """The HTML report of a run folder, an evaluation artifact folder, or the report file itself."""
+    path = Path(path)
+    candidates = [path] if path.is_file() else [path / "report.html"]
+    if (path / PIPELINE_ROOT).is_dir():
+        report = summarize_run(path, []).report
+        candidates = [report] if report else []
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no evaluation report in {path}: give a run folder whose evaluate phase finished (resume it with "
+        f"`streetvision run --resume {path}` if it did not), an evaluation artifact folder, or a report.html"
+    )

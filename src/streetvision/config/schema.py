@@ -182,12 +182,47 @@ class CalibrationConfig:
 
 
 @dataclass
+class BlessingConfig:
+    """Pass/fail rules on VAL_TEST metrics; a cluster pipeline can gate publishing on the verdict.
+
+    A bound left empty (null) is not checked. `judge: lower_bound` compares the lower end of each metric's
+    bootstrap interval (upper end for ECE) instead of the point estimate: a stricter, honest-er verdict.
+    """
+
+    require_above_majority: bool = True
+    min_accuracy: float | None = None
+    min_mcc: float | None = None
+    min_auroc: float | None = None
+    max_ece: float | None = None
+    min_coverage: float | None = None
+    judge: Literal["point", "lower_bound"] = "point"
+
+
+@dataclass
 class EvaluationConfig:
     ece_bins: int = 15
     batch_size: int = 128
+    bootstrap_resamples: int = 1000
+    bootstrap_method: Literal["BCa", "percentile", "basic"] = "BCa"
+    confidence_level: float = 0.95
+    # Deployment-style re-rendering of VAL_TEST (see streetvision.challenge.LEVELS); [] turns it off.
+    challenge_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    challenge_size: int = 224
+    seed: int = 0
+    blessing: BlessingConfig = field(default_factory=BlessingConfig)
 
     def check(self) -> list[str]:
-        return [] if self.ece_bins >= 2 else [f"ece_bins: must be >= 2, got {self.ece_bins}"]
+        problems = [] if self.ece_bins >= 2 else [f"ece_bins: must be >= 2, got {self.ece_bins}"]
+        if self.bootstrap_resamples < 50:
+            problems.append(f"bootstrap_resamples: must be >= 50 for a usable interval, got {self.bootstrap_resamples}")
+        if not 0.5 < self.confidence_level < 1.0:
+            problems.append(f"confidence_level: must be in (0.5, 1), got {self.confidence_level}")
+        bad_levels = [level for level in self.challenge_levels if level not in (0, 1, 2, 3)]
+        if bad_levels:
+            problems.append(f"challenge_levels: {bad_levels} not in 0..3")
+        if self.challenge_size < 16:
+            problems.append(f"challenge_size: must be >= 16, got {self.challenge_size}")
+        return problems
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""Evaluate: the bundle's own inference path on VAL_TEST, the only phase that ever reads VAL_TEST."""
+"""Evaluate: the bundle's own inference path on VAL_TEST, the only phase that ever reads VAL_TEST.
+
+Numbers come with bootstrap intervals; VAL_TEST is also re-rendered as deployment sends it (224 px JPEG
+challenge levels) and sliced by source tag; a blessing turns configured thresholds into a pass/fail verdict.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.metrics import confusion_matrix, roc_curve
 
-from streetvision.config.schema import Config
+from streetvision.challenge import LEVELS, render_challenge
+from streetvision.config.schema import BlessingConfig, Config
 from streetvision.contracts.metadata import (
     ArtifactMetadata,
     check_lineage,
@@ -23,23 +28,63 @@ from streetvision.contracts.metadata import (
     write_metadata,
 )
 from streetvision.contracts.splits import PHASE_READS, Role, Split
+from streetvision.data.decode import decode_image
 from streetvision.data.shards import class_counts, load_split
-from streetvision.inference import Bundle
-from streetvision.metrics.classification import classification_metrics, selective_metrics
+from streetvision.inference import Bundle, Predictions
+from streetvision.metrics.evaluation import bootstrap_intervals, evaluation_metrics, risk_coverage_curve
 from streetvision.progress import log
 from streetvision.report import write_html_report
 from streetvision.training.loop import resolve_device
 
 PHASE = "evaluate"
 REPORT_FILE = "report.html"
+METRICS_FILE = "metrics.json"
+
+# The seed README's targets, shown beside the measured numbers: (metric, label, band, passes).
+SEED_TARGETS = [
+    ("accuracy", "accuracy", "88-92 %", lambda v: v >= 0.88),
+    ("ece", "ECE (15 bins)", "3-5 %", lambda v: v <= 0.05),
+    ("auroc", "AUROC", "0.94-0.96", lambda v: v >= 0.94),
+    ("coverage_at_target_accuracy", "coverage at 95 % selective accuracy", "75-85 %", lambda v: v >= 0.75),
+]
 
 
-def risk_coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Coverage and selective risk when accepting the k most confident samples, k = 1..N."""
-    order = np.argsort(-confidence, kind="stable")
-    errors = np.cumsum(~np.asarray(correct, dtype=bool)[order])
-    k = np.arange(1, len(order) + 1)
-    return k / len(order), errors / k
+def _scored(bundle: Bundle, images: np.ndarray, labels: np.ndarray, cfg: Config, device: str):
+    preds = bundle.predict(images, cfg.evaluation.batch_size, device)
+    target = 1.0 - bundle.policy["target_risk"]
+    point = evaluation_metrics(labels, preds.prob_roadwork, preds.accept, target, cfg.evaluation.ece_bins)
+    return preds, point
+
+
+def _intervals(preds: Predictions, labels: np.ndarray, target: float, cfg: Config) -> dict:
+    ev = cfg.evaluation
+    return bootstrap_intervals(labels, preds.prob_roadwork, preds.accept, target, ev.ece_bins,
+                               ev.bootstrap_resamples, ev.confidence_level, ev.bootstrap_method, ev.seed)
+
+
+def bless(point: dict, intervals: dict, rules: BlessingConfig) -> dict:
+    """The pass/fail verdict: every configured bound, checked on the point or the interval's cautious end."""
+    checks = []
+
+    def judged(name: str, higher_is_better: bool) -> float:
+        if rules.judge == "point":
+            return point[name]
+        low, high = intervals[name]
+        return low if higher_is_better else high
+
+    if rules.require_above_majority:
+        value = judged("accuracy", True)
+        checks.append({"rule": f"accuracy > majority-class rate {point['majority_rate']:.4f}", "value": value,
+                       "passed": bool(value > point["majority_rate"])})
+    for name, bound, higher in (("accuracy", rules.min_accuracy, True), ("mcc", rules.min_mcc, True),
+                                ("auroc", rules.min_auroc, True), ("ece", rules.max_ece, False),
+                                ("coverage", rules.min_coverage, True)):
+        if bound is None:
+            continue
+        value = judged(name, higher)
+        passed = bool(np.isfinite(value) and (value >= bound if higher else value <= bound))
+        checks.append({"rule": f"{name} {'>=' if higher else '<='} {bound}", "value": value, "passed": passed})
+    return {"passed": all(c["passed"] for c in checks), "judge": rules.judge, "checks": checks}
 
 
 def run_evaluate(
@@ -49,7 +94,7 @@ def run_evaluate(
     evaluation_dir: str | Path,
     report_path: str | Path,
 ) -> dict:
-    """Returns the evaluation metadata plus what the KFP wrapper logs (scalars, confusion matrix, ROC)."""
+    """Returns the evaluation metadata plus what the KFP wrapper logs (scalars, confusion matrix, ROC, blessing)."""
     started = time.time()
     bundle_meta = require_input(bundle_dir, kind="bundle", phase=PHASE, input_name="bundle")
     # The bundle must not have been influenced by VAL_TEST in any way, at any depth.
@@ -61,16 +106,43 @@ def run_evaluate(
 
     bundle = Bundle.load(bundle_dir)
     device = str(resolve_device(cfg.training.device))
-    preds = bundle.predict(np.asarray(test.images), cfg.evaluation.batch_size, device)
-    probs = np.stack([1.0 - preds.prob_roadwork, preds.prob_roadwork], axis=1)
-    metrics = classification_metrics(test.labels, probs, cfg.evaluation.ece_bins)
-    metrics.update(selective_metrics(test.labels, preds.prediction, preds.accept))
-    metrics["policy_target_accuracy"] = 1.0 - bundle.policy["target_risk"]
-    metrics["policy_feasible"] = bool(bundle.policy["feasible"])
+    target = 1.0 - bundle.policy["target_risk"]
+    images = np.asarray(test.images)
+    preds, point = _scored(bundle, images, test.labels, cfg, device)
+    intervals = _intervals(preds, test.labels, target, cfg)
+    log(f"VAL_TEST metrics with {cfg.evaluation.confidence_level:.0%} bootstrap intervals "
+        f"({cfg.evaluation.bootstrap_resamples} resamples, {cfg.evaluation.bootstrap_method})")
+
+    challenge = []
+    size = bundle.preprocessing["img_size"]
+    for level in cfg.evaluation.challenge_levels:
+        # Deployment path: 224 px JPEG bytes, decoded exactly as ingest and `predict` decode files.
+        encoded = render_challenge(images, level, cfg.evaluation.challenge_size, cfg.evaluation.seed)
+        rendered = np.stack([decode_image(data, size, min_size=1).pixels for data in encoded])
+        level_preds, level_point = _scored(bundle, rendered, test.labels, cfg, device)
+        challenge.append({"level": level, "description": LEVELS[level], "metrics": level_point,
+                          "intervals": _intervals(level_preds, test.labels, target, cfg)})
+        log(f"challenge level {level}: accuracy {level_point['accuracy']:.3f}, MCC {level_point['mcc']:.3f}, "
+            f"deployment score {level_point['deployment_score']:.3f}")
+
+    slices = []
+    sources = np.asarray(test.sources)
+    if len(set(sources)) > 1:
+        for source in sorted(set(sources)):
+            mask = sources == source
+            sub = Predictions(*(getattr(preds, f)[mask] for f in Predictions.__dataclass_fields__))
+            slice_point = evaluation_metrics(test.labels[mask], sub.prob_roadwork, sub.accept, target,
+                                             cfg.evaluation.ece_bins)
+            slices.append({"slice": f"source={source}", "metrics": slice_point,
+                           "intervals": _intervals(sub, test.labels[mask], target, cfg)})
+
+    blessing = bless(point, intervals, cfg.evaluation.blessing)
+    targets = [{"metric": name, "label": label, "target": band, "value": point[name],
+                "met": bool(np.isfinite(point[name]) and passes(point[name]))}
+               for name, label, band, passes in SEED_TARGETS]
+
     correct = preds.prediction == test.labels
     coverage, risk = risk_coverage_curve(preds.confidence, correct)
-    metrics["aurc"] = float(risk.mean())
-
     matrix = confusion_matrix(test.labels, preds.prediction, labels=[0, 1])
     fpr, tpr, thresholds = roc_curve(test.labels, preds.prob_roadwork)
     thresholds = np.clip(thresholds, 0.0, 1.0)  # sklearn's first threshold is +inf
@@ -88,10 +160,14 @@ def run_evaluate(
         ),
         evaluation_dir / "predictions.parquet",
     )
-    (evaluation_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
+    results = {"metrics": point, "intervals": intervals, "confidence_level": cfg.evaluation.confidence_level,
+               "challenge": challenge, "slices": slices, "blessing": blessing, "seed_targets": targets,
+               "policy": {k: bundle.policy.get(k) for k in ("kind", "target_risk", "delta", "threshold", "feasible",
+                                                             "guarantee")}}
+    (evaluation_dir / METRICS_FILE).write_text(json.dumps(json_safe(results), indent=2))
     write_html_report(
         evaluation_dir / REPORT_FILE,
-        metrics=metrics,
+        results=results,
         confidence=preds.confidence,
         correct=correct,
         matrix=matrix,
@@ -102,12 +178,21 @@ def run_evaluate(
         ece_bins=cfg.evaluation.ece_bins,
     )
     shutil.copyfile(evaluation_dir / REPORT_FILE, report_path)
-    verdict = "above" if metrics["accuracy"] > metrics["majority_rate"] else "NOT above"
+    verdict = "above" if point["accuracy"] > point["majority_rate"] else "NOT above"
     log(
-        f"VAL_TEST: accuracy {metrics['accuracy']:.3f} ({verdict} the majority-class rate "
-        f"{metrics['majority_rate']:.3f}), MCC {metrics['mcc']:.3f}, AUROC {metrics['auroc']:.3f}, "
-        f"ECE {metrics['ece']:.3f}, coverage {metrics['coverage']:.3f}"
+        f"VAL_TEST: accuracy {point['accuracy']:.3f} ({verdict} the majority-class rate "
+        f"{point['majority_rate']:.3f}), MCC {point['mcc']:.3f}, AUROC {point['auroc']:.3f}, "
+        f"ECE {point['ece']:.3f}, coverage {point['coverage']:.3f}; blessing "
+        f"{'PASSED' if blessing['passed'] else 'FAILED'}"
     )
+    summary = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in point.items()}
+    summary.update({
+        "accuracy_interval": [round(v, 4) for v in intervals["accuracy"]],
+        "mcc_interval": [round(v, 4) for v in intervals["mcc"]],
+        "blessed": blessing["passed"],
+        "blessing_checks": [f"{c['rule']}: {'pass' if c['passed'] else 'FAIL'}" for c in blessing["checks"]],
+        "seconds": round(time.time() - started, 1),
+    })
     meta = ArtifactMetadata(
         kind="evaluation",
         phase=PHASE,
@@ -117,14 +202,20 @@ def run_evaluate(
         fingerprint=test.meta.fingerprint,
         partition=partition,
         lineage=bundle_meta.lineage + [test.meta.reads(PHASE, Role.FINAL_EVALUATION)],
-        summary={
-            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
-            "seconds": round(time.time() - started, 1),
-        },
+        summary=summary,
     )
+    scalars = {k: float(v) for k, v in point.items() if isinstance(v, (int, float)) and np.isfinite(v)}
+    for name, (low, high) in intervals.items():
+        if np.isfinite(low) and np.isfinite(high):
+            scalars[f"{name}_ci_low"], scalars[f"{name}_ci_high"] = low, high
+    for entry in challenge:
+        for name in ("accuracy", "mcc", "deployment_score"):
+            if np.isfinite(entry["metrics"][name]):
+                scalars[f"challenge_level{entry['level']}_{name}"] = float(entry["metrics"][name])
     return {
         "evaluation": write_metadata(evaluation_dir, meta),
-        "scalars": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)},
+        "scalars": scalars,
+        "blessed": blessing["passed"],
         "confusion_matrix": matrix.tolist(),
         "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thresholds.tolist()},
     }

@@ -1,0 +1,79 @@
+"""VAL_TEST re-rendered the way deployment sends images: 224x224 JPEGs with challenge augmentations.
+
+The subnet's validators send 224 px JPEGs with random rotation, random resized crops and flips, and at higher
+levels JPEG re-compression, blur, noise and colour changes. Level 0 is the plain 224 px JPEG; each level adds
+to the one before. Rendering is seeded, so every evaluation of every bundle sees the same challenge images.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+LEVELS = {
+    0: "224 px JPEG, no augmentation",
+    1: "+ rotation ±20°, random resized crop (scale 0.2-1), horizontal and vertical flips",
+    2: "+ JPEG re-compression (quality 30-90) and brightness/contrast/saturation jitter",
+    3: "+ Gaussian blur, Gaussian noise, stronger colour jitter with hue",
+}
+
+
+def challenge_augmentation(level: int, size: int) -> torch.nn.Module | None:
+    """The kornia pipeline of one level (None for level 0); applied per sample to a float batch in [0, 1]."""
+    import kornia.augmentation as K
+
+    if level not in LEVELS:
+        raise ValueError(f"challenge level {level} is not one of {sorted(LEVELS)}")
+    if level == 0:
+        return None
+    steps = [
+        K.RandomRotation(20.0, p=1.0),
+        K.RandomResizedCrop((size, size), scale=(0.2, 1.0)),
+        K.RandomHorizontalFlip(),
+        K.RandomVerticalFlip(),
+    ]
+    if level == 2:  # JPEG re-compression: see render_challenge
+        steps.append(K.ColorJitter(0.2, 0.2, 0.2, 0.0, p=0.8))
+    if level == 3:  # stronger colour, now with hue (kornia's hue shift is the slow part on CPU)
+        steps += [
+            K.ColorJitter(0.35, 0.35, 0.35, 0.05, p=0.8),
+            K.RandomGaussianBlur((5, 5), (0.1, 2.0), p=0.5),
+            K.RandomGaussianNoise(std=0.04, p=0.5),
+        ]
+    return K.AugmentationSequential(*steps)
+
+
+def render_challenge(
+    images: np.ndarray, level: int, size: int = 224, seed: int = 0, jpeg_quality: int = 90, batch_size: int = 64
+) -> list[bytes]:
+    """JPEG bytes of `images` (N, H, W, 3 uint8) resized to `size` and augmented at `level`."""
+    augment = challenge_augmentation(level, size)
+    # Re-compression with a real encoder (PIL), half of the images at a random quality, from level 2 on;
+    # kornia's differentiable JPEG is 10x slower on CPU and only approximates one.
+    rng = np.random.default_rng([seed, level])
+    encoded: list[bytes] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1009 + level)
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.array(images[start : start + batch_size]))  # a writable copy of a memmap slice
+            batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+            batch = torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear", antialias=True,
+                                                    align_corners=False)
+            if augment is not None:
+                batch = augment(batch.clamp_(0.0, 1.0))
+            pixels = batch.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            for image in pixels:
+                picture = Image.fromarray(image)
+                if level >= 2 and rng.random() < 0.5:
+                    picture = Image.open(io.BytesIO(_jpeg(picture, int(rng.integers(30, 91))))).convert("RGB")
+                encoded.append(_jpeg(picture, jpeg_quality))
+    return encoded
+
+
+def _jpeg(picture: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

@@ -1,0 +1,171 @@
+"""Drift: does a new batch of images look like the data the bundle's policy was fitted on?
+
+The bundle keeps a reference from VAL_CALIB (the policy's own data): the calibrated confidences, a sample of
+the backbone's pooled embeddings, and their mean and covariance. A new folder of images is compared with
+two tests, each with a p-value: Kolmogorov-Smirnov on the confidences (what the policy thresholds), and a
+permutation test of the RBF-kernel MMD on the embeddings (what the model sees). The Fréchet distance between
+the embedding Gaussians is reported beside them as a size of the shift, not as a test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import linalg
+from scipy.stats import ks_2samp, permutation_test
+
+from streetvision.contracts.errors import DataError
+from streetvision.models import to_model_input
+
+REFERENCE_FILE = "drift_reference.npz"
+MAX_REFERENCE_EMBEDDINGS = 1000  # keeps the bundle small and the permutation test fast
+
+
+@torch.no_grad()
+def embeddings(model: torch.nn.Module, images: np.ndarray, mean: list[float], std: list[float],
+               batch_size: int = 128, device: str = "cpu") -> np.ndarray:
+    """Pooled pre-logit features (N, D) of uint8 NHWC images: what the classifier head reads."""
+    model.eval().to(device)
+    mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
+        features = model.forward_features(to_model_input(batch, mean_t, std_t))
+        out.append(model.forward_head(features, pre_logits=True).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.num_features), np.float32)
+
+
+def build_reference(confidence: np.ndarray, features: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """The reference statistics a bundle stores (from VAL_CALIB)."""
+    if len(confidence) < 2 or len(features) != len(confidence):
+        raise DataError(f"a drift reference needs >= 2 images with one embedding each, got {len(confidence)} "
+                        f"confidences and {len(features)} embeddings", "drift reference",
+                        "build it from the VAL_CALIB split the policy was fitted on")
+    keep = np.random.default_rng(seed).permutation(len(features))[:MAX_REFERENCE_EMBEDDINGS]
+    return {
+        "confidence": np.asarray(confidence, np.float32),
+        "confidence_histogram": np.histogram(confidence, bins=20, range=(0.5, 1.0))[0],
+        "embedding_sample": np.asarray(features[np.sort(keep)], np.float32),
+        "embedding_mean": features.mean(axis=0),
+        "embedding_cov": np.cov(features, rowvar=False),
+    }
+
+
+def save_reference(directory: str | Path, reference: dict[str, np.ndarray]) -> Path:
+    path = Path(directory) / REFERENCE_FILE
+    with open(path, "wb") as handle:  # np.savez on a path would append .npz to a temporary name
+        np.savez(handle, **reference)
+    return path
+
+
+def load_reference(directory: str | Path) -> dict[str, np.ndarray]:
+    path = Path(directory) / REFERENCE_FILE
+    if not path.is_file():
+        raise DataError(f"{REFERENCE_FILE} is missing", str(directory),
+                        "export the bundle again with this version; older bundles carry no drift reference")
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(A + B - 2 (A B)^1/2), the distance between two Gaussians (as in FID)."""
+    root = linalg.sqrtm(cov_a @ cov_b)
+    root = root.real if np.iscomplexobj(root) else root
+    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2.0 * root))
+
+
+def _mmd_statistic(pooled: np.ndarray, bandwidth: float):
+    """MMD^2 (biased) with an RBF kernel between two groups of rows of `pooled`, given as index arrays
+    (scipy's permutation test shuffles 1-D samples, so the rows travel as their indices)."""
+    sq = np.sum(pooled**2, 1)
+    gram = np.exp(-np.maximum(sq[:, None] + sq[None, :] - 2.0 * pooled @ pooled.T, 0.0) / (2.0 * bandwidth**2))
+
+    def mmd(x: np.ndarray, y: np.ndarray) -> float:
+        x, y = x.astype(np.int64), y.astype(np.int64)
+        return float(gram[np.ix_(x, x)].mean() + gram[np.ix_(y, y)].mean() - 2.0 * gram[np.ix_(x, y)].mean())
+
+    return mmd
+
+
+@dataclass
+class DriftResult:
+    n_new: int
+    n_reference: int
+    ks_statistic: float
+    ks_pvalue: float
+    mmd: float
+    mmd_pvalue: float
+    frechet: float
+    alpha: float
+
+    @property
+    def drifted(self) -> bool:
+        # Two tests: Bonferroni keeps the chance of a false alarm at alpha.
+        return min(self.ks_pvalue, self.mmd_pvalue) < self.alpha / 2
+
+    def verdict(self) -> str:
+        if self.drifted:
+            return (f"DRIFT: the new images differ from the policy's calibration data (KS p={self.ks_pvalue:.3g}, "
+                    f"MMD p={self.mmd_pvalue:.3g}, alpha={self.alpha} over 2 tests). The policy's guarantee was "
+                    "fitted on other data and may not hold here; recalibrate on labelled data like these.")
+        return (f"no drift detected (KS p={self.ks_pvalue:.3g}, MMD p={self.mmd_pvalue:.3g}, alpha={self.alpha} "
+                "over 2 tests); absence of evidence, not proof of sameness, with small samples.")
+
+
+def compare(reference: dict[str, np.ndarray], confidence: np.ndarray, features: np.ndarray, alpha: float = 0.05,
+            permutations: int = 500, seed: int = 0) -> DriftResult:
+    """Test new confidences and embeddings against a bundle's reference."""
+    if len(confidence) < 2:
+        raise DataError(f"{len(confidence)} image(s) to compare", "drift check",
+                        "give at least a few dozen images; the tests have no power below that")
+    ks = ks_2samp(confidence, reference["confidence"])
+    sample = reference["embedding_sample"].astype(np.float64)
+    new = np.asarray(features, np.float64)[:MAX_REFERENCE_EMBEDDINGS]
+    pooled = np.concatenate([sample, new])
+    # Median heuristic for the kernel width, from the pooled sample.
+    distances = np.sqrt(np.maximum(np.sum((pooled[:, None, :200] - pooled[None, :, :200]) ** 2, -1), 0.0))
+    bandwidth = float(np.median(distances[distances > 0])) if np.any(distances > 0) else 1.0
+    groups = (np.arange(len(sample)), np.arange(len(sample), len(pooled)))
+    test = permutation_test(groups, _mmd_statistic(pooled, bandwidth), permutation_type="independent",
+                            vectorized=False, n_resamples=permutations, alternative="greater",
+                            random_state=np.random.default_rng(seed))
+    cov = np.cov(features, rowvar=False) if len(features) > 1 else np.zeros_like(reference["embedding_cov"])
+    frechet = frechet_distance(reference["embedding_mean"], reference["embedding_cov"], features.mean(axis=0), cov)
+    return DriftResult(len(confidence), len(reference["confidence"]), float(ks.statistic), float(ks.pvalue),
+                       float(test.statistic), float(test.pvalue), frechet, alpha)
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """The image files among `paths`, folders searched recursively, in a stable order."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+    return found
+
+
+def check_drift(bundle_dir: str | Path, paths: list[str | Path], alpha: float = 0.05,
+                permutations: int = 500) -> DriftResult:
+    """Compare images (files or folders) with the reference stored in a bundle."""
+    from streetvision.data.decode import decode_image
+    from streetvision.inference import Bundle
+
+    bundle = Bundle.load(bundle_dir)
+    reference = load_reference(bundle_dir)
+    files = image_files(paths)
+    size = bundle.preprocessing["img_size"]
+    images = np.stack([decode_image(f.read_bytes(), size, min_size=1).pixels for f in files]) if files else \
+        np.zeros((0, size, size, 3), np.uint8)
+    preds = bundle.predict(images)
+    features = embeddings(bundle.model, images, bundle.preprocessing["mean"], bundle.preprocessing["std"])
+    return compare(reference, preds.confidence, features, alpha, permutations)

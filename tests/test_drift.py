@@ -1,0 +1,67 @@
+"""Drift reference and tests: same distribution passes, a shifted one is flagged; distances checked."""
+
+import numpy as np
+import pytest
+import timm
+
+from streetvision.contracts.errors import DataError
+from streetvision.drift import (
+    build_reference,
+    compare,
+    embeddings,
+    frechet_distance,
+    load_reference,
+    save_reference,
+)
+
+
+def _features(rng, n, shift=0.0, dim=8):
+    return rng.normal(shift, 1.0, (n, dim))
+
+
+def test_same_distribution_is_not_flagged_and_a_shift_is(tmp_path):
+    rng = np.random.default_rng(0)
+    reference = build_reference(rng.uniform(0.6, 1.0, 300), _features(rng, 300))
+    save_reference(tmp_path, reference)
+    loaded = load_reference(tmp_path)
+    assert set(loaded) == set(reference) and np.allclose(loaded["embedding_cov"], reference["embedding_cov"])
+
+    same = compare(loaded, rng.uniform(0.6, 1.0, 120), _features(rng, 120), permutations=200)
+    assert not same.drifted and same.ks_pvalue > 0.025 and same.mmd_pvalue > 0.025
+    assert "no drift" in same.verdict()
+
+    # Night-time images: embeddings move, and the model grows unsure.
+    shifted = compare(loaded, rng.uniform(0.5, 0.8, 120), _features(rng, 120, shift=0.8), permutations=200)
+    assert shifted.drifted and shifted.mmd_pvalue < 0.01 and shifted.ks_pvalue < 0.01
+    assert shifted.frechet > same.frechet
+    assert "DRIFT" in shifted.verdict()
+
+
+def test_frechet_distance_closed_form():
+    mean_a, mean_b = np.zeros(3), np.array([1.0, 2.0, 0.0])
+    cov_a, cov_b = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 1.0, 9.0])
+    # Diagonal covariances: sum (sqrt(a) - sqrt(b))^2 per axis, plus the squared mean distance.
+    assert frechet_distance(mean_a, cov_a, mean_b, cov_b) == pytest.approx(5.0 + 1.0 + 1.0 + 0.0)
+    assert frechet_distance(mean_a, cov_a, mean_a, cov_a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_embeddings_are_the_pooled_features_the_head_reads():
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=32, patch_size=8, depth=1,
+                              embed_dim=48, num_heads=2, num_classes=2)
+    images = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    features = embeddings(model, images, [0.5] * 3, [0.25] * 3, batch_size=2)
+    assert features.shape == (5, 48)
+    import torch
+
+    logits = model.get_classifier()(torch.from_numpy(features)).detach().numpy()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    assert np.allclose(logits, model((x - 0.5) / 0.25).detach().numpy(), atol=1e-5)
+
+
+def test_missing_reference_and_tiny_samples_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="drift_reference.npz is missing"):
+        load_reference(tmp_path)
+    rng = np.random.default_rng(2)
+    reference = build_reference(rng.uniform(0.6, 1.0, 50), _features(rng, 50))
+    with pytest.raises(DataError, match="at least a few dozen"):
+        compare(reference, np.array([0.9]), _features(rng, 1))

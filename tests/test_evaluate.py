@@ -1,0 +1,75 @@
+"""Evaluate's deployment-style challenge, blessing, report and the `report` command."""
+
+import copy
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY
+from streetvision.challenge import render_challenge
+from streetvision.cli import main
+from streetvision.config import load_config
+from streetvision.contracts import Split
+from streetvision.phases.evaluate import bless, run_evaluate
+from streetvision.phases.phase2 import run_phase2
+from streetvision.phases.phase6 import run_phase6
+
+
+def _images(n=6, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_challenge_renders_deterministic_224px_jpegs_that_change_with_the_level():
+    images = _images()
+    plain = render_challenge(images, level=0)
+    assert render_challenge(images, level=0) == plain
+    decoded = [Image.open(io.BytesIO(data)) for data in plain]
+    assert all(img.format == "JPEG" and img.size == (224, 224) for img in decoded)
+    hard = render_challenge(images, level=3, seed=1)
+    assert render_challenge(images, level=3, seed=1) == hard  # seeded: every bundle sees the same challenge
+    assert render_challenge(images, level=3, seed=2) != hard
+    assert hard != plain
+    with pytest.raises(ValueError, match="challenge level 4"):
+        render_challenge(images, level=4)
+
+
+def test_blessing_checks_each_configured_bound_on_point_or_interval():
+    cfg = load_config(["evaluation.blessing.min_mcc=0.5", "evaluation.blessing.max_ece=0.1"])
+    point = {"accuracy": 0.9, "majority_rate": 0.8, "mcc": 0.6, "ece": 0.05, "auroc": 0.9, "coverage": 0.5}
+    intervals = {"accuracy": (0.78, 0.95), "mcc": (0.4, 0.7), "ece": (0.03, 0.12)}
+    verdict = bless(point, intervals, cfg.evaluation.blessing)
+    assert verdict["passed"] and len(verdict["checks"]) == 3
+    cfg.evaluation.blessing.judge = "lower_bound"
+    cautious = bless(point, intervals, cfg.evaluation.blessing)
+    assert not cautious["passed"]
+    assert [c["passed"] for c in cautious["checks"]] == [False, False, False]  # 0.78 <= 0.8, 0.4 < 0.5, 0.12 > 0.1
+
+
+def test_evaluate_writes_intervals_challenge_blessing_and_the_report_command_finds_it(trained, tmp_path, capsys):
+    cfg, dirs, out = trained
+    cfg = copy.deepcopy(cfg)  # the fixture's config is shared
+    cfg.evaluation.blessing.min_accuracy = 1.01  # unreachable: the verdict must say FAILED
+    run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
+    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", tmp_path / "bundle")
+    result = run_evaluate(cfg, tmp_path / "bundle", dirs[Split.VAL_TEST], tmp_path / "eval", tmp_path / "r.html")
+    assert result["blessed"] is False
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    low, high = saved["intervals"]["accuracy"]
+    assert low <= saved["metrics"]["accuracy"] <= high
+    assert [entry["level"] for entry in saved["challenge"]] == [0, 3]
+    above_majority = saved["metrics"]["accuracy"] > saved["metrics"]["majority_rate"]
+    assert [c["passed"] for c in saved["blessing"]["checks"]] == [above_majority, False]
+    assert {t["metric"] for t in saved["seed_targets"]} >= {"accuracy", "ece", "auroc"}
+    page = (tmp_path / "r.html").read_text()
+    for text in ("Blessing: FAILED", "Challenge levels", "Against the seed", "bootstrap interval"):
+        assert text in page
+    assert page.count("<img") == 5
+    assert "accuracy_ci_low" in result["scalars"] and "challenge_level3_accuracy" in result["scalars"]
+
+    assert main(["report", str(tmp_path / "eval"), "--no-open"]) == 0
+    assert str(tmp_path / "eval" / "report.html") in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nowhere"), "--no-open"]) == 2
+    assert "no evaluation report" in capsys.readouterr().err
