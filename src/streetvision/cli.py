@@ -215,6 +215,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lint(args: argparse.Namespace) -> int:
+    from streetvision_pipelines.lint import lint_file
+
+    failed = 0
+    for path in args.pipelines:
+        report = lint_file(path)
+        if report.ok:
+            print(f"ok   {path}: {report.tasks} tasks, {report.inputs_checked} input artifacts obey the split policy")
+            continue
+        failed += 1
+        print(f"FAIL {path}: {len(report.findings)} split-policy violation(s)")
+        for finding in report.findings:
+            print(f"  - {finding}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streetvision",
@@ -268,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="authenticate with the pod's projected KFP token; host defaults to the in-cluster API")
     subm.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
     subm.set_defaults(func=cmd_submit)
+
+    lint = sub.add_parser(
+        "lint", help="check a compiled pipeline YAML against the split policy (leakage lint)",
+        description="Read compiled pipeline YAMLs as a cluster would and check every task's input artifacts "
+                    "(declared types and what is wired in) against the split policy. Exit 1 on a violation.",
+    )
+    lint.add_argument("pipelines", nargs="+", metavar="PIPELINE.yaml", help="compiled pipeline file(s)")
+    lint.set_defaults(func=cmd_lint)
 
     conf = sub.add_parser("config", help="print the resolved config (defaults + overrides)")
     _add_config_args(conf)
