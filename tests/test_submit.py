@@ -19,6 +19,8 @@ from streetvision_pipelines.factory import DEFAULT_PIPELINE_FILE
 from streetvision_pipelines.inspect_spec import compile_to_documents, load_documents
 
 TOKEN = "test-token-0123456789"
+# kfp.Client warns on every construction that it needs a KFP 2.x server; that is what is emulated here.
+pytestmark = pytest.mark.filterwarnings("ignore:This client only works:FutureWarning")
 
 
 class RecordingKfpServer:
@@ -202,3 +204,15 @@ def test_bad_submissions_fail_before_sending(argv, message, capsys):
     assert main(["submit", "--phases", "ingest", *argv] if not argv or "--pipeline-file" not in argv
                 else ["submit", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_submit_and_lint_are_on_the_command_line(capsys):
+    for argv in (["--help"], ["submit", "--help"], ["lint", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "submit" in out and "lint" in out
+    for flag in ("--dry-run", "--host", "--namespace", "--experiment", "--run-name", "--param", "--in-cluster",
+                 "--token-env", "--pipeline-file", "KFP_TOKEN"):
+        assert flag in out
