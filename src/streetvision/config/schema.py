@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 PHASE_NAMES = ("ingest", "phase1", "phase2", "phase6", "evaluate")
-# URI schemes KFP accepts for a pipeline root.
-OBJECT_STORE_SCHEMES = ("gs://", "s3://", "minio://")
 
 
 @dataclass
@@ -213,6 +211,10 @@ class TaskResources:
 
     def check(self) -> list[str]:
         return [] if self.gpus >= 0 else [f"gpus: must be >= 0, got {self.gpus}"]
+
+
+# URI schemes KFP accepts for a pipeline root.
+OBJECT_STORE_SCHEMES = ("gs://", "s3://", "minio://")
 
 
 @dataclass
