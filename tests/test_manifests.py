@@ -95,8 +95,12 @@ def test_kustomization_lists_existing_files_and_needs_no_renderer(directory):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_renders_what_the_pipeline_expects(overlay):
+def test_overlay_renders_what_the_pipeline_expects(overlay, tmp_path):
     resources = _render(MANIFESTS / "overlays" / overlay)
+    rendered = tmp_path / f"{overlay}.yaml"
+    rendered.write_text(yaml.safe_dump_all(resources, sort_keys=False))
+    result = _validate([rendered])  # the applied set, namespace and labels in place, validated as a whole
+    assert result.returncode == 0 and result.stdout.count(" passed ") == len(resources), result.stdout
     keys = [(r["kind"], r["metadata"]["name"]) for r in resources]
     assert len(keys) == len(set(keys)), "duplicate resources"
     by_kind = {}
