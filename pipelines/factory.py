@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
+from streetvision.cluster_env import RUN_ID_ENV, RUN_ID_FIELD_PATH
 from streetvision.config import Config, config_to_json
 from streetvision.phase_graph import resolve_phases
 from streetvision_components.phases import PHASE_FUNCTIONS
@@ -18,6 +19,13 @@ GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 GKE_ACCELERATORS = {"h100": "nvidia-h100-80gb", "a100": "nvidia-a100-80gb"}
 
 DEFAULT_PIPELINE_FILE = Path(__file__).with_name("streetvision_stage1.yaml")
+
+# GKE spot node pools carry this label (and, when configured, a taint of the same key).
+GKE_SPOT_LABEL = "cloud.google.com/gke-spot"
+# Phases that write resumable checkpoints: they get the checkpoint PVC and the run id (see cluster_env).
+CHECKPOINTING_PHASES = {"phase1"}
+# Where a cluster.gcp_credentials_secret is mounted; the secret holds the key as `key.json`.
+GCP_CREDENTIALS_DIR = "/var/secrets/google"
 
 
 def make_component(phase: str, cfg: Config):
@@ -37,6 +45,33 @@ def configure_task(task: dsl.PipelineTask, phase: str, cfg: Config) -> dsl.Pipel
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(res.gpus)
         kubernetes.add_node_selector(task, GKE_ACCELERATOR_LABEL, GKE_ACCELERATORS[cfg.cluster.accelerator])
         kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+        if cfg.cluster.spot:
+            kubernetes.add_node_selector(task, GKE_SPOT_LABEL, "true")
+            kubernetes.add_toleration(task, key=GKE_SPOT_LABEL, operator="Equal", value="true", effect="NoSchedule")
+    if res.gpus > 0:
+        # Data workers and NCCL share memory through /dev/shm; a container gets only 64 MiB by default.
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=cfg.cluster.shm_size)
+    configure_storage(task, phase, cfg)
+    return task
+
+
+def configure_storage(task: dsl.PipelineTask, phase: str, cfg: Config) -> dsl.PipelineTask:
+    """Retries, the checkpoint location of resumable phases, and (optionally) mounted GCP credentials.
+
+    Nothing secret is written into the YAML: only the names of a PVC and a secret, and a downward-API
+    reference to the run id. Bucket access normally comes from the pod's service account (Workload Identity).
+    """
+    if cfg.cluster.retries:
+        task.set_retry(cfg.cluster.retries, backoff_duration=cfg.cluster.retry_backoff, backoff_factor=2.0)
+    if phase in CHECKPOINTING_PHASES:
+        if cfg.cluster.checkpoint_pvc:
+            kubernetes.mount_pvc(task, pvc_name=cfg.cluster.checkpoint_pvc, mount_path=cfg.cluster.checkpoint_root)
+        kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=RUN_ID_FIELD_PATH)
+    if cfg.cluster.gcp_credentials_secret:
+        kubernetes.use_secret_as_volume(task, secret_name=cfg.cluster.gcp_credentials_secret,
+                                        mount_path=GCP_CREDENTIALS_DIR)
+        task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCP_CREDENTIALS_DIR}/key.json")
     return task
 
 
@@ -49,6 +84,7 @@ def build_pipeline(cfg: Config):
     @dsl.pipeline(
         name=cfg.pipeline.name,
         description="StreetVision Stage 1: ingest -> train -> calibrate + selective policy -> bundle -> evaluate",
+        pipeline_root=cfg.cluster.pipeline_root or None,  # gs://... ; None: the cluster's default root
     )
     def stage1(config: str = default_config):
         common = {"config": config}

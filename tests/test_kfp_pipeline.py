@@ -11,6 +11,7 @@ from streetvision_components.phases import PHASE_FUNCTIONS
 from streetvision_components.types import split_of_type
 from streetvision_pipelines.factory import DEFAULT_PIPELINE_FILE, make_component
 from streetvision_pipelines.inspect_spec import compile_to_documents, describe, load_documents
+from streetvision_pipelines.lint import lint_documents
 
 
 def test_component_signatures_read_only_what_their_role_allows():
@@ -83,8 +84,11 @@ VALID_SELECTIONS = [
 def test_every_phase_selection_compiles(phases, accelerator):
     cfg = load_config([f"pipeline.phases=[{', '.join(phases)}]", f"cluster.accelerator={accelerator}"])
     expected, _ = resolve_phases(phases)
-    plans = describe(compile_to_documents(cfg))
+    docs = compile_to_documents(cfg)
+    plans = describe(docs)
     assert [p.display_name for p in plans] == expected
+    report = lint_documents(docs)
+    assert report.ok, [str(f) for f in report.findings]
     for plan in plans:
         gpus = cfg.cluster.resources_for(plan.display_name).gpus
         accel = plan.resources.get("accelerator", {})
@@ -96,6 +100,97 @@ def test_every_phase_selection_compiles(phases, accelerator):
         else:
             assert not accel and not plan.node_selector
         assert plan.resources["resourceCpuLimit"] == cfg.cluster.resources_for(plan.display_name).cpu
+
+
+def _executors(documents: list[dict]) -> dict[str, dict]:
+    """Task display name -> its container spec and Kubernetes platform config, as the cluster reads them."""
+    spec = documents[0]
+    platform = next((d for d in documents[1:] if "platforms" in d), {})
+    k8s = platform.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
+    out = {}
+    for task in spec["root"]["dag"]["tasks"].values():
+        label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        out[task["taskInfo"]["name"]] = {"task": task, "container": spec["deploymentSpec"]["executors"][label]["container"],
+                                         "k8s": k8s.get(label, {})}
+    return out
+
+
+@pytest.mark.parametrize("accelerator", ["h100", "a100"])
+def test_compiled_yaml_reads_as_the_cluster_needs(accelerator):
+    """Per task, what a cluster acts on: image, requests/limits, GPUs and node pool, retries, volumes."""
+    cfg = load_config([f"cluster.accelerator={accelerator}"])
+    docs = compile_to_documents(cfg)
+    assert lint_documents(docs).ok
+    label = {"h100": "nvidia-h100-80gb", "a100": "nvidia-a100-80gb"}[accelerator]
+    for phase, ex in _executors(docs).items():
+        res = cfg.cluster.resources_for(phase)
+        container, k8s = ex["container"], ex["k8s"]
+        resources = container["resources"]
+        assert (resources["resourceCpuRequest"], resources["resourceCpuLimit"]) == (res.cpu, res.cpu)
+        assert (resources["resourceMemoryRequest"], resources["resourceMemoryLimit"]) == (res.memory, res.memory)
+        assert ex["task"]["retryPolicy"]["maxRetryCount"] == cfg.cluster.retries
+        assert ex["task"]["retryPolicy"]["backoffDuration"] == cfg.cluster.retry_backoff
+        if res.gpus:
+            assert container["image"] == cfg.cluster.gpu_image
+            accel = resources["accelerator"]  # KFP writes the current and the legacy field names
+            assert (accel["resourceType"], accel["resourceCount"]) == ("nvidia.com/gpu", str(res.gpus))
+            assert k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": label}
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s["tolerations"]
+            assert k8s["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm",
+                                              "sizeLimit": cfg.cluster.shm_size, "volumeName": "dshm"}]
+        else:
+            assert container["image"] == cfg.cluster.cpu_image
+            assert "accelerator" not in resources and "nodeSelector" not in k8s and "tolerations" not in k8s
+        if phase == "phase1":  # resumable: the checkpoint PVC and the run id (stable across retries)
+            assert k8s["pvcMount"][0]["constant"] == cfg.cluster.checkpoint_pvc
+            assert k8s["pvcMount"][0]["mountPath"] == cfg.cluster.checkpoint_root
+            assert k8s["fieldPathAsEnv"] == [{"name": "STREETVISION_RUN_ID",
+                                              "fieldPath": "metadata.labels['pipeline/runid']"}]
+        else:
+            assert "pvcMount" not in k8s and "fieldPathAsEnv" not in k8s
+        assert "secretAsVolume" not in k8s and "env" not in container  # credentials: the pod's identity
+
+
+def test_spot_bucket_checkpoints_and_mounted_credentials_compile():
+    cfg = load_config(["cluster.spot=true", "cluster.checkpoint_pvc=", "cluster.checkpoint_root=gs://sv/ckpt",
+                       "cluster.gcp_credentials_secret=gcp-key", "cluster.pipeline_root=gs://sv/root",
+                       "cluster.retries=0"])
+    docs = compile_to_documents(cfg)
+    assert docs[0]["defaultPipelineRoot"] == "gs://sv/root"
+    executors = _executors(docs)
+    phase1 = executors["phase1"]
+    assert phase1["k8s"]["nodeSelector"]["labels"]["cloud.google.com/gke-spot"] == "true"
+    assert {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
+            "effect": "NoSchedule"} in phase1["k8s"]["tolerations"]
+    assert "pvcMount" not in phase1["k8s"] and phase1["k8s"]["fieldPathAsEnv"]  # gs:// root: no volume needed
+    for ex in executors.values():
+        assert "retryPolicy" not in ex["task"]
+        assert ex["k8s"]["secretAsVolume"][0]["secretName"] == "gcp-key"
+        assert {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/google/key.json"} in ex["container"]["env"]
+    assert "gke-spot" not in str(executors["ingest"]["k8s"])  # CPU phases stay on regular nodes
+
+
+def test_task_checkpoint_dir_is_per_run_and_phase(monkeypatch):
+    from streetvision.cluster_env import RUN_ID_ENV, task_checkpoint_dir
+
+    cfg = load_config()
+    monkeypatch.delenv(RUN_ID_ENV, raising=False)
+    assert task_checkpoint_dir(cfg, "phase1") is None  # local runs: no cluster location
+    monkeypatch.setenv(RUN_ID_ENV, "1f2e-run")
+    assert task_checkpoint_dir(cfg, "phase1") == "/mnt/checkpoints/1f2e-run/phase1"
+    cfg = load_config(["cluster.checkpoint_pvc=", "cluster.checkpoint_root=gs://sv/ckpt/"])
+    assert task_checkpoint_dir(cfg, "phase1") == "gs://sv/ckpt/1f2e-run/phase1"
+
+
+def test_cluster_config_problems_are_reported_together():
+    from streetvision.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(["cluster.gpu_image=ghcr.io/x/stage1:latest", "cluster.pipeline_root=/local/dir",
+                     "cluster.checkpoint_root=relative", "cluster.retries=-1", "cluster.shm_size=lots"])
+    text = str(info.value)
+    for key in ("gpu_image", "pipeline_root", "checkpoint_root", "retries", "shm_size"):
+        assert f"cluster.{key}" in text
 
 
 def test_plan_shows_splits_and_producers():

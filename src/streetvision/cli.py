@@ -29,6 +29,17 @@ examples:
 """
 
 
+SUBMIT_EPILOG = """\
+examples:
+  export KFP_TOKEN=$(gcloud auth print-access-token)   # or any bearer token your KFP endpoint accepts
+  streetvision submit --config manifests/overlays/h100/streetvision.yaml model=vit_small \\
+      data.source=manifest data.manifest=gs://my-bucket/roadwork/manifest.csv \\
+      cluster.pipeline_root=gs://my-bucket/pipeline-root --host https://kubeflow.example.com/pipeline
+  streetvision submit --pipeline-file pipelines/streetvision_stage1.yaml --host ... --dry-run
+  streetvision submit --in-cluster --experiment nightly        # from a pod inside the cluster
+"""
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="key=value or group=preset")
     parser.add_argument("--config", metavar="FILE", help="a YAML file merged over the defaults, before overrides")
@@ -157,6 +168,85 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import tempfile
+
+    from streetvision.config import load_config
+    from streetvision_pipelines.factory import compile_pipeline
+    from streetvision_pipelines.submit import (
+        HOST_ENV, IN_CLUSTER_HOST, IN_CLUSTER_TOKEN_PATH, Submission, SubmitError, config_argument,
+        default_run_name, embedded_config, parse_parameters, submit,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="streetvision-submit-") as tmp:
+        if args.pipeline_file:
+            if args.overrides or args.phases or args.config:
+                raise ConfigError(["--pipeline-file submits that YAML as compiled; drop the overrides and --config, "
+                                   "or leave out --pipeline-file to compile with them"], "command line")
+            pipeline_file = Path(args.pipeline_file)
+            if not pipeline_file.is_file():
+                raise FileNotFoundError(f"--pipeline-file {pipeline_file}: no such file")
+            cfg = embedded_config(pipeline_file) or load_config()
+            arguments = {}
+        else:
+            cfg, _ = _resolve_config(args)
+            pipeline_file = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
+            arguments = config_argument(cfg)
+        arguments.update(parse_parameters(args.param or [], pipeline_file))
+        host = args.host or os.environ.get(HOST_ENV) or (IN_CLUSTER_HOST if args.in_cluster else None)
+        if not host and not args.dry_run:
+            raise SubmitError("no Kubeflow Pipelines host given", "streetvision submit",
+                              f"pass --host https://KFP_HOST (or set ${HOST_ENV}; inside the cluster use --in-cluster)")
+        sub = Submission(
+            host=host or "",
+            namespace=args.namespace,
+            experiment=args.experiment or cfg.pipeline.name,
+            run_name=args.run_name or default_run_name(cfg.pipeline.name),
+            pipeline_file=pipeline_file,
+            arguments=arguments,
+            pipeline_root=args.pipeline_root or cfg.cluster.pipeline_root or None,
+            service_account=args.service_account or cfg.cluster.service_account or None,
+            enable_caching=False if args.no_cache else None,
+            token_env=args.token_env,
+            in_cluster_token=IN_CLUSTER_TOKEN_PATH if args.in_cluster else None,
+            pipeline_source=None if args.pipeline_file else "compiled from the config (streetvision compile)",
+        )
+        if args.dry_run:
+            print(json.dumps(sub.describe(), indent=2))
+            print("(dry run: nothing was sent)")
+            return 0
+        from kfp_server_api.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            run_id = submit(sub)
+        except (ApiException, HTTPError, OSError) as exc:
+            raise SubmitError(f"the server refused or could not be reached: {exc}", sub.host,
+                              "check --host, --namespace and the token (or rerun with --dry-run to see the request)"
+                              ) from exc
+    print(f"run {run_id} ({sub.run_name}) created in experiment '{sub.experiment}', namespace '{sub.namespace}'")
+    print(f"  {sub.host.rstrip('/')}/#/runs/details/{run_id}")
+    return 0
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from streetvision_pipelines.lint import lint_file
+
+    failed = 0
+    for path in args.pipelines:
+        report = lint_file(path)
+        if report.ok:
+            print(f"ok   {path}: {report.tasks} tasks, {report.inputs_checked} input artifacts obey the split policy")
+            continue
+        failed += 1
+        print(f"FAIL {path}: {len(report.findings)} split-policy violation(s)")
+        for finding in report.findings:
+            print(f"  - {finding}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streetvision",
@@ -183,6 +273,41 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("-o", "--output", default="streetvision_stage1.yaml", metavar="FILE",
                       help="output file (default: streetvision_stage1.yaml)")
     comp.set_defaults(func=cmd_compile)
+
+    subm = sub.add_parser(
+        "submit", help="compile (or take a YAML) and start a run on a Kubeflow Pipelines server",
+        epilog=SUBMIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(subm)
+    subm.add_argument("--pipeline-file", metavar="YAML",
+                      help="submit this compiled pipeline instead of compiling (overrides are then refused)")
+    subm.add_argument("--host", metavar="URL",
+                      help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (default: $KF_PIPELINES_ENDPOINT)")
+    subm.add_argument("--namespace", default="streetvision",
+                      help="namespace (Kubeflow profile) the run executes in (default: streetvision)")
+    subm.add_argument("--experiment", metavar="NAME", help="experiment, created if missing (default: pipeline.name)")
+    subm.add_argument("--run-name", metavar="NAME", help="run name (default: pipeline name and UTC time)")
+    subm.add_argument("--param", action="append", metavar="NAME=VALUE",
+                      help="a pipeline parameter (repeatable); typed by the YAML's declarations")
+    subm.add_argument("--pipeline-root", metavar="URI",
+                      help="artifact root for this run, e.g. gs://bucket/root (default: cluster.pipeline_root)")
+    subm.add_argument("--service-account", metavar="NAME",
+                      help="service account the pods run as (default: cluster.service_account)")
+    subm.add_argument("--no-cache", action="store_true", help="disable KFP's step cache for this run")
+    subm.add_argument("--token-env", default="KFP_TOKEN", metavar="VAR",
+                      help="environment variable holding a bearer token (default: KFP_TOKEN)")
+    subm.add_argument("--in-cluster", action="store_true",
+                      help="authenticate with the pod's projected KFP token; host defaults to the in-cluster API")
+    subm.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
+    subm.set_defaults(func=cmd_submit)
+
+    lint = sub.add_parser(
+        "lint", help="check a compiled pipeline YAML against the split policy (leakage lint)",
+        description="Read compiled pipeline YAMLs as a cluster would and check every task's input artifacts "
+                    "(declared types and what is wired in) against the split policy. Exit 1 on a violation.",
+    )
+    lint.add_argument("pipelines", nargs="+", metavar="PIPELINE.yaml", help="compiled pipeline file(s)")
+    lint.set_defaults(func=cmd_lint)
 
     conf = sub.add_parser("config", help="print the resolved config (defaults + overrides)")
     _add_config_args(conf)

@@ -7,6 +7,7 @@ named relative to the group (the loader prefixes the path), so every problem can
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -247,6 +248,10 @@ class TaskResources:
         return [] if self.gpus >= 0 else [f"gpus: must be >= 0, got {self.gpus}"]
 
 
+# URI schemes KFP accepts for a pipeline root.
+OBJECT_STORE_SCHEMES = ("gs://", "s3://", "minio://")
+
+
 @dataclass
 class ClusterConfig:
     """Where compiled pipelines run. Ignored by the local runner."""
@@ -254,6 +259,26 @@ class ClusterConfig:
     accelerator: Literal["none", "h100", "a100"] = "h100"
     gpu_image: str = "ghcr.io/streetvision/stage1:0.1.0"
     cpu_image: str = "ghcr.io/streetvision/stage1-cpu:0.1.0"
+    # The Kubernetes service account pipeline pods run as (manifests/base creates it and annotates it for
+    # Workload Identity, so bucket access needs no key in the YAML or the repo). Used by `streetvision submit`.
+    service_account: str = "streetvision-pipeline"
+    # Where KFP keeps a run's artifacts, e.g. gs://bucket/pipeline-root; "" means the cluster's default.
+    pipeline_root: str = ""
+    # Stable per-run location for training checkpoints, so a retried task resumes: a PVC mounted at
+    # checkpoint_root (checkpoint_pvc), or, with checkpoint_pvc "", a gs:// prefix. Each run writes under
+    # <checkpoint_root>/<KFP run id>/<phase> (see streetvision.cluster_env).
+    checkpoint_pvc: str = "streetvision-checkpoints"
+    checkpoint_root: str = "/mnt/checkpoints"
+    # A Kubernetes secret holding a GCP service-account key (`key.json`), for clusters without Workload
+    # Identity; "" (the default) relies on the pod's identity.
+    gcp_credentials_secret: str = ""
+    # Retries of a failed (e.g. preempted) task; phase 1 resumes from its checkpoints.
+    retries: int = 3
+    retry_backoff: str = "120s"
+    # Put GPU phases on spot (preemptible) nodes: GKE's cloud.google.com/gke-spot label and taint.
+    spot: bool = False
+    # /dev/shm for GPU phases (PyTorch data workers and NCCL need more than the container default of 64 MiB).
+    shm_size: str = "16Gi"
     ingest: TaskResources = field(default_factory=lambda: TaskResources(cpu="8", memory="32G"))
     phase1: TaskResources = field(default_factory=lambda: TaskResources(cpu="12", memory="96G", gpus=1))
     phase2: TaskResources = field(default_factory=lambda: TaskResources(cpu="2", memory="4G"))
@@ -262,6 +287,36 @@ class ClusterConfig:
 
     def resources_for(self, phase: str) -> TaskResources:
         return getattr(self, phase)
+
+    def check(self) -> list[str]:
+        problems = []
+        for name in ("gpu_image", "cpu_image"):
+            image = getattr(self, name)
+            tag = image.rsplit("/", 1)[-1].partition(":")[2] if "@" not in image else "digest"
+            if not tag or tag == "latest":
+                problems.append(f"{name}: pin a version tag or digest (e.g. ...:0.1.0), got {image!r}")
+        if self.pipeline_root and not self.pipeline_root.startswith(OBJECT_STORE_SCHEMES):
+            problems.append(
+                f"pipeline_root: must be an object-store URI ({', '.join(OBJECT_STORE_SCHEMES)}...) or \"\", "
+                f"got {self.pipeline_root!r}"
+            )
+        if self.checkpoint_pvc and not self.checkpoint_root.startswith("/"):
+            problems.append(
+                f"checkpoint_root: with checkpoint_pvc set it is the PVC's mount path and must be absolute, "
+                f"got {self.checkpoint_root!r} (or set checkpoint_pvc=\"\" to use a gs:// prefix)"
+            )
+        if not self.checkpoint_pvc and self.checkpoint_root and not self.checkpoint_root.startswith("gs://"):
+            problems.append(
+                f"checkpoint_root: without checkpoint_pvc it must be a gs:// prefix (or \"\" for no resume "
+                f"location), got {self.checkpoint_root!r}"
+            )
+        if self.retries < 0:
+            problems.append(f"retries: must be >= 0, got {self.retries}")
+        if not re.fullmatch(r"\d+[smh]", self.retry_backoff):
+            problems.append(f"retry_backoff: a duration like 30s, 5m or 1h, got {self.retry_backoff!r}")
+        if not re.fullmatch(r"\d+(Ki|Mi|Gi)", self.shm_size):
+            problems.append(f"shm_size: a Kubernetes quantity like 512Mi or 16Gi, got {self.shm_size!r}")
+        return problems
 
 
 @dataclass

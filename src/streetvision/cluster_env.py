@@ -1,0 +1,26 @@
+"""What a task learns from the cluster it runs on, without importing kfp.
+
+On Kubeflow, the pipeline factory exposes the KFP run id to checkpointing phases as an environment variable
+(through the Kubernetes downward API: KFP labels every pod of a run with `pipeline/runid`). The run id is the
+same for every retry of a task, so `task_checkpoint_dir` names a location that a retried (preempted) task
+finds again and resumes from. Locally the variable is absent and the answer is None.
+"""
+
+from __future__ import annotations
+
+import os
+
+from streetvision.config.schema import Config
+
+RUN_ID_ENV = "STREETVISION_RUN_ID"
+# The pod label the KFP backend puts on every pod of a run (Argo workflow podMetadata).
+RUN_ID_FIELD_PATH = "metadata.labels['pipeline/runid']"
+
+
+def task_checkpoint_dir(cfg: Config, phase: str) -> str | None:
+    """`<cluster.checkpoint_root>/<run id>/<phase>` on a cluster (a PVC path or a gs:// URI), else None."""
+    run_id = os.environ.get(RUN_ID_ENV, "").strip()
+    root = cfg.cluster.checkpoint_root.rstrip("/")
+    if not run_id or not root:
+        return None
+    return f"{root}/{run_id}/{phase}"
