@@ -1,4 +1,4 @@
-"""`streetvision` command line: run, plan, compile, config, report.
+"""`streetvision` command line: run, plan, compile, config, report, drift, submit, lint.
 
 The library never imports kfp; the commands that need it (run, plan, compile) import the pipeline package
 when they are called.
@@ -247,6 +247,22 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    import json
+
+    from streetvision.drift import check_drift
+
+    result = check_drift(args.bundle, args.images, args.alpha, args.permutations)
+    if args.json:
+        print(json.dumps({**result.__dict__, "drifted": result.drifted}))
+    else:
+        print(f"{result.n_new} new images vs {result.n_reference} VAL_CALIB reference images")
+        print(f"  confidences  KS statistic {result.ks_statistic:.4f}  p={result.ks_pvalue:.4g}")
+        print(f"  embeddings   MMD^2 {result.mmd:.4g}  p={result.mmd_pvalue:.4g}  Frechet distance {result.frechet:.4g}")
+        print(result.verdict())
+    return 3 if result.drifted else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streetvision",
@@ -318,6 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("path", metavar="RUN", help="a run folder (outputs/<run>), an evaluation folder or report.html")
     report.add_argument("--no-open", action="store_true", help="only print where the report is")
     report.set_defaults(func=cmd_report)
+
+    drift = sub.add_parser(
+        "drift", help="compare new images with the bundle's VAL_CALIB reference (exit 3 on drift)",
+        description="Tests whether new images differ from the data the bundle's policy was fitted on: KS on the "
+                    "calibrated confidences and an MMD permutation test on the model's embeddings, each with a "
+                    "p-value (Bonferroni over the two), plus the Frechet distance as the size of the shift.")
+    drift.add_argument("bundle", metavar="BUNDLE", help="a bundle folder (phase6 output)")
+    drift.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders (searched recursively)")
+    drift.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate of the verdict (default 0.05)")
+    drift.add_argument("--permutations", type=int, default=500, help="MMD permutation resamples (default 500)")
+    drift.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    drift.set_defaults(func=cmd_drift)
     return parser
 
 
