@@ -12,6 +12,7 @@ from typing import NamedTuple
 from kfp.dsl import HTML, ClassificationMetrics, Input, Metrics, Output
 
 from streetvision_components.types import (
+    AdaptedBackbone,
     Checkpoint,
     DataReport,
     DeploymentBundle,
@@ -61,6 +62,59 @@ def phase1_train(
 
     meta = run_phase1(config_from_json(config), train.path, val_select.path, val_calib.path, checkpoint.path,
                       val_select_logits.path, val_calib_logits.path)
+    checkpoint.metadata.update(meta["checkpoint"])
+    val_select_logits.metadata.update(meta["val_select_logits"])
+    val_calib_logits.metadata.update(meta["val_calib_logits"])
+
+
+def phase4_explora(
+    config: str,
+    train: Input[TrainSplit],
+    val_select: Input[ValSelectSplit],
+    backbone: Output[AdaptedBackbone],
+    ssl_metrics: Output[Metrics],
+    ssl_curves: Output[HTML],
+):
+    """ExPLoRA: adapt the backbone on TRAIN (+ an unlabelled pool) with DINOv2's objective and LoRA; probe
+    TRAIN -> VAL_SELECT before and after. Resumes from its checkpoint when a retried task finds one."""
+    import json
+    import shutil
+
+    from streetvision.cluster_env import task_checkpoint_dir
+    from streetvision.config import config_from_json
+    from streetvision.phases.phase4 import run_phase4
+
+    cfg = config_from_json(config)
+    result = run_phase4(cfg, train.path, val_select.path, backbone.path, task_checkpoint_dir(cfg, "phase4"))
+    backbone.metadata.update(result["backbone"])
+    for name, value in result["metrics"].items():
+        ssl_metrics.log_metric(name, value)
+    with open(ssl_metrics.path, "w") as handle:  # the local cache needs a file behind every output
+        json.dump(result["metrics"], handle, indent=2)
+    shutil.copyfile(result["curves_html"], ssl_curves.path)
+
+
+def phase1_train_adapted(
+    config: str,
+    train: Input[TrainSplit],
+    val_select: Input[ValSelectSplit],
+    val_calib: Input[ValCalibSplit],
+    backbone: Input[AdaptedBackbone],
+    checkpoint: Output[Checkpoint],
+    val_select_logits: Output[ValSelectLogits],
+    val_calib_logits: Output[ValCalibLogits],
+):
+    """Phase 1 from phase 4's adapted backbone: `model.weights` is set to it, lineage records its TRAIN read."""
+    from streetvision.config import config_from_json
+    from streetvision.phases.phase1 import run_phase1
+    from streetvision.phases.phase4 import add_backbone_lineage, phase1_config_from_backbone
+
+    cfg = phase1_config_from_backbone(config_from_json(config), backbone.path, train.path)
+    run_phase1(cfg, train.path, val_select.path, val_calib.path, checkpoint.path,
+               val_select_logits.path, val_calib_logits.path)
+    meta = add_backbone_lineage(backbone.path, {"checkpoint": checkpoint.path,
+                                                "val_select_logits": val_select_logits.path,
+                                                "val_calib_logits": val_calib_logits.path})
     checkpoint.metadata.update(meta["checkpoint"])
     val_select_logits.metadata.update(meta["val_select_logits"])
     val_calib_logits.metadata.update(meta["val_calib_logits"])
@@ -131,8 +185,14 @@ def evaluate(
 # Phase name (as in the config) -> component function.
 PHASE_FUNCTIONS = {
     "ingest": ingest,
+    "phase4": phase4_explora,
     "phase1": phase1_train,
     "phase2": phase2_threshold,
     "phase6": phase6_export,
     "evaluate": evaluate,
+}
+
+# Variants a phase runs as when another phase feeds it (phase name -> {feeding phase: function}).
+PHASE_VARIANTS = {
+    "phase1": {"phase4": phase1_train_adapted},
 }

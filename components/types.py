@@ -49,6 +49,12 @@ class SelectivePolicy(dsl.Artifact):
     schema_title = "system.SelectivePolicy"
 
 
+class AdaptedBackbone(dsl.Artifact):
+    """Phase 4's output: the ExPLoRA-adapted backbone (merged timm weights, the adapter alone, SSL curves)."""
+
+    schema_title = "system.AdaptedBackbone"
+
+
 class DeploymentBundle(dsl.Artifact):
     schema_title = "system.DeploymentBundle"
 

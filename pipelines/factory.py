@@ -12,7 +12,7 @@ from kfp import compiler, dsl, kubernetes
 from streetvision.cluster_env import RUN_ID_ENV, RUN_ID_FIELD_PATH
 from streetvision.config import Config, config_to_json
 from streetvision.phase_graph import resolve_phases
-from streetvision_components.phases import PHASE_FUNCTIONS
+from streetvision_components.phases import PHASE_FUNCTIONS, PHASE_VARIANTS
 
 # GKE node labels for each accelerator choice (cloud.google.com/gke-accelerator).
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -23,16 +23,17 @@ DEFAULT_PIPELINE_FILE = Path(__file__).with_name("streetvision_stage1.yaml")
 # GKE spot node pools carry this label (and, when configured, a taint of the same key).
 GKE_SPOT_LABEL = "cloud.google.com/gke-spot"
 # Phases that write resumable checkpoints: they get the checkpoint PVC and the run id (see cluster_env).
-CHECKPOINTING_PHASES = {"phase1"}
+CHECKPOINTING_PHASES = {"phase1", "phase4"}
 # Where a cluster.gcp_credentials_secret is mounted; the secret holds the key as `key.json`.
 GCP_CREDENTIALS_DIR = "/var/secrets/google"
 
 
-def make_component(phase: str, cfg: Config):
-    """Wrap the phase's function as a lightweight component on the image its resources call for."""
+def make_component(phase: str, cfg: Config, function=None):
+    """Wrap the phase's function (or a variant of it) as a lightweight component on the image its resources
+    call for."""
     uses_gpu = cfg.cluster.resources_for(phase).gpus > 0
     image = cfg.cluster.gpu_image if uses_gpu else cfg.cluster.cpu_image
-    return dsl.component(PHASE_FUNCTIONS[phase], base_image=image, install_kfp_package=False)
+    return dsl.component(function or PHASE_FUNCTIONS[phase], base_image=image, install_kfp_package=False)
 
 
 def configure_task(task: dsl.PipelineTask, phase: str, cfg: Config) -> dsl.PipelineTask:
@@ -79,6 +80,8 @@ def build_pipeline(cfg: Config):
     """A KFP pipeline for `cfg`; its `config` parameter defaults to the resolved config (as JSON)."""
     phases, _ = resolve_phases(cfg.pipeline.phases)
     ops = {phase: make_component(phase, cfg) for phase in phases}
+    if "phase4" in ops and "phase1" in ops:  # phase 1 trains from the adapted backbone
+        ops["phase1"] = make_component("phase1", cfg, PHASE_VARIANTS["phase1"]["phase4"])
     default_config = config_to_json(cfg)
 
     @dsl.pipeline(
@@ -89,6 +92,14 @@ def build_pipeline(cfg: Config):
     def stage1(config: str = default_config):
         common = {"config": config}
         ingest = configure_task(ops["ingest"](**common), "ingest", cfg)
+        adapted = {}
+        if "phase4" in ops:
+            phase4 = configure_task(
+                ops["phase4"](**common, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"]),
+                "phase4",
+                cfg,
+            )
+            adapted = {"backbone": phase4.outputs["backbone"]}
         if "phase1" not in ops:
             return
         phase1 = configure_task(
@@ -97,6 +108,7 @@ def build_pipeline(cfg: Config):
                 train=ingest.outputs["train"],
                 val_select=ingest.outputs["val_select"],
                 val_calib=ingest.outputs["val_calib"],
+                **adapted,
             ),
             "phase1",
             cfg,

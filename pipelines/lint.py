@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streetvision.contracts import PHASE_READS, ContractError, LeakageViolationError, Split, check_access
-from streetvision_components.phases import PHASE_FUNCTIONS
+from streetvision_components.phases import PHASE_FUNCTIONS, PHASE_VARIANTS
 from streetvision_components.types import split_of_type
 from streetvision_pipelines.inspect_spec import load_documents
 
 # Function the executor runs (`--function_to_execute`) -> phase name in the split policy.
 PHASE_BY_FUNCTION = {func.__name__: phase for phase, func in PHASE_FUNCTIONS.items()}
+PHASE_BY_FUNCTION.update({f.__name__: phase for phase, fs in PHASE_VARIANTS.items() for f in fs.values()})
 
 
 @dataclass

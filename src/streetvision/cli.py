@@ -45,7 +45,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="a YAML file merged over the defaults, before overrides")
     parser.add_argument(
         "--phases", nargs="+", metavar="PHASE",
-        help="phases to include (ingest phase1 phase2 phase6 evaluate, or all); dependencies are added",
+        help="phases to include (ingest phase4 phase1 phase2 phase6 evaluate, or all); dependencies are added; "
+             "phase4 (ExPLoRA backbone adaptation) is optional: e.g. --phases phase4 phase2 phase6 evaluate",
     )
 
 

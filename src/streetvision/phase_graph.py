@@ -10,6 +10,7 @@ POLICY_PHASES = ("phase2",)
 REQUIRES = {
     "ingest": (),
     "phase1": ("ingest",),
+    "phase4": ("ingest",),  # optional; when selected, phase 1 trains from its adapted backbone
     "phase2": ("phase1",),
     "phase6": ("phase1",),
     "evaluate": ("ingest", "phase6"),

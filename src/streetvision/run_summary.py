@@ -20,6 +20,7 @@ PIPELINE_ROOT = "kfp"
 PHASE_OUTPUTS = {
     "ingest": [("split", "train"), ("split", "val_select"), ("split", "val_calib"), ("split", "val_test"),
                ("data_report", None)],
+    "phase4": [("backbone", None)],
     "phase1": [("checkpoint", None), ("logits", "val_select"), ("logits", "val_calib")],
     "phase2": [("policy", None)],
     "phase6": [("bundle", None)],
@@ -30,6 +31,10 @@ PHASE_OUTPUTS = {
 HEADLINE = {
     "data_report": ("records", "placed", "quarantined"),
     "split": ("count", "class_counts"),
+    # phase 4: did adaptation help? probes fitted on TRAIN, scored on VAL_SELECT, before -> after.
+    "backbone": ("trainable_parameters", "ssl_loss_first", "ssl_loss_last", "knn_accuracy_before", "knn_accuracy_after",
+                 "linear_accuracy_before", "linear_accuracy_after", "linear_balanced_accuracy_before",
+                 "linear_balanced_accuracy_after", "val_select_majority_rate", "images_per_second"),
     "checkpoint": ("best_epoch", "epochs_run", "val_select_mcc", "train_images_per_second", "device"),
     "logits": ("accuracy", "mcc", "auroc"),
     "policy": ("feasible", "threshold", "calib_coverage", "risk_bound", "temperature"),

@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-PHASE_NAMES = ("ingest", "phase1", "phase2", "phase6", "evaluate")
+PHASE_NAMES = ("ingest", "phase4", "phase1", "phase2", "phase6", "evaluate")
+# Phases a run leaves out unless asked for (`--phases ... phase4` or pipeline.phases).
+OPTIONAL_PHASES = ("phase4",)
 
 
 @dataclass
@@ -227,9 +229,101 @@ class EvaluationConfig:
 
 
 @dataclass
+class ExploraConfig:
+    """Phase 4 (ExPLoRA): continue DINOv2's self-supervised objective on TRAIN (+ an unlabelled pool) with
+    LoRA/DoRA on the attention projections and the last blocks unfrozen, before phase 1. Off unless phase4
+    is selected. Device and precision come from `training` (same hardware as phase 1).
+
+    Defaults are sized for the CPU demo; DINOv2's own heads use prototypes=65536, hidden_dim=2048,
+    bottleneck_dim=256, and ExPLoRA trains for thousands of steps on GPU.
+    """
+
+    adapter: Literal["lora", "dora"] = "lora"
+    rank: int = 64
+    alpha: float = 64.0  # LoRA scale = alpha / rank
+    dropout: float = 0.0
+    # Linear layers inside each adapted block (timm fuses Q, K and V into `attn.qkv`).
+    target_modules: list[str] = field(default_factory=lambda: ["attn.qkv"])
+    unfreeze_last_blocks: int = 1
+    unfreeze_norms: bool = True
+    steps: int = 60
+    batch_size: int = 32
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_steps: int = 10
+    weight_decay: float = 0.04
+    grad_clip_norm: float = 3.0
+    # Multi-crop: 2 global views at model.img_size plus `local_crops` small views.
+    global_crop_scale: list[float] = field(default_factory=lambda: [0.32, 1.0])
+    local_crops: int = 6
+    local_crop_size: int = 0  # px; 0: 7/16 of model.img_size, rounded down to a multiple of the patch size
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.32])
+    # Fresh projection heads (DINOv2: 65536 / 2048 / 256).
+    prototypes: int = 4096
+    hidden_dim: int = 512
+    bottleneck_dim: int = 128
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    teacher_temp_start: float = 0.04  # linear warm-up to teacher_temp
+    teacher_temp_warmup_steps: int = 20
+    center_momentum: float = 0.9
+    ema_momentum: float = 0.994  # teacher EMA, cosine-scheduled to 1.0
+    ibot: bool = True
+    ibot_weight: float = 1.0
+    ibot_mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    ibot_mask_probability: float = 0.5
+    koleo: bool = True
+    koleo_weight: float = 0.1
+    # Unlabelled target-domain images: a local folder (searched recursively for JPEG/PNG/WebP); "" for none.
+    pool_source: str = ""
+    pool_max_images: int = 0  # 0: all
+    # Which network becomes the adapted backbone: the EMA teacher (DINOv2 evaluates the teacher) or the student.
+    export: Literal["teacher", "student"] = "teacher"
+    # Evidence: probes on frozen features, fitted on TRAIN and scored on VAL_SELECT, before and after.
+    probe: Literal["knn", "linear", "both"] = "both"
+    knn_k: int = 20
+    log_every: int = 10
+    checkpoint_every: int = 20  # steps between resumable checkpoints (cluster retries resume from the last)
+    seed: int = 0
+
+    def check(self) -> list[str]:
+        problems = []
+        for name in ("rank", "steps", "batch_size", "prototypes", "hidden_dim", "bottleneck_dim", "knn_k",
+                     "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("unfreeze_last_blocks", "local_crops", "local_crop_size", "warmup_steps",
+                     "teacher_temp_warmup_steps", "pool_max_images"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.batch_size < 2 and self.koleo:
+            problems.append("batch_size: KoLeo needs at least 2 images per batch (or set koleo=false)")
+        if not self.target_modules:
+            problems.append("target_modules: name at least one linear layer, e.g. [attn.qkv]")
+        for name in ("global_crop_scale", "local_crop_scale", "ibot_mask_ratio"):
+            pair = getattr(self, name)
+            if len(pair) != 2 or not 0.0 < pair[0] <= pair[1] <= 1.0:
+                problems.append(f"{name}: need [low, high] with 0 < low <= high <= 1, got {pair}")
+        for name in ("lr", "student_temp", "teacher_temp", "teacher_temp_start"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr <= self.lr:
+            problems.append(f"min_lr: must be in [0, lr={self.lr}], got {self.min_lr}")
+        for name in ("center_momentum", "ema_momentum", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.ibot_mask_probability <= 1.0:
+            problems.append(f"ibot_mask_probability: must be in [0, 1], got {self.ibot_mask_probability}")
+        if "://" in self.pool_source:
+            problems.append(f"pool_source: only a local folder is read by this version, got {self.pool_source!r} "
+                            "(copy the images locally, e.g. `gcloud storage cp -r`)")
+        return problems
+
+
+@dataclass
 class PipelineConfig:
     name: str = "streetvision-stage1"
-    phases: list[str] = field(default_factory=lambda: list(PHASE_NAMES))
+    phases: list[str] = field(default_factory=lambda: [p for p in PHASE_NAMES if p not in OPTIONAL_PHASES])
 
     def check(self) -> list[str]:
         unknown = [p for p in self.phases if p not in PHASE_NAMES and p != "all"]
@@ -281,6 +375,7 @@ class ClusterConfig:
     shm_size: str = "16Gi"
     ingest: TaskResources = field(default_factory=lambda: TaskResources(cpu="8", memory="32G"))
     phase1: TaskResources = field(default_factory=lambda: TaskResources(cpu="12", memory="96G", gpus=1))
+    phase4: TaskResources = field(default_factory=lambda: TaskResources(cpu="12", memory="96G", gpus=1))
     phase2: TaskResources = field(default_factory=lambda: TaskResources(cpu="2", memory="4G"))
     phase6: TaskResources = field(default_factory=lambda: TaskResources(cpu="2", memory="8G"))
     evaluate: TaskResources = field(default_factory=lambda: TaskResources(cpu="8", memory="32G", gpus=1))
@@ -328,3 +423,4 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    explora: ExploraConfig = field(default_factory=ExploraConfig)

@@ -44,6 +44,12 @@ PHASE_READS: dict[str, dict[str, tuple[Role, Split]]] = {
         "val_select": (Role.MODEL_SELECTION, Split.VAL_SELECT),
         "val_calib": (Role.PREDICTION, Split.VAL_CALIB),
     },
+    # ExPLoRA adapts the backbone on TRAIN images (labels unused); its probe fits on TRAIN features and
+    # scores VAL_SELECT, the model-selection split (the evidence whether adaptation helped).
+    "phase4": {
+        "train": (Role.FIT, Split.TRAIN),
+        "val_select": (Role.MODEL_SELECTION, Split.VAL_SELECT),
+    },
     "phase2": {"val_calib_logits": (Role.POLICY_FITTING, Split.VAL_CALIB)},
     "phase6": {},
     "evaluate": {"val_test": (Role.FINAL_EVALUATION, Split.VAL_TEST)},
