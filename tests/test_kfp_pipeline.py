@@ -60,7 +60,7 @@ def test_correct_wiring_is_accepted():
 
 
 def test_phase_selection_adds_dependencies_and_refuses_ambiguity():
-    assert resolve_phases(["all"])[0] == ["ingest", "phase1", "phase2", "phase6", "evaluate"]
+    assert resolve_phases(["all"])[0] == ["ingest", "phase4", "phase1", "phase2", "phase6", "evaluate"]
     phases, added = resolve_phases(["phase2"])
     assert phases == ["ingest", "phase1", "phase2"] and added == ["ingest", "phase1"]
     with pytest.raises(ContractError, match="exactly one policy phase"):
@@ -71,6 +71,8 @@ def test_phase_selection_adds_dependencies_and_refuses_ambiguity():
 
 VALID_SELECTIONS = [
     ["ingest"],
+    ["phase4"],
+    ["phase4", "phase2", "phase6", "evaluate"],
     ["phase1"],
     ["phase1", "phase2"],
     ["phase2", "phase6"],
@@ -234,3 +236,70 @@ def test_components_are_lightweight_without_kfp_install():
         container = make_component(phase, load_config()).component_spec.implementation.container
         command = " ".join(container.command)
         assert "pip install" not in command and "kfp.dsl.executor_main" in command
+
+
+# -- phase 4 (ExPLoRA) -----------------------------------------------------------------------------------
+
+
+def test_phase4_variant_signature_reads_only_what_phase1_may():
+    from streetvision_components.phases import PHASE_VARIANTS
+
+    cfg = load_config()
+    for phase, variants in PHASE_VARIANTS.items():
+        for function in variants.values():
+            spec = make_component(phase, cfg, function).component_spec
+            split_inputs = {name: split_of_type(inp.type.split("@")[0]) for name, inp in spec.inputs.items()
+                            if split_of_type(inp.type.split("@")[0]) is not None}
+            assert split_inputs == {name: split for name, (_, split) in PHASE_READS[phase].items()}
+            assert "system.AdaptedBackbone" in spec.inputs["backbone"].type
+
+
+def _wire_phase4(bad: str):
+    cfg = load_config()
+    ops = {p: make_component(p, cfg) for p in ("ingest", "phase4")}
+
+    @dsl.pipeline(name="miswired-phase4")
+    def miswired(config: str = "{}"):
+        ingest = ops["ingest"](config=config)
+        ops["phase4"](
+            config=config,
+            train=ingest.outputs[{"val_calib_as_train": "val_calib", "val_select_as_train": "val_select"}.get(bad, "train")],
+            val_select=ingest.outputs["val_test" if bad == "val_test_as_val_select" else "val_select"],
+        )
+
+    return miswired
+
+
+@pytest.mark.parametrize("bad", ["val_calib_as_train", "val_select_as_train", "val_test_as_val_select"])
+def test_val_split_into_phase4_fails_at_pipeline_definition(bad):
+    with pytest.raises(InconsistentTypeException):
+        _wire_phase4(bad)
+    _wire_phase4("none")
+
+
+def test_plan_with_phase4_feeds_its_backbone_to_phase1():
+    cfg = load_config(["pipeline.phases=[phase4, phase2, phase6, evaluate]"])
+    docs = compile_to_documents(cfg)
+    plans = describe(docs)
+    order = [p.display_name for p in plans]
+    assert order == ["ingest", "phase4", "phase1", "phase2", "phase6", "evaluate"]
+    by_name = {p.display_name: p for p in plans}
+    assert {r.name: (r.split, r.producer) for r in by_name["phase4"].inputs} == {
+        "train": ("train", "ingest.train"), "val_select": ("val_select", "ingest.val_select")}
+    phase1_inputs = {r.name: r.producer for r in by_name["phase1"].inputs}
+    assert phase1_inputs["backbone"].startswith("phase4") and phase1_inputs["backbone"].endswith(".backbone")
+    assert lint_documents(docs).ok
+    executors = _executors(docs)
+    phase4 = executors["phase4"]  # resumable on a cluster: the checkpoint PVC and the run id
+    assert phase4["k8s"]["pvcMount"][0]["constant"] == cfg.cluster.checkpoint_pvc
+    assert phase4["k8s"]["fieldPathAsEnv"][0]["name"] == "STREETVISION_RUN_ID"
+    assert "phase1_train_adapted" in " ".join(executors["phase1"]["container"]["args"])
+    assert "phase1_train_adapted" not in str(compile_to_documents(load_config()))  # off by default
+
+
+def test_cli_plan_shows_phase4_before_phase1(capsys):
+    from streetvision.cli import main
+
+    main(["plan", "--phases", "phase4", "phase1"])
+    out = capsys.readouterr().out
+    assert "ingest -> phase4 -> phase1" in out
