@@ -142,12 +142,13 @@ def test_objective_matches_scipy_references():
 def test_ssl_loss_decreases_on_demo_data(ingested):
     _, dirs, _, _ = ingested
     train = load_split(dirs[Split.TRAIN], split=Split.TRAIN, role=Role.FIT, phase="test", input_name="train")
-    cfg = small_cfg("explora.steps=8", "explora.checkpoint_every=100")
+    cfg = small_cfg("explora.steps=6", "explora.warmup_steps=3", "explora.checkpoint_every=100")
     trainer, _ = trainer_for(cfg)
     train_ssl(trainer, ImagePool([train.images]), None, "fp")
     losses = [h["loss"] for h in trainer.history]
-    assert len(losses) == 8 and all(np.isfinite(losses))
-    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    # From a random init the teacher's centring first flattens it (step 1 rises); then the objective falls.
+    assert np.mean(losses[-2:]) < min(losses[0], np.mean(losses[:2])), losses
     assert {"dino", "ibot", "koleo", "lr", "momentum", "teacher_temp"} <= set(trainer.history[0])
 
 
@@ -155,7 +156,8 @@ def test_resume_after_interruption_repeats_the_uninterrupted_run(ingested, tmp_p
     _, dirs, _, _ = ingested
     train = load_split(dirs[Split.TRAIN], split=Split.TRAIN, role=Role.FIT, phase="test", input_name="train")
     pool = ImagePool([train.images])
-    cfg = small_cfg("explora.steps=4", "explora.checkpoint_every=2", "explora.ibot_mask_probability=1.0")
+    cfg = small_cfg("explora.steps=3", "explora.checkpoint_every=2", "explora.batch_size=4",
+                    "explora.ibot_mask_probability=1.0")
 
     straight, _ = trainer_for(cfg)
     train_ssl(straight, pool, tmp_path / "straight", "fp")
@@ -164,7 +166,7 @@ def test_resume_after_interruption_repeats_the_uninterrupted_run(ingested, tmp_p
     real_step = explora_train.ssl_step
 
     def preempted(trainer, batch):
-        if calls["n"] == 3:
+        if calls["n"] == 2:
             raise KeyboardInterrupt("node preempted")
         calls["n"] += 1
         return real_step(trainer, batch)
@@ -179,7 +181,7 @@ def test_resume_after_interruption_repeats_the_uninterrupted_run(ingested, tmp_p
 
     resumed, _ = trainer_for(cfg)
     train_ssl(resumed, pool, tmp_path / "resumed", "fp")
-    assert [h["step"] for h in resumed.history] == [0, 1, 2, 3]
+    assert [h["step"] for h in resumed.history] == [0, 1, 2]
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], rel=1e-6)
     a, b = resumed.state("fp"), straight.state("fp")
     for name in a["student"]:
@@ -187,7 +189,7 @@ def test_resume_after_interruption_repeats_the_uninterrupted_run(ingested, tmp_p
         torch.testing.assert_close(a["teacher"][name], b["teacher"][name], rtol=1e-6, atol=1e-7)
 
     # A checkpoint of another config or dataset is never resumed.
-    assert explora_train.load_checkpoint(tmp_path / "resumed", "fp")["step"] == 4
+    assert explora_train.load_checkpoint(tmp_path / "resumed", "fp")["step"] == 3
     assert explora_train.load_checkpoint(tmp_path / "resumed", "another-fingerprint") is None
 
 
@@ -275,3 +277,17 @@ def test_phase4_end_to_end_then_phase1_trains_from_it(ingested, tmp_path):
 
     with pytest.raises(Exception, match="same model"):
         phase1_config_from_backbone(small_cfg("model.embed_dim=64"), out, dirs[Split.TRAIN])
+
+
+def test_bf16_autocast_step_runs_and_stays_finite():
+    # The GPU path (training.precision=bf16) exercised on CPU, where torch.autocast supports bfloat16 too.
+    cfg = small_cfg("explora.steps=2")
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg)
+    mean, std = normalization(backbone)
+    peft_model, _ = apply_adapters(backbone, cfg.explora)
+    trainer = ExploraTrainer(peft_model, cfg.explora, 32, mean, std, torch.device("cpu"), torch.bfloat16)
+    images = (np.random.default_rng(0).random((8, 32, 32, 3)) * 255).astype(np.uint8)
+    records = [trainer.step(images) for _ in range(2)]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    assert all(p.dtype == torch.float32 for p in trainer.student.parameters())  # master weights stay fp32
