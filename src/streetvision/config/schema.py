@@ -246,11 +246,11 @@ class ExploraConfig:
     target_modules: list[str] = field(default_factory=lambda: ["attn.qkv"])
     unfreeze_last_blocks: int = 1
     unfreeze_norms: bool = True
-    steps: int = 60
+    steps: int = 40
     batch_size: int = 32
     lr: float = 5e-4
     min_lr: float = 1e-6
-    warmup_steps: int = 10
+    warmup_steps: int = 5
     weight_decay: float = 0.04
     grad_clip_norm: float = 3.0
     # Multi-crop: 2 global views at model.img_size plus `local_crops` small views.
@@ -265,7 +265,7 @@ class ExploraConfig:
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     teacher_temp_start: float = 0.04  # linear warm-up to teacher_temp
-    teacher_temp_warmup_steps: int = 20
+    teacher_temp_warmup_steps: int = 15
     center_momentum: float = 0.9
     ema_momentum: float = 0.994  # teacher EMA, cosine-scheduled to 1.0
     ibot: bool = True
