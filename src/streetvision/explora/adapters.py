@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from streetvision.config.schema import ExploraConfig
@@ -67,24 +66,22 @@ def apply_adapters(model: nn.Module, cfg: ExploraConfig) -> tuple[nn.Module, dic
     from peft import LoraConfig, get_peft_model
 
     plan = adapter_plan(model, cfg)
-    total = sum(p.numel() for p in model.parameters())
-    peft_cfg = LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=plan["lora"] or None,
-        modules_to_save=plan["full"] or None,
-        use_dora=cfg.adapter == "dora",
-        bias="none",
-    )
     if not plan["lora"]:
-        # All blocks fully unfrozen: PEFT still needs a target; an exact name that matches nothing is refused,
-        # so refuse the configuration ourselves with a clear message.
         raise ContractError(
             "explora.unfreeze_last_blocks covers every block, so no block is left for the adapter",
             "explora config",
             "unfreeze fewer blocks (ExPLoRA unfreezes 1-2 of 12)",
         )
+    total = sum(p.numel() for p in model.parameters())
+    peft_cfg = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=plan["lora"],
+        modules_to_save=plan["full"] or None,
+        use_dora=cfg.adapter == "dora",
+        bias="none",
+    )
     peft_model = get_peft_model(model, peft_cfg)
     wrapped = {name.removeprefix("base_model.model.") for name, module in peft_model.named_modules()
                if type(module).__name__ == "ModulesToSaveWrapper" and any(True for _ in module.parameters())}
@@ -127,8 +124,3 @@ def save_adapter(peft_model: nn.Module, out_dir: Path, base_spec: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir))
     (out_dir / "base_model_config.json").write_text(json.dumps(base_spec, indent=2, sort_keys=True))
-
-
-def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the parameters that training changes (plus buffers are not needed: a ViT has none that learn)."""
-    return {name: p.detach().cpu().clone() for name, p in module.named_parameters() if p.requires_grad}
