@@ -303,3 +303,16 @@ def test_cli_plan_shows_phase4_before_phase1(capsys):
     main(["plan", "--phases", "phase4", "phase1"])
     out = capsys.readouterr().out
     assert "ingest -> phase4 -> phase1" in out
+
+
+def test_lint_catches_a_val_split_hand_wired_into_phase4():
+    import copy
+
+    docs = compile_to_documents(load_config(["pipeline.phases=[phase4, phase1]"]))
+    assert lint_documents(docs).ok
+    broken = copy.deepcopy(docs)
+    tasks = broken[0]["root"]["dag"]["tasks"]
+    phase4 = next(t for t in tasks.values() if t["taskInfo"]["name"] == "phase4")
+    phase4["inputs"]["artifacts"]["train"]["taskOutputArtifact"]["outputArtifactKey"] = "val_calib"
+    messages = "\n".join(str(f) for f in lint_documents(broken).findings)
+    assert "VAL_CALIB data was given to a step whose role is fit" in messages
