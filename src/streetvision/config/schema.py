@@ -151,7 +151,7 @@ class DedupeConfig:
     """Exact duplicates (same decoded pixels) and near duplicates (perceptual hash) join one group."""
 
     # Max Hamming distance between 64-bit pHashes that counts as a near duplicate; -1 turns the search off.
-    near_duplicate_radius: int = 4
+    near_duplicate_radius: int = 8
     # Exact duplicates whose labels disagree: quarantine all of them, or keep the majority label's records
     # (a tie quarantines all).
     label_conflict: Literal["quarantine", "majority"] = "quarantine"

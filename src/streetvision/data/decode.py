@@ -91,5 +91,5 @@ def decode_image(data: bytes, size: int, min_size: int) -> DecodedImage:
     rgb = img.convert("RGB")
     pixel_hash = hashlib.sha256(rgb.tobytes()).hexdigest()
     resized = rgb.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
-    phash, flat = perceptual_hash(resized if size >= _PHASH_SIDE else rgb)
+    phash, flat = perceptual_hash(rgb)
     return DecodedImage(np.asarray(resized, dtype=np.uint8), pixel_hash, width, height, phash, flat)
