@@ -52,7 +52,7 @@ def _thumbnail_grid(staging: np.ndarray, rows: list[int], columns: int = 8) -> I
 
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=1)  # fast; the report is small either way
     return buf.getvalue()
 
 

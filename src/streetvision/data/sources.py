@@ -70,7 +70,7 @@ def demo_records(cfg: DataConfig, out_dir: Path) -> list[SourceRecord]:
             sample_id=f"demo/{rec.path}",
             uri=str(out_dir / rec.path),
             label=str(rec.label),
-            group_id=f"demo/{rec.group_id}",
+            group_id=rec.group_id,  # already "demo-seqNNNNN": unique, and the demo's split stays as it was
             source=rec.source,
             origin="demo",
         )
