@@ -57,6 +57,8 @@ class ShardedImages:
         if isinstance(index, slice):
             index = np.arange(len(self))[index]
         index = np.asarray(index)
+        if index.size == 0:
+            index = index.astype(np.int64)  # [] is float64 to numpy
         if index.dtype == bool:
             index = np.flatnonzero(index)
         if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
