@@ -98,7 +98,9 @@ def write_data_report(report_dir: Path, cfg, records, labels, by_split, quaranti
 
     thumbs = {}
     for label, name in enumerate(cfg.data.label_names):
-        rows = [p.index for p in sorted(placed, key=lambda p: p.record.sample_id) if p.label == label]
+        items = [p for p in sorted(placed, key=lambda p: p.record.sample_id) if p.label == label]
+        firsts = set({p.group: p.index for p in reversed(items)}.values())  # one frame per group first: variety
+        rows = [p.index for p in items if p.index in firsts] + [p.index for p in items if p.index not in firsts]
         rows = rows[: cfg.data.report_thumbnails]
         if rows:
             png = _png(_thumbnail_grid(staging, rows))
