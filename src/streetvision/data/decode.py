@@ -81,11 +81,13 @@ def decode_image(data: bytes, size: int, min_size: int) -> DecodedImage:
         raise
     except UnidentifiedImageError:
         raise QuarantineReason("not_an_image", "no image format recognised") from None
-    except Image.DecompressionBombWarning as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise QuarantineReason("too_large", str(exc)) from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports truncation and corrupt streams this way
         code = "truncated" if "truncated" in str(exc).lower() else "undecodable"
         raise QuarantineReason(code, f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # malformed files make PIL raise many kinds of errors; each is this record's problem
+        raise QuarantineReason("undecodable", f"{type(exc).__name__}: {exc}") from None
     if min(width, height) < min_size:
         raise QuarantineReason("too_small", f"{width}x{height} is below data.min_image_size={min_size}")
     rgb = img.convert("RGB")
