@@ -227,6 +227,8 @@ def test_gcs_sources_match_the_same_data_read_locally(endpoint, tmp_path):
     manifest_expect = write_manifest(tmp_path / "team", n=40, fmt="csv")
     parquet_expect = write_parquet(tmp_path / "natix", n=40, row_group_size=5)
     uris = {name: upload_tree(tmp_path / name, f"src/{name}") for name in ("folder", "team", "natix")}
+    # A sibling prefix that starts like the folder source's: not part of it.
+    storage.write_bytes(f"gs://{BUCKET}/src/folder-old/roadwork/x.jpg", b"stale")
     # A record whose object is missing in the bucket: 'unreadable', not a crash.
     with open(tmp_path / "team" / "manifest.csv", "a") as handle:
         handle.write("img/gone.jpg,1,,real\n")

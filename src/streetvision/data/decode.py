@@ -93,5 +93,5 @@ def decode_image(data: bytes, size: int, min_size: int) -> DecodedImage:
     rgb = img.convert("RGB")
     pixel_hash = hashlib.sha256(rgb.tobytes()).hexdigest()
     resized = rgb.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
-    phash, flat = perceptual_hash(rgb)
+    phash, flat = perceptual_hash(resized if size >= 64 else rgb)  # a 64+ px copy holds the 32 px hash input
     return DecodedImage(np.asarray(resized, dtype=np.uint8), pixel_hash, width, height, phash, flat)

@@ -2,7 +2,7 @@
 
 A split artifact directory holds the image shards ``shards/images-00000.npy`` ... (each (n, S, S, 3) uint8,
 decoded once at ingest at training resolution, memory-mapped by readers), ``shards.json`` (the shard list:
-file, count, bytes, sha256) and ``samples.parquet`` (one row per image, in shard order: id, label, group,
+file, count, bytes) and ``samples.parquet`` (one row per image, in shard order: id, label, group,
 source, source URI, pixel hash). Every file is written under a temporary name and renamed when complete;
 ``shards.json`` comes after the shards, and the metadata record after everything. A logits
 artifact holds ``predictions.parquet`` (sample_id, label, logit_0, logit_1). Both carry the metadata record
@@ -11,7 +11,6 @@ of ``contracts.metadata``; readers check it before touching the data.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -146,29 +145,22 @@ def load_split(path: str | Path, *, split: Split, role: Role, phase: str, input_
     )
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_shard(out_dir: str | Path, index: int, images: np.ndarray) -> dict:
     """Write one shard atomically (temp file, fsync, rename); returns its entry for shards.json."""
     folder = Path(out_dir) / SHARDS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     name = f"images-{index:05d}.npy"
     tmp = folder / f".{name}.tmp"
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=images.shape)
-    array[:] = images
-    array.flush()
-    del array
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, folder / name)
-    return {"file": f"{SHARDS_DIR}/{name}", "count": int(len(images)), "bytes": (folder / name).stat().st_size,
-            "sha256": _sha256_file(folder / name)}
+    try:
+        with open(tmp, "wb") as handle:
+            np.lib.format.write_array(handle, np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename makes it visible
+        os.replace(tmp, folder / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"file": f"{SHARDS_DIR}/{name}", "count": int(len(images)), "bytes": (folder / name).stat().st_size}
 
 
 def write_shard_manifest(out_dir: str | Path, shards: list[dict], image_shape: tuple[int, int, int]) -> None:

@@ -78,6 +78,11 @@ def demo_records(cfg: DataConfig, out_dir: Path) -> list[SourceRecord]:
     ]
 
 
+def _folder(path: str) -> str:
+    """A GCS prefix as a folder: 'gs://b/data' must not also list 'gs://b/data2/...'."""
+    return path.rstrip("/") + "/" if storage.is_gcs(path) else path
+
+
 def _relative(uri: str, root: str) -> str:
     root = root.rstrip("/")
     rel = uri[len(root):].lstrip("/") if uri.startswith(root) else uri
@@ -91,7 +96,7 @@ def folder_records(src: SourceConfig) -> Iterator[SourceRecord]:
     if not storage.is_dir(src.path):
         raise DataError(f"image folder {src.path} does not exist or is empty", f"{name}: path={src.path}",
                         "point the source's path at <root> holding <root>/<label name>/*.jpg")
-    for uri in storage.list_files(src.path):
+    for uri in storage.list_files(_folder(src.path)):
         rel = _relative(uri, src.path)
         label, sep, _ = rel.partition("/")
         problem = ""
@@ -170,7 +175,7 @@ def manifest_records(src: SourceConfig | str | Path) -> list[SourceRecord]:
 def parquet_files(src: SourceConfig) -> list[str]:
     if src.path.lower().endswith(".parquet"):
         return [src.path]
-    files = list(storage.list_files(src.path, suffixes=(".parquet",)))
+    files = list(storage.list_files(_folder(src.path), suffixes=(".parquet",)))
     if not files:
         raise DataError(f"no .parquet files under {src.path}", f"{src.display_name()}: path={src.path}",
                         "point the source's path at a .parquet file or a folder/prefix holding them")

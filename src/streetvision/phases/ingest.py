@@ -178,10 +178,7 @@ def _write_split(out_dir: Path, items: list[Placed], staging: np.ndarray, size: 
     shards = []
     for k, start in enumerate(range(0, len(items), shard_images)):
         rows = np.array([p.index for p in items[start : start + shard_images]], dtype=np.int64)
-        order = np.argsort(rows)  # read the staging file sequentially
-        block = np.empty((len(rows), size, size, 3), dtype=np.uint8)
-        block[order] = staging[rows[order]]
-        shards.append(write_shard(out_dir, k, block))
+        shards.append(write_shard(out_dir, k, staging[rows]))
     table = pa.table(
         {
             "sample_id": [p.record.sample_id for p in items],
