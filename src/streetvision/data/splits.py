@@ -37,6 +37,12 @@ def split_of_group(group_id: str, cfg: SplitConfig) -> Split:
     return _ORDER[-1]  # rounding of the fractions' sum
 
 
+def _popcount(values: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(values)
+    return np.unpackbits(values[..., None].view(np.uint8), axis=-1).sum(-1)
+
+
 def near_duplicate_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
     """Index pairs (i < j) of 64-bit hashes within Hamming distance `radius`, as an (M, 2) int64 array.
 
@@ -65,7 +71,7 @@ def near_duplicate_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
             values = hashes[members]
             for row0 in range(0, len(members), 256):  # row blocks bound memory for a large bucket
                 xor = values[row0 : row0 + 256, None] ^ values[None, :]
-                distance = np.unpackbits(xor[..., None].view(np.uint8), axis=-1).sum(-1)
+                distance = _popcount(xor)
                 a, b = np.nonzero(distance <= radius)
                 keep = row0 + a < b
                 found.update(zip(members[row0 + a[keep]].tolist(), members[b[keep]].tolist()))
@@ -76,6 +82,10 @@ def merge_groups(pairs: Iterable[tuple[str, str]], group_ids: Iterable[str]) -> 
     """Map each group id to its merged group, joining groups connected by `pairs` (connected components).
 
     A merged group is named by its smallest member id, so the name does not depend on visiting order.
+    Adding data never moves an existing sample, with one exception no group-level rule can avoid: a new
+    sample that is a (near) duplicate of an existing group, with a smaller group id, renames that group
+    (and may move it); one that bridges two groups in different splits joins them (one of them moves).
+    Both are visible in the data report's joined groups.
     """
     names = sorted(set(group_ids))
     index = {name: i for i, name in enumerate(names)}
