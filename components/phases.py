@@ -33,14 +33,16 @@ def ingest(
     val_calib: Output[ValCalibSplit],
     val_test: Output[ValTestSplit],
     data_report: Output[DataReport],
+    data_report_html: Output[HTML],
 ):
-    """Read the source, validate every image, group duplicates, split by group, write the uint8 cache."""
+    """Read the sources, validate every image, group duplicates, split by group, write the uint8 shard cache."""
     from streetvision.config import config_from_json
     from streetvision.contracts import Split
     from streetvision.phases.ingest import run_ingest
 
     outs = {Split.TRAIN: train, Split.VAL_SELECT: val_select, Split.VAL_CALIB: val_calib, Split.VAL_TEST: val_test}
-    meta = run_ingest(config_from_json(config), {s: a.path for s, a in outs.items()}, data_report.path)
+    meta = run_ingest(config_from_json(config), {s: a.path for s, a in outs.items()}, data_report.path,
+                      html_path=data_report_html.path)
     for split, artifact in outs.items():
         artifact.metadata.update(meta[split.value])
     data_report.metadata.update(meta["data_report"])

@@ -106,28 +106,126 @@ class SplitConfig:
         return problems
 
 
+SOURCE_KINDS = ("demo", "folder", "manifest", "parquet")
+
+
+@dataclass
+class SourceConfig:
+    """One input source. `path` is local or gs://bucket/prefix.
+
+    folder: <path>/<label name>/**/*.jpg|jpeg|png|webp; manifest: a CSV or JSONL file (path or uri, label,
+    optional group_id, optional source); parquet: a .parquet file or a folder/prefix of them (image bytes
+    column, label column, optional id/group/source columns); demo: the generated demo scenes.
+    """
+
+    kind: Literal["demo", "folder", "manifest", "parquet"] = "folder"
+    path: str = ""
+    # Prefix of this source's sample ids and group ids, and its default source tag (default: the kind).
+    name: str = ""
+    # Extra label spellings, beside 0/1 and data.label_names (e.g. folder names): mapped to 0 / 1.
+    negative_labels: list[str] = field(default_factory=list)
+    positive_labels: list[str] = field(default_factory=list)
+    # parquet only (defaults match the NATIX roadwork dataset: an `image` struct with `bytes`, `label` 0/1).
+    image_column: str = "image"
+    label_column: str = "label"
+    id_column: str = ""  # empty: <file name>/<row number>
+    group_column: str = ""  # empty: each row is its own group (near-duplicate search still joins them)
+    source_column: str = ""  # empty: the source name
+
+    def display_name(self) -> str:
+        return self.name or self.kind
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.kind != "demo" and not self.path:
+            problems.append(f"path: required for a {self.kind} source (local path or gs://bucket/prefix)")
+        if "/" in self.name or ":" in self.name:
+            problems.append(f"name: must not contain '/' or ':', got {self.name!r}")
+        overlap = set(self.negative_labels) & set(self.positive_labels)
+        if overlap:
+            problems.append(f"negative_labels/positive_labels: {sorted(overlap)} in both")
+        return problems
+
+
+@dataclass
+class DedupeConfig:
+    """Exact duplicates (same decoded pixels) and near duplicates (perceptual hash) join one group."""
+
+    # Max Hamming distance between 64-bit pHashes that counts as a near duplicate; -1 turns the search off.
+    near_duplicate_radius: int = 8
+    # Exact duplicates whose labels disagree: quarantine all of them, or keep the majority label's records
+    # (a tie quarantines all).
+    label_conflict: Literal["quarantine", "majority"] = "quarantine"
+
+    def check(self) -> list[str]:
+        if not -1 <= self.near_duplicate_radius <= 16:
+            return [f"near_duplicate_radius: must be in [-1, 16], got {self.near_duplicate_radius}"]
+        return []
+
+
 @dataclass
 class DataConfig:
-    # "demo": generate procedural scenes; "manifest": a CSV with columns path,label[,group_id,source].
-    source: Literal["demo", "manifest"] = "demo"
+    # One source: "demo" (generated scenes), "manifest" (data.manifest), "folder" or "parquet" (data.path).
+    # Several sources: "sources", listed in data.sources (each record is tagged with its source).
+    source: Literal["demo", "manifest", "folder", "parquet", "sources"] = "demo"
     manifest: str = ""
+    path: str = ""
+    sources: list[SourceConfig] = field(default_factory=list)
     label_names: list[str] = field(default_factory=lambda: ["no_roadwork", "roadwork"])
     min_image_size: int = 32
     # Share of input records that may be quarantined before ingest fails the run.
     max_quarantine_fraction: float = 0.05
+    dedupe: DedupeConfig = field(default_factory=DedupeConfig)
+    # Images per cache shard (at 224 px, 2048 images are ~300 MB).
+    shard_images: int = 2048
+    # Decode threads (0: all cores) and parallel reads from storage.
+    workers: int = 0
+    io_workers: int = 32
+    # Thumbnails per class in the data report.
+    report_thumbnails: int = 24
     demo: DemoConfig = field(default_factory=DemoConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+
+    def source_list(self) -> list[SourceConfig]:
+        """The configured sources as a list, whichever form the config used."""
+        if self.source == "sources":
+            return list(self.sources)
+        if self.source == "manifest":
+            return [SourceConfig(kind="manifest", path=self.manifest)]
+        if self.source in ("folder", "parquet"):
+            return [SourceConfig(kind=self.source, path=self.path)]
+        return [SourceConfig(kind="demo")]
 
     def check(self) -> list[str]:
         problems = []
         if self.source == "manifest" and not self.manifest:
-            problems.append("manifest: required when data.source=manifest (a CSV path)")
+            problems.append("manifest: required when data.source=manifest (a CSV or JSONL path, or gs:// URI)")
+        if self.source in ("folder", "parquet") and not self.path:
+            problems.append(f"path: required when data.source={self.source} (a folder or gs://bucket/prefix)")
+        if self.source == "sources":
+            if not self.sources:
+                problems.append("sources: list at least one source when data.source=sources")
+            names = [s.display_name() for s in self.sources]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                problems.append(f"sources: names {repeated} repeat; give each source a distinct name")
+            for i, src in enumerate(self.sources):
+                problems += [f"sources[{i}].{p}" for p in src.check()]
+        elif self.sources:
+            problems.append(f"sources: only read when data.source=sources, but data.source={self.source}")
         if len(self.label_names) != 2 or len(set(self.label_names)) != 2:
             problems.append(f"label_names: need two distinct names [negative, positive], got {self.label_names}")
         if not 0.0 <= self.max_quarantine_fraction <= 1.0:
             problems.append(
                 f"max_quarantine_fraction: must be in [0, 1], got {self.max_quarantine_fraction}"
             )
+        for name in ("shard_images", "io_workers"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            problems.append(f"workers: must be >= 0 (0: all cores), got {self.workers}")
+        if self.report_thumbnails < 0:
+            problems.append(f"report_thumbnails: must be >= 0, got {self.report_thumbnails}")
         return problems
 
 
