@@ -89,6 +89,7 @@ class SplitData:
     groups: list[str]
     sources: list[str]
     meta: ArtifactMetadata
+    original_sizes: np.ndarray | None = None  # (N, 2) width, height before resizing, when ingest recorded them
 
 
 @dataclass
@@ -142,6 +143,8 @@ def load_split(path: str | Path, *, split: Split, role: Role, phase: str, input_
         groups=table.column("group_id").to_pylist(),
         sources=table.column("source").to_pylist(),
         meta=meta,
+        original_sizes=np.stack([table.column("orig_width").to_numpy(), table.column("orig_height").to_numpy()],
+                                axis=1) if "orig_width" in table.column_names else None,
     )
 
 
