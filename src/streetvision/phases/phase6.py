@@ -13,6 +13,7 @@ from streetvision.config.schema import Config
 from streetvision.contracts.metadata import (
     ArtifactMetadata,
     check_same_partition,
+    json_safe,
     prepare_output_dir,
     require_input,
     write_metadata,
@@ -20,6 +21,8 @@ from streetvision.contracts.metadata import (
 from streetvision.contracts.validators import (
     BUNDLE_FILES,
     BUNDLE_MANIFEST,
+    atomic_write_text,
+    check_fitted_on,
     sha256_file,
     validate_bundle,
     validate_checkpoint,
@@ -52,6 +55,11 @@ def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, 
     partition = check_same_partition(metas, PHASE)
     validate_checkpoint(checkpoint_dir)
     policy = validate_policy(json.loads((policy_dir / "policy.json").read_text()), f"{PHASE} input 'policy'")
+    calibrator = json.loads((policy_dir / "calibrator.json").read_text())
+    # The policy and calibrator must have been fitted on logits of exactly these weights.
+    weights = checkpoint_dir / "model.safetensors"
+    check_fitted_on(policy, weights, "policy", f"{PHASE} inputs 'policy' ({policy_dir}) and 'checkpoint'")
+    check_fitted_on(calibrator, weights, "calibrator", f"{PHASE} inputs 'policy' ({policy_dir}) and 'checkpoint'")
     bundle_dir = prepare_output_dir(bundle_dir)
 
     for name in ("model.safetensors", "model_config.json", "preprocessing.json"):
@@ -64,9 +72,14 @@ def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, 
         "format": "streetvision.bundle/v1",
         "policy_kind": policy["kind"],
         "guarantee": policy["guarantee"],
+        "guarantee_numbers": {k: policy.get(k) for k in ("target_risk", "delta", "feasible", "risk_bound",
+                                                         "calib_coverage", "n_calib")},
+        "calibrator": calibrator["kind"],
+        "weights_sha256": sha256_file(weights),
         "files": {name: sha256_file(bundle_dir / name) for name in BUNDLE_FILES},
     }
-    (bundle_dir / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    # Written last, atomically: a bundle without its manifest is incomplete and refused by every loader.
+    atomic_write_text(bundle_dir / BUNDLE_MANIFEST, json.dumps(json_safe(manifest), indent=2))
     validate_bundle(bundle_dir)
 
     lineage = list(dict.fromkeys(metas["checkpoint"].lineage + metas["policy"].lineage))
