@@ -147,3 +147,88 @@ def test_gatekeeper_loss_matches_its_definition():
     # The KL term pushes wrong predictions toward uniform: zero at the uniform prediction.
     assert float(gatekeeper_loss(torch.zeros(2, 2) + torch.tensor([[0.0, 1e-9]]), torch.tensor([0, 0]), 0.0)) == \
         pytest.approx(0.0, abs=1e-6)
+
+
+# --- KFP wiring: one policy type, one required policy input on phase 6 ---
+
+
+def _ops():
+    from streetvision.config import load_config
+    from streetvision_components.phases import PHASE_FUNCTIONS
+    from streetvision_pipelines.factory import make_component
+
+    cfg = load_config()
+    return {p: make_component(p, cfg) for p in PHASE_FUNCTIONS}
+
+
+def test_phase6_without_a_policy_cannot_be_defined():
+    from kfp import dsl
+
+    ops = _ops()
+    with pytest.raises(TypeError, match="policy"):
+
+        @dsl.pipeline(name="no-policy")
+        def no_policy(config: str = "{}"):
+            ingest = ops["ingest"](config=config)
+            p1 = ops["phase1"](config=config, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"],
+                               val_calib=ingest.outputs["val_calib"])
+            ops["phase6"](config=config, checkpoint=p1.outputs["checkpoint"])
+
+
+def test_phase6_with_two_policies_cannot_be_defined():
+    from kfp import dsl
+
+    ops = _ops()
+    with pytest.raises(TypeError, match="second_policy"):
+
+        @dsl.pipeline(name="two-policies")
+        def two_policies(config: str = "{}"):
+            ingest = ops["ingest"](config=config)
+            p1 = ops["phase1"](config=config, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"],
+                               val_calib=ingest.outputs["val_calib"])
+            p2 = ops["phase2"](config=config, val_calib_logits=p1.outputs["val_calib_logits"])
+            p5 = ops["phase5"](config=config, val_calib_logits=p1.outputs["val_calib_logits"])
+            ops["phase6"](config=config, checkpoint=p1.outputs["checkpoint"], policy=p2.outputs["policy"],
+                          second_policy=p5.outputs["policy"])
+
+
+def test_a_checkpoint_cannot_be_wired_as_the_policy():
+    from kfp import dsl
+    from kfp.dsl.types.type_utils import InconsistentTypeException
+
+    ops = _ops()
+    with pytest.raises(InconsistentTypeException):
+
+        @dsl.pipeline(name="checkpoint-as-policy")
+        def wrong(config: str = "{}"):
+            ingest = ops["ingest"](config=config)
+            p1 = ops["phase1"](config=config, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"],
+                               val_calib=ingest.outputs["val_calib"])
+            ops["phase6"](config=config, checkpoint=p1.outputs["checkpoint"], policy=p1.outputs["checkpoint"])
+
+
+@pytest.mark.parametrize("policy_phase", ["phase2", "phase3", "phase5"])
+def test_each_policy_phase_compiles_and_feeds_phase6(policy_phase):
+    from streetvision.config import load_config
+    from streetvision_pipelines.inspect_spec import compile_to_documents, describe
+
+    cfg = load_config([f"pipeline.phases=[{policy_phase}, phase6, evaluate]"])
+    plans = {p.display_name: p for p in describe(compile_to_documents(cfg))}
+    assert set(plans) == {"ingest", "phase1", policy_phase, "phase6", "evaluate"}
+    producers = {r.name: r.producer for r in plans["phase6"].inputs}
+    assert producers["policy"].startswith(policy_phase + "-") and producers["policy"].endswith(".policy")
+    # The gate's bundle takes the tuned weights its threshold was fitted on.
+    expected = "phase3-gate.gate_checkpoint" if policy_phase == "phase3" else "phase1-train.checkpoint"
+    assert producers["checkpoint"] == expected
+
+
+def test_phase_selection_requires_exactly_one_policy_phase():
+    from streetvision.contracts.errors import ContractError
+    from streetvision.phase_graph import resolve_phases
+
+    assert resolve_phases(["all", "phase5"])[0] == ["ingest", "phase1", "phase5", "phase6", "evaluate"]
+    assert resolve_phases(["phase3"])[0] == ["ingest", "phase1", "phase3"]
+    assert resolve_phases(["phase2", "phase5"])[0] == ["ingest", "phase1", "phase2", "phase5"]  # no bundle: fine
+    for bad in (["phase2", "phase5", "phase6"], ["all", "phase2", "phase3"], ["phase1", "phase6"]):
+        with pytest.raises(ContractError, match="exactly one policy phase"):
+            resolve_phases(bad)

@@ -124,7 +124,7 @@ def test_labels_validator():
 
 def _policy(**over):
     base = {"kind": "threshold", "target_risk": 0.05, "delta": 0.05, "threshold": 0.9, "feasible": True,
-            "calib_coverage": 0.8, "risk_bound": 0.04, "n_calib": 100}
+            "calib_coverage": 0.8, "risk_bound": 0.04, "n_calib": 100, "guarantee": "text", "weights_sha256": "0" * 64}
     base.update(over)
     return base
 
