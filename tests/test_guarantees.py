@@ -146,3 +146,41 @@ def test_scrc_on_a_hopeless_model_is_infeasible_and_accepts_nothing():
     policy = scrc_policy(probs, y, 0.01, 0.05, selection_rate=0.5)
     assert not policy["feasible"] and policy["calib_coverage"] == 0.0
     assert not accept_mask(probs.max(axis=1), policy).any()
+
+
+def reference_sgr(kappa, correct, r_star, delta):
+    """Geifman & El-Yaniv (2017), Algorithm 1, written from the paper with a root-finding B* (no shared code)."""
+    m = len(kappa)
+    asc = np.sort(kappa)
+    k = int(np.ceil(np.log2(m)))
+    z_min, z_max = 1, m
+    tested = []
+    for _ in range(k):
+        z = int(np.ceil((z_min + z_max) / 2))
+        theta = asc[z - 1]
+        accepted = kappa >= theta
+        errors, n = int((~correct[accepted]).sum()), int(accepted.sum())
+        # B*(r, delta/k, S): the largest b with P(Binomial(n, b) <= errors) >= delta / k.
+        b_star = 1.0 if errors >= n else brentq(lambda b: binom.cdf(errors, n, b) - delta / k, 1e-15, 1 - 1e-15,
+                                                 xtol=1e-15)
+        tested.append((float(theta), b_star))
+        if b_star < r_star:
+            z_max = z
+        else:
+            z_min = z
+    return tested
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sgr_matches_a_reference_implementation_of_the_paper(seed):
+    rng = np.random.default_rng(100 + seed)
+    probs, y = _draw(rng, int(rng.integers(200, 3000)))
+    kappa, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    policy = sgr_threshold(kappa, correct, 0.05, 0.05)
+    reference = reference_sgr(kappa, correct, 0.05, 0.05)
+    ours = [(t["threshold"], t["bound"]) for t in policy["search"]]
+    assert np.allclose(ours, reference, rtol=0, atol=1e-9)
+    feasible = [(theta, b) for theta, b in reference if b < 0.05]
+    assert policy["feasible"] == bool(feasible)
+    if feasible:  # the most permissive certified threshold, with its bound
+        assert np.allclose((policy["threshold"], policy["risk_bound"]), min(feasible), rtol=0, atol=1e-9)

@@ -49,20 +49,23 @@ def sgr_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: floa
         errors = int(cum_errors[n - 1])
         return float(threshold), n, clopper_pearson_upper(errors, n, delta_each)
 
-    lo, hi = 1, m  # candidate accepted counts, most conservative .. most permissive
+    # Algorithm 1 of the paper, index for index: confidences sorted ascending, z_min = 1, z_max = m,
+    # z = ceil((z_min + z_max) / 2), theta = kappa(x_z); bound < target -> z_max = z (accept more), else
+    # z_min = z. The paper outputs the last tested theta with its bound; when that one misses the target we
+    # keep the last tested theta that met it (the most permissive such), and when none did, accept nothing.
+    conf_ascending = conf_sorted[::-1]
+    z_min, z_max = 1, m
     best = None
     trail = []
     for _ in range(tests):
-        if lo > hi:
-            break
-        mid = (lo + hi + 1) // 2
-        threshold, n, bound = evaluate(mid)
+        z = math.ceil((z_min + z_max) / 2)
+        threshold, n, bound = evaluate(m - int(np.searchsorted(conf_ascending, conf_ascending[z - 1], side="left")))
         trail.append({"threshold": threshold, "accepted": n, "bound": bound})
-        if bound <= target_risk:
+        if bound < target_risk:
             best = (threshold, n, bound)
-            lo = mid + 1  # feasible: try accepting more
+            z_max = z
         else:
-            hi = mid - 1
+            z_min = z
     policy = {
         "kind": "threshold",
         "score": "max calibrated probability",
