@@ -54,7 +54,10 @@ def test_gate_policy_names_its_tuned_weights_and_lineage(policies):
     assert policy["gate_val_select_aurc"] <= policy["gate_val_select_aurc_before"]
     meta = json.loads((root / "gate" / METADATA_FILE).read_text())
     assert {(e["phase"], e["role"], e["split"]) for e in meta["lineage"]} >= {
-        ("phase3", "fit", "train"), ("phase3", "model_selection", "val_select"), ("phase3", "policy_fitting", "val_calib")}
+        ("phase3", "fit", "train"),
+        ("phase3", "model_selection", "val_select"),
+        ("phase3", "policy_fitting", "val_calib"),
+    }
 
 
 @pytest.mark.parametrize("record", ["policy.json", "calibrator.json"])

@@ -9,7 +9,13 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
-from streetvision.calibration import METHODS, calibrated_probabilities, cross_validated_nll, fit_calibrator, prob_roadwork
+from streetvision.calibration import (
+    METHODS,
+    calibrated_probabilities,
+    cross_validated_nll,
+    fit_calibrator,
+    prob_roadwork,
+)
 
 
 def _logits(z: np.ndarray) -> np.ndarray:

@@ -102,7 +102,8 @@ def _fit(method: str, z: np.ndarray, labels: np.ndarray, histogram_bins: int) ->
     elif method == "beta":
         params = _fit_beta(z, labels)
     else:
-        raise PolicyError(f"unknown calibration method {method!r}", "calibration.method", f"use one of {METHODS} or auto")
+        raise PolicyError(f"unknown calibration method {method!r}", "calibration.method",
+                          f"use one of {METHODS} or auto")
     return {"kind": method, **params}
 
 

@@ -42,7 +42,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="a YAML file merged over the defaults, before overrides")
     parser.add_argument(
         "--phases", nargs="+", metavar="PHASE",
-        help="phases to include (ingest phase1 phase2 phase6 evaluate, or all); dependencies are added",
+        help="phases to include (ingest phase1 phase2 phase3 phase5 phase6 evaluate, or all); dependencies are "
+             "added; a bundle takes exactly one policy phase: phase2 (threshold), phase3 (gate) or phase5 (SCRC)",
     )
 
 
