@@ -33,7 +33,7 @@ from streetvision.contracts.validators import sha256_file, validate_checkpoint
 from streetvision.data.shards import SplitData, load_split
 from streetvision.models import load_model_dir, predict_logits, save_model_dir, to_model_input
 from streetvision.phases.phase2 import fit_threshold_policy, policy_summary, write_policy
-from streetvision.progress import log
+from streetvision.progress import log, progress
 from streetvision.selective import aurc
 
 PHASE = "phase3"
@@ -109,6 +109,8 @@ def run_phase3(
     params = _trainable(model, g.unfreeze_blocks)
     optimizer = torch.optim.AdamW(params, lr=g.lr, weight_decay=g.weight_decay)
     batch = cfg.evaluation.batch_size
+    # bf16 autocast on GPU as in phase 1 (training.precision); the loss is computed in fp32.
+    bf16 = cfg.training.precision == "bf16" and device.type == "cuda"
 
     best_aurc = _select_aurc(model, select, mean, std, batch, device)
     best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
@@ -121,11 +123,13 @@ def run_phase3(
         model.train()
         order = rng.permutation(len(train.labels))
         losses = []
-        for start in range(0, len(order), g.batch_size):
+        starts = range(0, len(order), g.batch_size)
+        for start in progress(starts, len(starts), f"gate epoch {epoch}/{g.epochs}", unit="batch"):
             index = np.sort(order[start : start + g.batch_size])  # sorted: memmap reads stay sequential
             images = torch.from_numpy(np.array(train.images[index])).to(device)
-            logits = model(to_model_input(images, mean_t, std_t))
-            loss = gatekeeper_loss(logits, labels_all[index].to(device), g.correct_weight)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(to_model_input(images, mean_t, std_t))
+            loss = gatekeeper_loss(logits.float(), labels_all[index].to(device), g.correct_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -139,13 +143,13 @@ def run_phase3(
     model.eval()
 
     spec = json.loads((checkpoint_dir / "model_config.json").read_text())
-    save_model_dir(model.cpu(), spec, gate_checkpoint_dir)
+    save_model_dir(model, spec, gate_checkpoint_dir)  # copies the tensors to CPU itself
     (gate_checkpoint_dir / "preprocessing.json").write_text(json.dumps(preprocessing, indent=2))
     (gate_checkpoint_dir / "gate_history.json").write_text(json.dumps(history, indent=2))
     weights_sha256 = sha256_file(gate_checkpoint_dir / "model.safetensors")
 
     # The threshold is fitted on logits of exactly the weights just saved.
-    logits = predict_logits(model, calib.images, mean, std, batch, "cpu")
+    logits = predict_logits(model, calib.images, mean, std, batch, device)
     calibrator, policy = fit_threshold_policy(cfg, logits, calib.labels, weights_sha256, kind="gate")
     policy.update(gate_best_epoch=best_epoch, gate_val_select_aurc=best_aurc,
                   gate_val_select_aurc_before=history[0]["val_select_aurc"], gate_correct_weight=g.correct_weight)
