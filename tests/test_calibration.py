@@ -104,3 +104,15 @@ def test_auto_with_too_few_of_a_class_falls_back_to_temperature():
     logits = _logits(np.array([2.0, 1.0, 3.0, -1.0]))
     cal = fit_calibrator(logits, np.array([1, 1, 1, 0]), "auto")
     assert cal["kind"] == "temperature" and all(v is None for v in cal["cv_nll"].values())
+
+
+def test_calibration_and_gate_config_are_checked_in_one_error():
+    from streetvision.config import ConfigError, load_config
+
+    assert load_config(["calibration.method=beta"]).calibration.method == "beta"
+    with pytest.raises(ConfigError) as err:
+        load_config(["calibration.method=spline", "calibration.scrc_selection_rate=1.5", "gate.correct_weight=2",
+                     "gate.unfreeze_blocks=-1", "gate.epochs=0"])
+    text = str(err.value)
+    for expected in ("calibration.method", "scrc_selection_rate", "correct_weight", "unfreeze_blocks", "epochs"):
+        assert expected in text
