@@ -215,7 +215,7 @@ def scrc_guarantee_text(policy: dict) -> str:
         f"{policy['calib_selected_rate']:.1%} of VAL_CALIB), the prediction set {{y : p_y >= "
         f"{policy['set_threshold']:.4f}}} misses the true label for at most {policy['target_risk']:.1%} of images, "
         f"with probability >= {1 - policy['delta']:.0%} over the VAL_CALIB draw (SCRC-I, Clopper-Pearson bound "
-        f"{policy['risk_bound']:.3f}, fixed-sequence test). Stage 1 answers only selected singletons, so errors "
-        f"among answered images are at most that many per selected image; VAL_CALIB coverage "
-        f"{policy['calib_coverage']:.1%}."
+        f"{policy['risk_bound']:.3f}, fixed-sequence test). Stage 1 answers only selected singletons, so its wrong "
+        f"answers are at most {policy['target_risk']:.1%} of selected images; it answered "
+        f"{policy['calib_coverage']:.1%} of VAL_CALIB (the rest goes to Stage 2)."
     )
