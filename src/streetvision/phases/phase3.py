@@ -124,7 +124,7 @@ def run_phase3(
         order = rng.permutation(len(train.labels))
         losses = []
         starts = range(0, len(order), g.batch_size)
-        for start in progress(starts, len(starts), f"gate epoch {epoch}/{g.epochs}", unit="batch"):
+        for start in progress(starts, len(starts), f"gate epoch {epoch}/{g.epochs}", unit="step"):
             index = np.sort(order[start : start + g.batch_size])  # sorted: memmap reads stay sequential
             images = torch.from_numpy(np.array(train.images[index])).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
