@@ -4,7 +4,9 @@ it does on VAL_TEST (through the bundle's own inference path, as `evaluate` does
     python benchmarks/policies_on_demo.py [OVERRIDE ...] [--out DIR]
 
 Runs ingest and phase 1 once (default config: the bundled demo), then phase 2 (threshold), phase 3 (gate) and
-phase 5 (SCRC), a bundle from each, and `evaluate` on each bundle. Prints one line per policy.
+phase 5 (SCRC), a bundle from each, and `evaluate` on each bundle. Prints one line per policy. With --out
+pointing at an earlier run's folder, its ingest and phase 1 are reused (so policy settings can be varied
+cheaply; the data and model overrides must then be the same as before).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from streetvision.config import load_config
 from streetvision.contracts import Split
+from streetvision.contracts.metadata import METADATA_FILE
 from streetvision.phases.evaluate import run_evaluate
 from streetvision.phases.ingest import run_ingest
 from streetvision.phases.phase1 import run_phase1
@@ -34,11 +37,13 @@ def main() -> None:
     cfg = load_config(args.overrides)
     root = Path(args.out or tempfile.mkdtemp(prefix="sv-policies-"))
     dirs = {s: root / s.value for s in Split}
-    run_ingest(cfg, dirs, root / "report")
     ckpt, sel, cal = root / "checkpoint", root / "val_select_logits", root / "val_calib_logits"
-    started = time.time()
-    run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], ckpt, sel, cal)
-    print(f"phase1: {time.time() - started:.0f} s")
+    if not (cal / METADATA_FILE).is_file():
+        run_ingest(cfg, dirs, root / "report")
+        started = time.time()
+        run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], ckpt, sel, cal)
+        print(f"phase1: {time.time() - started:.0f} s")
+    root = root / f"policies_risk{cfg.calibration.target_risk}_delta{cfg.calibration.delta}"
     fits = {
         "threshold": lambda: (run_phase2(cfg, cal, root / "threshold"), ckpt),
         "scrc": lambda: (run_phase5(cfg, cal, root / "scrc"), ckpt),
