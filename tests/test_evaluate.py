@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY
 from streetvision.challenge import render_challenge
 from streetvision.cli import main
 from streetvision.config import load_config
@@ -53,7 +52,7 @@ def test_evaluate_writes_intervals_challenge_blessing_and_the_report_command_fin
     cfg = copy.deepcopy(cfg)  # the fixture's config is shared
     cfg.evaluation.blessing.min_accuracy = 1.01  # unreachable: the verdict must say FAILED
     run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
-    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", tmp_path / "bundle")
+    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
     result = run_evaluate(cfg, tmp_path / "bundle", dirs[Split.VAL_TEST], tmp_path / "eval", tmp_path / "r.html")
     assert result["blessed"] is False
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -22,6 +22,8 @@ PHASE_OUTPUTS = {
                ("data_report", None)],
     "phase1": [("checkpoint", None), ("logits", "val_select"), ("logits", "val_calib")],
     "phase2": [("policy", None)],
+    "phase3": [("checkpoint", "gate"), ("policy", None)],  # the tuned checkpoint, told apart from phase 1's
+    "phase5": [("policy", None)],
     "phase6": [("bundle", None)],
     "evaluate": [("evaluation", "val_test")],
 }
@@ -30,9 +32,10 @@ PHASE_OUTPUTS = {
 HEADLINE = {
     "data_report": ("records", "placed", "quarantined"),
     "split": ("count", "class_counts"),
-    "checkpoint": ("best_epoch", "epochs_run", "val_select_mcc", "train_images_per_second", "device"),
+    "checkpoint": ("best_epoch", "epochs_run", "val_select_mcc", "train_images_per_second", "device",
+                   "val_select_aurc_before", "val_select_aurc"),
     "logits": ("accuracy", "mcc", "auroc"),
-    "policy": ("feasible", "threshold", "calib_coverage", "risk_bound", "temperature"),
+    "policy": ("policy", "feasible", "threshold", "calib_coverage", "risk_bound", "calibrator", "temperature"),
     "bundle": ("policy", "files", "bytes"),
     "evaluation": ("accuracy", "majority_rate", "balanced_accuracy", "mcc", "auroc", "ece", "coverage",
                    "selective_accuracy", "deployment_score", "blessed"),
@@ -121,6 +124,8 @@ def summarize_run(run_dir: str | Path, phases: list[str]) -> RunSummary:
         except (OSError, json.JSONDecodeError):
             continue
         key = (meta.get("kind"), meta.get("split") if meta.get("kind") in ("split", "logits", "evaluation") else None)
+        if key == ("checkpoint", None) and meta.get("phase") == "phase3":
+            key = ("checkpoint", "gate")
         current = summary.outputs.get(key)
         if current is None or meta.get("created_unix", 0) >= current.meta.get("created_unix", 0):
             summary.outputs[key] = OutputRecord(meta["phase"], key[0], key[1], record_file.parent, meta)

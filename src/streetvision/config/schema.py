@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-PHASE_NAMES = ("ingest", "phase1", "phase2", "phase6", "evaluate")
+PHASE_NAMES = ("ingest", "phase1", "phase2", "phase3", "phase5", "phase6", "evaluate")
+# The default run: the threshold policy (phase 2); phase 3 (gate) and phase 5 (SCRC) are chosen explicitly.
+DEFAULT_PHASES = ("ingest", "phase1", "phase2", "phase6", "evaluate")
 
 
 @dataclass
@@ -266,10 +268,17 @@ class TrainingConfig:
 
 @dataclass
 class CalibrationConfig:
-    method: Literal["temperature"] = "temperature"
+    # auto: the lowest cross-validated NLL inside VAL_CALIB among the five methods.
+    method: Literal["auto", "temperature", "platt", "isotonic", "histogram", "beta"] = "auto"
+    cv_folds: int = 5
+    histogram_bins: int = 10
     # Selective guarantee: accepted-set error <= target_risk with probability >= 1 - delta.
     target_risk: float = 0.05
     delta: float = 0.05
+    # SCRC (phase 5): share of images selected by confidence, and share of VAL_CALIB used to set that cut.
+    scrc_selection_rate: float = 0.8
+    scrc_selection_fraction: float = 0.3
+    seed: int = 0
 
     def check(self) -> list[str]:
         problems = []
@@ -277,6 +286,41 @@ class CalibrationConfig:
             problems.append(f"target_risk: must be in (0, 1), got {self.target_risk}")
         if not 0.0 < self.delta < 1.0:
             problems.append(f"delta: must be in (0, 1), got {self.delta}")
+        if self.cv_folds < 2:
+            problems.append(f"cv_folds: must be >= 2, got {self.cv_folds}")
+        if self.histogram_bins < 2:
+            problems.append(f"histogram_bins: must be >= 2, got {self.histogram_bins}")
+        for name in ("scrc_selection_rate", "scrc_selection_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                problems.append(f"{name}: must be in (0, 1), got {getattr(self, name)}")
+        return problems
+
+
+@dataclass
+class GateConfig:
+    """Phase 3: Gatekeeper fine-tuning (Rabanser et al., 2025) of the phase-1 model, then an SGR threshold."""
+
+    # L = correct_weight * CE on correctly predicted samples + (1 - correct_weight) * KL(p || uniform) on the rest.
+    correct_weight: float = 0.5
+    epochs: int = 3
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    # 0: the classifier head only; k: also the last k transformer blocks (and the final norm).
+    unfreeze_blocks: int = 0
+    seed: int = 0
+
+    def check(self) -> list[str]:
+        problems = []
+        if not 0.0 <= self.correct_weight <= 1.0:
+            problems.append(f"correct_weight: must be in [0, 1], got {self.correct_weight}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            problems.append(f"lr: must be > 0, got {self.lr}")
+        if self.unfreeze_blocks < 0:
+            problems.append(f"unfreeze_blocks: must be >= 0, got {self.unfreeze_blocks}")
         return problems
 
 
@@ -327,7 +371,7 @@ class EvaluationConfig:
 @dataclass
 class PipelineConfig:
     name: str = "streetvision-stage1"
-    phases: list[str] = field(default_factory=lambda: list(PHASE_NAMES))
+    phases: list[str] = field(default_factory=lambda: list(DEFAULT_PHASES))
 
     def check(self) -> list[str]:
         unknown = [p for p in self.phases if p not in PHASE_NAMES and p != "all"]
@@ -380,6 +424,8 @@ class ClusterConfig:
     ingest: TaskResources = field(default_factory=lambda: TaskResources(cpu="8", memory="32G"))
     phase1: TaskResources = field(default_factory=lambda: TaskResources(cpu="12", memory="96G", gpus=1))
     phase2: TaskResources = field(default_factory=lambda: TaskResources(cpu="2", memory="4G"))
+    phase3: TaskResources = field(default_factory=lambda: TaskResources(cpu="12", memory="96G", gpus=1))
+    phase5: TaskResources = field(default_factory=lambda: TaskResources(cpu="2", memory="4G"))
     phase6: TaskResources = field(default_factory=lambda: TaskResources(cpu="2", memory="8G"))
     evaluate: TaskResources = field(default_factory=lambda: TaskResources(cpu="8", memory="32G", gpus=1))
 
@@ -423,6 +469,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -74,7 +74,7 @@ def label_index(raw: str, names: list[str], src: SourceConfig | None = None) -> 
             return 0
         if raw in src.positive_labels:
             return 1
-    extra = f" or the source's negative_labels/positive_labels" if src is not None else ""
+    extra = " or the source's negative_labels/positive_labels" if src is not None else ""
     raise QuarantineReason("unknown_label", f"label {raw!r} is neither 0/1 nor one of data.label_names={names}{extra}")
 
 
