@@ -34,14 +34,16 @@ def ingest(
     val_calib: Output[ValCalibSplit],
     val_test: Output[ValTestSplit],
     data_report: Output[DataReport],
+    data_report_html: Output[HTML],
 ):
-    """Read the source, validate every image, group duplicates, split by group, write the uint8 cache."""
+    """Read the sources, validate every image, group duplicates, split by group, write the uint8 shard cache."""
     from streetvision.config import config_from_json
     from streetvision.contracts import Split
     from streetvision.phases.ingest import run_ingest
 
     outs = {Split.TRAIN: train, Split.VAL_SELECT: val_select, Split.VAL_CALIB: val_calib, Split.VAL_TEST: val_test}
-    meta = run_ingest(config_from_json(config), {s: a.path for s, a in outs.items()}, data_report.path)
+    meta = run_ingest(config_from_json(config), {s: a.path for s, a in outs.items()}, data_report.path,
+                      html_path=data_report_html.path)
     for split, artifact in outs.items():
         artifact.metadata.update(meta[split.value])
     data_report.metadata.update(meta["data_report"])
@@ -133,17 +135,51 @@ def phase2_threshold(
     policy.metadata.update(meta["policy"])
 
 
+def phase3_gate(
+    config: str,
+    checkpoint: Input[Checkpoint],
+    train: Input[TrainSplit],
+    val_select: Input[ValSelectSplit],
+    val_calib: Input[ValCalibSplit],
+    gate_checkpoint: Output[Checkpoint],
+    policy: Output[SelectivePolicy],
+):
+    """Gatekeeper fine-tune on TRAIN (epoch by AURC on VAL_SELECT), then its SGR threshold on VAL_CALIB."""
+    from streetvision.config import config_from_json
+    from streetvision.phases.phase3 import run_phase3
+
+    meta = run_phase3(config_from_json(config), checkpoint.path, train.path, val_select.path, val_calib.path,
+                      gate_checkpoint.path, policy.path)
+    gate_checkpoint.metadata.update(meta["gate_checkpoint"])
+    policy.metadata.update(meta["policy"])
+
+
+def phase5_scrc(
+    config: str,
+    val_calib_logits: Input[ValCalibLogits],
+    policy: Output[SelectivePolicy],
+):
+    """Fit the calibrator and the SCRC-I policy (selection + conformal risk control) on VAL_CALIB logits only."""
+    from streetvision.config import config_from_json
+    from streetvision.phases.phase5 import run_phase5
+
+    meta = run_phase5(config_from_json(config), val_calib_logits.path, policy.path)
+    policy.metadata.update(meta["policy"])
+
+
 def phase6_export(
     config: str,
     checkpoint: Input[Checkpoint],
     policy: Input[SelectivePolicy],
+    val_calib: Input[ValCalibSplit],
     bundle: Output[DeploymentBundle],
 ):
-    """Export the deployment bundle with exactly one policy."""
+    """Export the deployment bundle with exactly one policy (threshold, gate or SCRC: one required input),
+    and the drift reference of the policy's own data (VAL_CALIB)."""
     from streetvision.config import config_from_json
     from streetvision.phases.phase6 import run_phase6
 
-    meta = run_phase6(config_from_json(config), checkpoint.path, policy.path, bundle.path)
+    meta = run_phase6(config_from_json(config), checkpoint.path, policy.path, val_calib.path, bundle.path)
     bundle.metadata.update(meta["bundle"])
 
 
@@ -188,6 +224,8 @@ PHASE_FUNCTIONS = {
     "phase4": phase4_explora,
     "phase1": phase1_train,
     "phase2": phase2_threshold,
+    "phase3": phase3_gate,
+    "phase5": phase5_scrc,
     "phase6": phase6_export,
     "evaluate": evaluate,
 }

@@ -44,7 +44,13 @@ class Checkpoint(dsl.Artifact):
 
 
 class SelectivePolicy(dsl.Artifact):
-    """Exactly one of these feeds the bundle (phase 6 has a single, required policy input)."""
+    """Exactly one of these feeds the bundle (phase 6 has a single, required policy input).
+
+    One type for all three kinds (threshold from phase 2, gate from phase 3, SCRC from phase 5), the kind in
+    metadata and policy.json: KFP has no union inputs, so a single required input of one shared type is what
+    makes "none" (missing required input) and "two" (no second input) impossible to wire. The bundle
+    validator checks the kind and that exactly one policy file is present.
+    """
 
     schema_title = "system.SelectivePolicy"
 

@@ -113,15 +113,36 @@ def build_pipeline(cfg: Config):
             "phase1",
             cfg,
         )
-        if "phase2" not in ops:
-            return
-        phase2 = configure_task(
-            ops["phase2"](**common, val_calib_logits=phase1.outputs["val_calib_logits"]), "phase2", cfg
-        )
+        # Each selected policy phase; resolve_phases guarantees exactly one when a bundle is built.
+        checkpoint, policy = phase1.outputs["checkpoint"], None
+        if "phase2" in ops:
+            phase2 = configure_task(
+                ops["phase2"](**common, val_calib_logits=phase1.outputs["val_calib_logits"]), "phase2", cfg
+            )
+            policy = phase2.outputs["policy"]
+        if "phase3" in ops:
+            phase3 = configure_task(
+                ops["phase3"](
+                    **common,
+                    checkpoint=phase1.outputs["checkpoint"],
+                    train=ingest.outputs["train"],
+                    val_select=ingest.outputs["val_select"],
+                    val_calib=ingest.outputs["val_calib"],
+                ),
+                "phase3",
+                cfg,
+            )
+            # The gate policy was fitted on the tuned weights, so the bundle takes those weights.
+            checkpoint, policy = phase3.outputs["gate_checkpoint"], phase3.outputs["policy"]
+        if "phase5" in ops:
+            phase5 = configure_task(
+                ops["phase5"](**common, val_calib_logits=phase1.outputs["val_calib_logits"]), "phase5", cfg
+            )
+            policy = phase5.outputs["policy"]
         if "phase6" not in ops:
             return
         phase6 = configure_task(
-            ops["phase6"](**common, checkpoint=phase1.outputs["checkpoint"], policy=phase2.outputs["policy"]),
+            ops["phase6"](**common, checkpoint=checkpoint, policy=policy, val_calib=ingest.outputs["val_calib"]),
             "phase6",
             cfg,
         )

@@ -124,7 +124,7 @@ def test_labels_validator():
 
 def _policy(**over):
     base = {"kind": "threshold", "target_risk": 0.05, "delta": 0.05, "threshold": 0.9, "feasible": True,
-            "calib_coverage": 0.8, "risk_bound": 0.04, "n_calib": 100}
+            "calib_coverage": 0.8, "risk_bound": 0.04, "n_calib": 100, "guarantee": "text", "weights_sha256": "0" * 64}
     base.update(over)
     return base
 
@@ -148,9 +148,9 @@ def test_bundle_validator_refuses_tampering_and_second_policy(trained, tmp_path)
     from streetvision.phases.phase2 import run_phase2
     from streetvision.phases.phase6 import run_phase6
 
-    cfg, _, out = trained
+    cfg, dirs, out = trained
     run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
-    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", tmp_path / "bundle")
+    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
     bundle = tmp_path / "bundle"
     validate_bundle(bundle)
     (bundle / "gate_policy.json").write_text(json.dumps(_policy()))

@@ -31,7 +31,14 @@ def test_every_bad_input_has_a_named_reason():
     good = _encode(Image.new("RGB", (64, 64), (1, 2, 3)))
     assert _code(b"") == "zero_byte"
     assert _code(b"this is not an image at all") == "not_an_image"
-    assert _code(good[: len(good) // 2]) == "undecodable"  # truncated JPEG
+    assert _code(good[: len(good) // 2]) == "truncated"
+    corrupt = bytearray(_encode(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG"))
+    corrupt[40:60] = b"\xff" * 20  # damaged IHDR/IDAT: the header parses, the data does not
+    assert _code(bytes(corrupt)) in ("undecodable", "not_an_image")
+    palette_alpha = Image.new("P", (64, 64))
+    palette_alpha.info["transparency"] = 0
+    assert _code(_encode(palette_alpha, "PNG", transparency=0)) == "unsupported_mode"
+    assert _code(_encode(Image.new("RGBA", (64, 64)), "WEBP")) == "unsupported_mode"
     assert _code(_encode(Image.new("RGB", (10, 64)))) == "too_small"
     assert _code(_encode(Image.new("CMYK", (64, 64)))) == "unsupported_mode"
     assert _code(_encode(Image.new("RGBA", (64, 64)), "PNG")) == "unsupported_mode"
@@ -55,3 +62,28 @@ def test_pixel_hash_identifies_identical_content():
     assert decode_image(a, 32, 16).pixel_hash == decode_image(a, 32, 16).pixel_hash
     b = _encode(Image.new("RGB", (64, 64), (90, 6, 7)))
     assert decode_image(a, 32, 16).pixel_hash != decode_image(b, 32, 16).pixel_hash
+
+
+def test_large_jpeg_uses_reduced_decode_and_keeps_orientation():
+    # A 1920x1080 frame, EXIF "rotate 270": the result is portrait content at the training size.
+    img = Image.new("RGB", (1920, 1080), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 960, 1080))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 CCW when shown: the left half goes to the bottom
+    out = decode_image(_encode(img, exif=exif.tobytes(), quality=90), 64, 32)
+    assert (out.width, out.height) == (1080, 1920)
+    assert out.pixels.shape == (64, 64, 3)
+    assert out.pixels[-8:, :, 0].mean() > 200 and out.pixels[:8, :, 2].mean() > 200
+
+
+def test_perceptual_hash_is_close_for_near_duplicates_and_far_for_different_scenes():
+    rng = np.random.default_rng(0)
+    base = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+    scene = Image.fromarray(base).resize((320, 240), Image.BICUBIC)
+    brighter = Image.fromarray(np.clip(np.asarray(scene, dtype=np.int16) + 12, 0, 255).astype(np.uint8))
+    other = Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).resize((320, 240), Image.BICUBIC)
+    a, b, c = (decode_image(_encode(x, quality=85), 64, 32) for x in (scene, brighter, other))
+    distance = lambda x, y: bin(x.phash ^ y.phash).count("1")  # noqa: E731
+    assert distance(a, b) <= 4 < 16 < distance(a, c)
+    assert a.pixel_hash != b.pixel_hash and not a.flat
+    assert decode_image(_encode(Image.new("RGB", (64, 64), (9, 9, 9))), 32, 16).flat

@@ -65,3 +65,31 @@ def test_missing_reference_and_tiny_samples_are_clear_errors(tmp_path):
     reference = build_reference(rng.uniform(0.6, 1.0, 50), _features(rng, 50))
     with pytest.raises(DataError, match="at least a few dozen"):
         compare(reference, np.array([0.9]), _features(rng, 1))
+
+
+def test_drift_command_on_a_real_bundle(trained, tmp_path, capsys):
+    """The bundle carries its VAL_CALIB reference; its own calibration images show no drift, inverted ones do."""
+    import json
+
+    from PIL import Image
+
+    from streetvision.cli import main
+    from streetvision.contracts import Role, Split
+    from streetvision.data.shards import load_split
+    from streetvision.phases.phase2 import run_phase2
+    from streetvision.phases.phase6 import run_phase6
+
+    cfg, dirs, out = trained
+    run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
+    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
+    calib = load_split(dirs[Split.VAL_CALIB], split=Split.VAL_CALIB, role=Role.PREDICTION, phase="t", input_name="x")
+    for name, transform in (("same", lambda a: a), ("inverted", lambda a: 255 - a)):
+        (tmp_path / name).mkdir()
+        for i, image in enumerate(np.asarray(calib.images)):
+            Image.fromarray(transform(image)).save(tmp_path / name / f"{i}.png")
+    capsys.readouterr()  # drop the phases' log lines
+    assert main(["drift", str(tmp_path / "bundle"), str(tmp_path / "same"), "--json", "--permutations", "200"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert not same["drifted"] and same["ks_pvalue"] > 0.5 and same["n_new"] == same["n_reference"]
+    assert main(["drift", str(tmp_path / "bundle"), str(tmp_path / "inverted"), "--permutations", "200"]) == 3
+    assert "DRIFT" in capsys.readouterr().out

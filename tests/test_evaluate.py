@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY
 from streetvision.challenge import render_challenge
 from streetvision.cli import main
 from streetvision.config import load_config
@@ -53,7 +52,7 @@ def test_evaluate_writes_intervals_challenge_blessing_and_the_report_command_fin
     cfg = copy.deepcopy(cfg)  # the fixture's config is shared
     cfg.evaluation.blessing.min_accuracy = 1.01  # unreachable: the verdict must say FAILED
     run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
-    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", tmp_path / "bundle")
+    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
     result = run_evaluate(cfg, tmp_path / "bundle", dirs[Split.VAL_TEST], tmp_path / "eval", tmp_path / "r.html")
     assert result["blessed"] is False
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -73,3 +72,17 @@ def test_evaluate_writes_intervals_challenge_blessing_and_the_report_command_fin
     assert str(tmp_path / "eval" / "report.html") in capsys.readouterr().out
     assert main(["report", str(tmp_path / "nowhere"), "--no-open"]) == 2
     assert "no evaluation report" in capsys.readouterr().err
+
+
+def test_slices_by_source_tag_and_original_size_bucket():
+    from types import SimpleNamespace
+
+    from streetvision.phases.evaluate import _slice_masks
+
+    sizes = np.array([[200, 150]] * 12 + [[1920, 1080]] * 8)
+    test = SimpleNamespace(sources=["real"] * 5 + ["synthetic"] * 15, original_sizes=sizes)
+    slices = dict(_slice_masks(test))
+    assert list(slices) == ["source=real", "source=synthetic", "original size <= 256 px", "original size > 1280 px"]
+    assert slices["source=real"].sum() == 5 and slices["original size > 1280 px"].sum() == 8
+    # One source and one size bucket: nothing to compare, no slice rows.
+    assert _slice_masks(SimpleNamespace(sources=["demo"] * 20, original_sizes=sizes[:12].repeat(2, 0)[:20])) == []

@@ -11,6 +11,7 @@ from conftest import TINY, split_dirs
 from streetvision.config import load_config
 from streetvision.contracts import DataError, Split
 from streetvision.contracts.metadata import METADATA_FILE, fingerprint_ids, read_metadata
+from streetvision.data.shards import open_shards
 from streetvision.phases.ingest import run_ingest
 
 
@@ -36,7 +37,7 @@ def test_every_record_lands_in_exactly_one_place(ingested):
     for split in Split:
         m = read_metadata(dirs[split], "t")
         assert m.fingerprint == fingerprint_ids(ids_by_split[split]) and m.count == len(ids_by_split[split])
-        assert np.load(dirs[split] / "images.npy", mmap_mode="r").shape == (m.count, 32, 32, 3)
+        assert open_shards(dirs[split]).shape == (m.count, 32, 32, 3)
         assert m.partition == meta["data_report"]["partition"]
 
 
@@ -45,7 +46,7 @@ def test_rerun_gives_the_same_splits(ingested, tmp_path):
     again = run_ingest(cfg, split_dirs(tmp_path), tmp_path / "report")
     for split in Split:
         assert again[split.value]["fingerprint"] == meta[split.value]["fingerprint"]
-        assert np.array_equal(np.load(dirs[split] / "images.npy"), np.load(tmp_path / split.value / "images.npy"))
+        assert np.array_equal(np.asarray(open_shards(dirs[split])), np.asarray(open_shards(tmp_path / split.value)))
 
 
 def _jpeg(color, size=(64, 48)) -> bytes:
@@ -85,7 +86,7 @@ def test_manifest_quarantine_names_every_bad_record(tmp_path):
     cfg = _manifest_cfg(manifest, "data.max_quarantine_fraction=0.2")
     out = tmp_path / "out"
     run_ingest(cfg, split_dirs(out), out / "report")
-    rows = {r["sample_id"]: r for r in _rows(out / "report")}
+    rows = {r["sample_id"].removeprefix("manifest/"): r for r in _rows(out / "report")}
     reasons = {name: rows[name]["reason"].split(":")[0] for name, _, _ in BAD}
     assert reasons == {"empty.jpg": "zero_byte", "text.jpg": "not_an_image", "missing.jpg": "unreadable",
                        "small.jpg": "too_small", "odd_label.jpg": "unknown_label"}
@@ -115,7 +116,7 @@ def test_exact_duplicates_share_a_group_and_conflicts_are_quarantined(tmp_path):
     cfg = _manifest_cfg(manifest)
     out = tmp_path / "out"
     run_ingest(cfg, split_dirs(out), out / "report")
-    rows = {r["sample_id"]: r for r in _rows(out / "report")}
+    rows = {r["sample_id"].removeprefix("manifest/"): r for r in _rows(out / "report")}
     assert rows["copy_same.jpg"]["group_id"] == rows["img3.jpg"]["group_id"]
     assert rows["copy_same.jpg"]["placement"] == rows["img3.jpg"]["placement"] != "quarantine"
     assert rows["copy_conflict.jpg"]["placement"] == rows["img5.jpg"]["placement"] == "quarantine"
@@ -130,4 +131,4 @@ def test_repeated_sample_ids_are_quarantined_not_dropped(tmp_path):
     run_ingest(_manifest_cfg(manifest), split_dirs(out), out / "report")
     rows = _rows(out / "report")
     assert len(rows) == 101
-    assert [r["reason"].split(":")[0] for r in rows if r["sample_id"] == "img7.jpg"] == ["", "duplicate_record"]
+    assert [r["reason"].split(":")[0] for r in rows if r["sample_id"] == "manifest/img7.jpg"] == ["", "duplicate_record"]

@@ -57,7 +57,7 @@ def test_edited_split_is_refused(ingested, tmp_path):
 def test_evaluate_refuses_a_bundle_touched_by_val_test(trained, ingested, tmp_path):
     cfg, dirs, out = trained
     run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
-    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", tmp_path / "bundle")
+    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
     # Forge a lineage in which VAL_TEST was used upstream (as a hand-assembled artifact might).
     record = tmp_path / "bundle" / METADATA_FILE
     meta = json.loads(record.read_text())
@@ -76,13 +76,13 @@ def test_phases_refuse_inputs_from_another_partition(trained, tmp_path):
     meta["partition"] = "another-ingest"
     record.write_text(json.dumps(meta))
     with pytest.raises(LeakageViolationError, match="different"):
-        run_phase6(cfg, out["checkpoint"], tmp_path / "policy", tmp_path / "bundle")
+        run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
 
 
 def test_end_to_end_phase_functions_record_lineage(trained, tmp_path):
     cfg, dirs, out = trained
     run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
-    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", tmp_path / "bundle")
+    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
     run_evaluate(cfg, tmp_path / "bundle", dirs[Split.VAL_TEST], tmp_path / "eval", tmp_path / "report.html")
     lineage = [(e.phase, e.role, e.split) for e in read_metadata(tmp_path / "eval", "t").lineage]
     assert lineage == [
@@ -90,6 +90,7 @@ def test_end_to_end_phase_functions_record_lineage(trained, tmp_path):
         ("phase1", "model_selection", "val_select"),
         ("phase1", "prediction", "val_calib"),
         ("phase2", "policy_fitting", "val_calib"),
+        ("phase6", "policy_fitting", "val_calib"),
         ("evaluate", "final_evaluation", "val_test"),
     ]
     results = json.loads((tmp_path / "eval" / "metrics.json").read_text())

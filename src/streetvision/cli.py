@@ -26,6 +26,8 @@ examples:
   streetvision plan model=vit_base cluster.accelerator=a100
   streetvision compile -o pipeline.yaml
   streetvision report outputs/20261126-101500-ab12cd        # open the evaluation report
+  streetvision predict outputs/<run>/bundle street.jpg more_images/   # JSON lines: P(roadwork), accept/defer
+  streetvision export outputs/<run>/bundle -o triton_models           # ONNX + Triton model repository
 """
 
 
@@ -39,13 +41,21 @@ examples:
   streetvision submit --in-cluster --experiment nightly        # from a pod inside the cluster
 """
 
+PREDICT_EPILOG = """Loads only the bundle (every file's sha256 is checked) and prints one JSON line per image:
+  {"path": "...", "prob_roadwork": 0.93, "prediction": 1, "decision": "accept"}
+"decision" is the bundle's one policy: accept (Stage 1 answers) or defer (hand the image to Stage 2).
+An unreadable image prints {"path": ..., "error": ..., "fix": ...} and the exit status is 1.
+Python: streetvision.inference.predict(bundle, paths) returns the same records.
+"""
+
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="key=value or group=preset")
     parser.add_argument("--config", metavar="FILE", help="a YAML file merged over the defaults, before overrides")
     parser.add_argument(
         "--phases", nargs="+", metavar="PHASE",
-        help="phases to include (ingest phase4 phase1 phase2 phase6 evaluate, or all); dependencies are added; "
+        help="phases to include (ingest phase4 phase1 phase2 phase3 phase5 phase6 evaluate, or all); dependencies "
+             "are added; a bundle takes exactly one policy phase: phase2 (threshold), phase3 (gate) or phase5 (SCRC); "
              "phase4 (ExPLoRA backbone adaptation) is optional: e.g. --phases phase4 phase2 phase6 evaluate",
     )
 
@@ -262,6 +272,31 @@ def cmd_drift(args: argparse.Namespace) -> int:
         print(f"  embeddings   MMD^2 {result.mmd:.4g}  p={result.mmd_pvalue:.4g}  Frechet distance {result.frechet:.4g}")
         print(result.verdict())
     return 3 if result.drifted else 0
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from streetvision.inference import predict
+
+    records = predict(args.bundle, args.images, batch_size=args.batch_size, device=args.device)
+    for record in records:
+        print(json.dumps(record), flush=True)
+    failed = sum("error" in r for r in records)
+    if failed:
+        print(f"{failed} of {len(records)} image(s) could not be read (see their 'error')", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from streetvision.export import export_onnx, export_triton
+
+    if args.onnx_only:
+        path = export_onnx(args.bundle, Path(args.output) / "model.onnx")
+        print(f"ONNX model: {path}  (input 'images' uint8 N x S x S x 3, output 'logits' N x 2)")
+        return 0
+    model_dir = export_triton(args.bundle, args.output, args.name, args.max_batch_size, gpu=args.device == "gpu")
+    print(f"Triton model repository: {args.output}  (model '{args.name}': {model_dir}/config.pbtxt, "
+          f"{model_dir}/1/model.onnx; calibrator.json and policy.json beside them)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,6 +382,24 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--permutations", type=int, default=500, help="MMD permutation resamples (default 500)")
     drift.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     drift.set_defaults(func=cmd_drift)
+    pred = sub.add_parser("predict", help="score images with a bundle: P(roadwork) and accept/defer, JSON lines",
+                          epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pred.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by phase6")
+    pred.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                      help="image files, or folders (their .jpg/.jpeg/.png/.webp/.bmp files, recursively)")
+    pred.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    pred.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    pred.set_defaults(func=cmd_predict)
+
+    exp = sub.add_parser("export", help="export a bundle's model to ONNX and a Triton model repository")
+    exp.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by phase6")
+    exp.add_argument("-o", "--output", required=True, metavar="DIR",
+                     help="the Triton model repository to create the model in (or the ONNX folder with --onnx-only)")
+    exp.add_argument("--name", default="streetvision_stage1", help="Triton model name (default: streetvision_stage1)")
+    exp.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size (default: 64)")
+    exp.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="Triton instance kind (default: gpu)")
+    exp.add_argument("--onnx-only", action="store_true", help="write only DIR/model.onnx")
+    exp.set_defaults(func=cmd_export)
     return parser
 
 

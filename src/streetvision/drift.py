@@ -138,31 +138,15 @@ def compare(reference: dict[str, np.ndarray], confidence: np.ndarray, features: 
                        float(test.statistic), float(test.pvalue), frechet, alpha)
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
-
-def image_files(paths: list[str | Path]) -> list[Path]:
-    """The image files among `paths`, folders searched recursively, in a stable order."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"{path} does not exist")
-    return found
-
-
 def check_drift(bundle_dir: str | Path, paths: list[str | Path], alpha: float = 0.05,
                 permutations: int = 500) -> DriftResult:
     """Compare images (files or folders) with the reference stored in a bundle."""
     from streetvision.data.decode import decode_image
-    from streetvision.inference import Bundle
+    from streetvision.inference import Bundle, expand_image_paths
 
     bundle = Bundle.load(bundle_dir)
     reference = load_reference(bundle_dir)
-    files = image_files(paths)
+    files = expand_image_paths(paths)
     size = bundle.preprocessing["img_size"]
     images = np.stack([decode_image(f.read_bytes(), size, min_size=1).pixels for f in files]) if files else \
         np.zeros((0, size, size, 3), np.uint8)

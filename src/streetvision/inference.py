@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streetvision.calibration import calibrated_probabilities
 from streetvision.contracts.validators import validate_bundle
 from streetvision.data.decode import decode_image
-from streetvision.metrics.classification import probabilities
 from streetvision.models import load_model_dir, predict_logits
 from streetvision.selective import accept_mask
 
@@ -51,7 +51,7 @@ class Bundle:
         self.model.to(device)
         logits = predict_logits(self.model, images, self.preprocessing["mean"], self.preprocessing["std"],
                                 batch_size, device)
-        probs = probabilities(logits, self.calibrator["temperature"])
+        probs = calibrated_probabilities(self.calibrator, logits)
         confidence = probs.max(axis=1)
         return Predictions(logits, probs[:, 1], probs.argmax(axis=1), confidence, accept_mask(confidence, self.policy))
 
@@ -60,3 +60,52 @@ class Bundle:
         size = self.preprocessing["img_size"]
         images = np.stack([decode_image(Path(p).read_bytes(), size, min_size=1).pixels for p in paths])
         return self.predict(images, batch_size)
+
+    def predict_paths(self, paths: list[str | Path], batch_size: int = 128, device: str = "cpu") -> list[dict]:
+        """One record per image file (folders are expanded): P(roadwork) in [0, 1] and accept/defer.
+
+        An unreadable image gets a record with an `error` (what and how to fix) instead of stopping the batch.
+        """
+        files = expand_image_paths(paths)
+        records: list[dict] = []
+        good, pixels = [], []
+        size = self.preprocessing["img_size"]
+        for path in files:
+            try:
+                pixels.append(decode_image(path.read_bytes(), size, min_size=1).pixels)
+                good.append(len(records))
+                records.append({"path": str(path)})
+            except Exception as exc:  # decoders raise many types; the record says which file and why
+                records.append({"path": str(path), "error": f"{type(exc).__name__}: {exc}",
+                                "fix": "pass a readable JPEG/PNG/WebP image file"})
+        if pixels:
+            preds = self.predict(np.stack(pixels), batch_size, device)
+            for i, index in enumerate(good):
+                records[index].update(
+                    prob_roadwork=round(float(preds.prob_roadwork[i]), 6),
+                    prediction=int(preds.prediction[i]),
+                    decision="accept" if preds.accept[i] else "defer",
+                )
+        return records
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def expand_image_paths(paths: list[str | Path]) -> list[Path]:
+    """Files as given; folders become their image files (recursively, sorted)."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path} is neither an image file nor a folder; check the path")
+    return files
+
+
+def predict(bundle_path: str | Path, paths: list[str | Path], batch_size: int = 128, device: str = "cpu") -> list[dict]:
+    """The deployment API: load only the bundle (hash-checked) and score image files or folders."""
+    return Bundle.load(bundle_path).predict_paths(paths, batch_size, device)

@@ -6,12 +6,14 @@ from streetvision.config.schema import PHASE_NAMES
 from streetvision.contracts.errors import ContractError
 
 # Phases that produce the bundle's selective policy; phase 6 takes exactly one.
-POLICY_PHASES = ("phase2",)
+POLICY_PHASES = ("phase2", "phase3", "phase5")
 REQUIRES = {
     "ingest": (),
     "phase1": ("ingest",),
     "phase4": ("ingest",),  # optional; when selected, phase 1 trains from its adapted backbone
     "phase2": ("phase1",),
+    "phase3": ("ingest", "phase1"),
+    "phase5": ("phase1",),
     "phase6": ("phase1",),
     "evaluate": ("ingest", "phase6"),
 }
@@ -21,10 +23,15 @@ def resolve_phases(requested: list[str]) -> tuple[list[str], list[str]]:
     """Return (phases in execution order, phases added as dependencies). Raise when the choice is ambiguous.
 
     Dependencies with a single possible provider are added; the bundle's policy phase must be chosen.
+    `all` means every non-policy phase plus the threshold policy (phase2), or plus the policy phase named
+    beside it (`all phase5`).
     """
-    if "all" in requested:
-        return list(PHASE_NAMES), []
     chosen = set(requested)
+    if "all" in chosen:
+        chosen.discard("all")
+        chosen |= {p for p in PHASE_NAMES if p not in POLICY_PHASES}
+        if not chosen & set(POLICY_PHASES):
+            chosen.add("phase2")
     unknown = chosen - set(PHASE_NAMES)
     if unknown:
         raise ContractError(
@@ -37,7 +44,7 @@ def resolve_phases(requested: list[str]) -> tuple[list[str], list[str]]:
         raise ContractError(
             f"the bundle takes exactly one policy phase; selected: {found}",
             "--phases / pipeline.phases",
-            f"add exactly one of {list(POLICY_PHASES)} (e.g. --phases phase1 phase2 phase6)",
+            f"add exactly one of {list(POLICY_PHASES)} (threshold, gate, SCRC; e.g. --phases phase1 phase2 phase6)",
         )
     stack = list(chosen)
     while stack:
@@ -46,4 +53,4 @@ def resolve_phases(requested: list[str]) -> tuple[list[str], list[str]]:
                 chosen.add(dep)
                 stack.append(dep)
     ordered = [p for p in PHASE_NAMES if p in chosen]
-    return ordered, [p for p in ordered if p not in requested]
+    return ordered, [p for p in ordered if p not in requested and "all" not in requested]

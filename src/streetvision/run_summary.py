@@ -23,6 +23,8 @@ PHASE_OUTPUTS = {
     "phase4": [("backbone", None)],
     "phase1": [("checkpoint", None), ("logits", "val_select"), ("logits", "val_calib")],
     "phase2": [("policy", None)],
+    "phase3": [("checkpoint", "gate"), ("policy", None)],  # the tuned checkpoint, told apart from phase 1's
+    "phase5": [("policy", None)],
     "phase6": [("bundle", None)],
     "evaluate": [("evaluation", "val_test")],
 }
@@ -35,9 +37,10 @@ HEADLINE = {
     "backbone": ("trainable_parameters", "ssl_loss_first", "ssl_loss_last", "knn_accuracy_before", "knn_accuracy_after",
                  "linear_accuracy_before", "linear_accuracy_after", "linear_balanced_accuracy_before",
                  "linear_balanced_accuracy_after", "val_select_majority_rate", "images_per_second"),
-    "checkpoint": ("best_epoch", "epochs_run", "val_select_mcc", "train_images_per_second", "device"),
+    "checkpoint": ("best_epoch", "epochs_run", "val_select_mcc", "train_images_per_second", "device",
+                   "val_select_aurc_before", "val_select_aurc"),
     "logits": ("accuracy", "mcc", "auroc"),
-    "policy": ("feasible", "threshold", "calib_coverage", "risk_bound", "temperature"),
+    "policy": ("policy", "feasible", "threshold", "calib_coverage", "risk_bound", "calibrator", "temperature"),
     "bundle": ("policy", "files", "bytes"),
     "evaluation": ("accuracy", "majority_rate", "balanced_accuracy", "mcc", "auroc", "ece", "coverage",
                    "selective_accuracy", "deployment_score", "blessed"),
@@ -126,6 +129,8 @@ def summarize_run(run_dir: str | Path, phases: list[str]) -> RunSummary:
         except (OSError, json.JSONDecodeError):
             continue
         key = (meta.get("kind"), meta.get("split") if meta.get("kind") in ("split", "logits", "evaluation") else None)
+        if key == ("checkpoint", None) and meta.get("phase") == "phase3":
+            key = ("checkpoint", "gate")
         current = summary.outputs.get(key)
         if current is None or meta.get("created_unix", 0) >= current.meta.get("created_unix", 0):
             summary.outputs[key] = OutputRecord(meta["phase"], key[0], key[1], record_file.parent, meta)

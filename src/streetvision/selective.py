@@ -24,6 +24,13 @@ def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     return float(beta.ppf(1.0 - delta, errors + 1, n - errors))
 
 
+def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """Area under the risk-coverage curve: mean selective risk when accepting the k most confident, k = 1..N."""
+    order = np.argsort(-np.asarray(confidence, dtype=np.float64), kind="stable")
+    errors = np.cumsum(~np.asarray(correct, dtype=bool)[order])
+    return float(np.mean(errors / np.arange(1, len(order) + 1)))
+
+
 def sgr_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: float, delta: float) -> dict:
     """Fit the SGR threshold. Returns the policy fields (threshold None when no tested t meets the target)."""
     confidence = np.asarray(confidence, dtype=np.float64)
@@ -42,20 +49,23 @@ def sgr_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: floa
         errors = int(cum_errors[n - 1])
         return float(threshold), n, clopper_pearson_upper(errors, n, delta_each)
 
-    lo, hi = 1, m  # candidate accepted counts, most conservative .. most permissive
+    # Algorithm 1 of the paper, index for index: confidences sorted ascending, z_min = 1, z_max = m,
+    # z = ceil((z_min + z_max) / 2), theta = kappa(x_z); bound < target -> z_max = z (accept more), else
+    # z_min = z. The paper outputs the last tested theta with its bound; when that one misses the target we
+    # keep the last tested theta that met it (the most permissive such), and when none did, accept nothing.
+    conf_ascending = conf_sorted[::-1]
+    z_min, z_max = 1, m
     best = None
     trail = []
     for _ in range(tests):
-        if lo > hi:
-            break
-        mid = (lo + hi + 1) // 2
-        threshold, n, bound = evaluate(mid)
+        z = math.ceil((z_min + z_max) / 2)
+        threshold, n, bound = evaluate(m - int(np.searchsorted(conf_ascending, conf_ascending[z - 1], side="left")))
         trail.append({"threshold": threshold, "accepted": n, "bound": bound})
-        if bound <= target_risk:
+        if bound < target_risk:
             best = (threshold, n, bound)
-            lo = mid + 1  # feasible: try accepting more
+            z_max = z
         else:
-            hi = mid - 1
+            z_min = z
     policy = {
         "kind": "threshold",
         "score": "max calibrated probability",
@@ -80,13 +90,22 @@ def sgr_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: floa
 
 
 def accept_mask(confidence: np.ndarray, policy: dict) -> np.ndarray:
-    """The deployed decision: accept when the policy is feasible and confidence >= its threshold."""
+    """The deployed decision from the calibrated confidence (max class probability).
+
+    threshold / gate: accept when confidence >= t. SCRC: accept when the sample is selected (confidence >=
+    the selection threshold) and its prediction set is a singleton. An infeasible policy accepts nothing.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
     if not policy["feasible"]:
         return np.zeros(len(confidence), dtype=bool)
-    return np.asarray(confidence) >= policy["threshold"]
+    if policy["kind"] == "scrc":
+        return (confidence >= policy["selection_threshold"]) & (scrc_set_size(confidence, policy["set_threshold"]) == 1)
+    return confidence >= policy["threshold"]
 
 
 def guarantee_text(policy: dict) -> str:
+    if policy["kind"] == "scrc":
+        return scrc_guarantee_text(policy)
     if not policy["feasible"]:
         return (
             f"No threshold meets the target: selective accuracy >= {1 - policy['target_risk']:.1%} could not be "
@@ -99,4 +118,104 @@ def guarantee_text(policy: dict) -> str:
         f"{1 - policy['delta']:.0%} over the VAL_CALIB draw (SGR, Clopper-Pearson bound "
         f"{policy['risk_bound']:.3f} on the error, Bonferroni over {policy['tests']} tests), at VAL_CALIB coverage "
         f"{policy['calib_coverage']:.1%} (accept when calibrated confidence >= {policy['threshold']:.4f})."
+    )
+
+
+# --- SCRC-I: selective conformal risk control, calibration-only variant (Xu, Guo, Wei, arXiv 2512.12844) ---
+#
+# Stage 1 selects a sample when its confidence is >= tau, tau set on one part of VAL_CALIB so that a target
+# share of samples is selected. Stage 2 controls the risk of prediction sets C(x) = {y : p_y(x) >= lambda} on
+# the selected samples of the other part: the miss rate P(Y not in C(X) | selected) is monotone in lambda, so
+# lambda is raised along a fixed sequence while the one-sided Clopper-Pearson bound at level delta stays <=
+# target (Learn-then-Test fixed-sequence testing: no multiplicity correction is needed for a monotone risk).
+# Splitting VAL_CALIB makes tau independent of the samples that certify lambda, so the selected samples of
+# the second part are i.i.d. draws of the selected population and the bound holds with probability >= 1 -
+# delta over the calibration draw. Deployment answers only selected singletons; everything else is deferred.
+
+
+def scrc_set_size(confidence: np.ndarray, set_threshold: float) -> np.ndarray:
+    """Size of {y : p_y >= lambda} for two classes whose larger probability is `confidence`."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    return (confidence >= set_threshold).astype(int) + ((1.0 - confidence) >= set_threshold).astype(int)
+
+
+def scrc_policy(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    target_risk: float,
+    delta: float,
+    selection_rate: float,
+    selection_fraction: float = 0.3,
+    seed: int = 0,
+) -> dict:
+    """Fit SCRC-I on calibrated probabilities (N, 2) of VAL_CALIB. Infeasible: accepts nothing, says why."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    confidence = probs.max(axis=1)
+    order = np.random.default_rng(seed).permutation(n)
+    n_select = max(1, int(round(selection_fraction * n)))
+    part_a, part_b = order[:n_select], order[n_select:]
+    policy = {
+        "kind": "scrc",
+        "variant": "SCRC-I (calibration data only, split)",
+        "score": "max calibrated probability",
+        "target_risk": target_risk,
+        "delta": delta,
+        "target_selection_rate": selection_rate,
+        "n_calib": n,
+        "n_selection_part": int(len(part_a)),
+        "n_risk_part": int(len(part_b)),
+    }
+    conf_a = np.sort(confidence[part_a])[::-1]
+    k = max(1, math.ceil(selection_rate * len(conf_a)))
+    tau = float(conf_a[k - 1])
+    selected_b = part_b[confidence[part_b] >= tau]
+    n_sel = int(len(selected_b))
+    # p_y of the true label for each selected sample: the set misses y exactly when p_y < lambda.
+    p_true = probs[selected_b, labels[selected_b]]
+    best = None
+    # Candidate lambdas: 0 (both labels always in the set), then every observed p_true value in increasing order.
+    candidates = np.concatenate([[0.0], np.unique(p_true)]) if n_sel else np.array([0.0])
+    p_sorted = np.sort(p_true)
+    tested = 0
+    for lam in candidates:
+        misses = int(np.searchsorted(p_sorted, lam, side="left"))  # count of p_true < lam
+        bound = clopper_pearson_upper(misses, n_sel, delta)
+        tested += 1
+        if bound > target_risk:
+            break
+        best = (float(lam), misses, bound)
+    policy.update(selection_threshold=tau, calib_selected_rate=n_sel / max(1, len(part_b)), tests=tested)
+    if best is None:
+        policy.update(feasible=False, set_threshold=None, threshold=None, calib_coverage=0.0, calib_risk=None,
+                      risk_bound=None, calib_accepted_error=None)
+        return policy
+    lam, misses, bound = best
+    policy.update(feasible=True, set_threshold=lam, threshold=None, risk_bound=bound, calib_risk=misses / n_sel)
+    accepted_b = accept_mask(confidence[part_b], policy)
+    wrong = probs[part_b].argmax(axis=1) != labels[part_b]
+    policy["calib_coverage"] = float(accepted_b.mean())
+    policy["calib_singleton_rate"] = float((scrc_set_size(confidence[selected_b], lam) == 1).mean())
+    policy["calib_accepted_error"] = float(wrong[accepted_b].mean()) if accepted_b.any() else None
+    return policy
+
+
+def scrc_guarantee_text(policy: dict) -> str:
+    if not policy["feasible"]:
+        return (
+            f"No SCRC policy meets the target: a prediction-set miss rate <= {policy['target_risk']:.1%} among "
+            f"selected images could not be certified at confidence {1 - policy['delta']:.0%} from "
+            f"{policy['n_risk_part']} VAL_CALIB samples ({policy['calib_selected_rate']:.1%} selected). The policy "
+            "accepts nothing (every image goes to Stage 2). More VAL_CALIB data, a higher "
+            "calibration.scrc_selection_rate or a looser calibration.target_risk can make it feasible."
+        )
+    return (
+        f"Among selected images (calibrated confidence >= {policy['selection_threshold']:.4f}, "
+        f"{policy['calib_selected_rate']:.1%} of VAL_CALIB), the prediction set {{y : p_y >= "
+        f"{policy['set_threshold']:.4f}}} misses the true label for at most {policy['target_risk']:.1%} of images, "
+        f"with probability >= {1 - policy['delta']:.0%} over the VAL_CALIB draw (SCRC-I, Clopper-Pearson bound "
+        f"{policy['risk_bound']:.3f}, fixed-sequence test). Stage 1 answers only selected singletons, so its wrong "
+        f"answers are at most {policy['target_risk']:.1%} of selected images; it answered "
+        f"{policy['calib_coverage']:.1%} of VAL_CALIB (the rest goes to Stage 2)."
     )

@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-PHASE_NAMES = ("ingest", "phase4", "phase1", "phase2", "phase6", "evaluate")
-# Phases a run leaves out unless asked for (`--phases ... phase4` or pipeline.phases).
-OPTIONAL_PHASES = ("phase4",)
+PHASE_NAMES = ("ingest", "phase4", "phase1", "phase2", "phase3", "phase5", "phase6", "evaluate")
+# The default run: the threshold policy (phase 2); phase 3 (gate) and phase 5 (SCRC) are chosen explicitly, and
+# so is phase 4 (ExPLoRA backbone adaptation).
+DEFAULT_PHASES = ("ingest", "phase1", "phase2", "phase6", "evaluate")
 
 
 @dataclass
@@ -108,28 +109,126 @@ class SplitConfig:
         return problems
 
 
+SOURCE_KINDS = ("demo", "folder", "manifest", "parquet")
+
+
+@dataclass
+class SourceConfig:
+    """One input source. `path` is local or gs://bucket/prefix.
+
+    folder: <path>/<label name>/**/*.jpg|jpeg|png|webp; manifest: a CSV or JSONL file (path or uri, label,
+    optional group_id, optional source); parquet: a .parquet file or a folder/prefix of them (image bytes
+    column, label column, optional id/group/source columns); demo: the generated demo scenes.
+    """
+
+    kind: Literal["demo", "folder", "manifest", "parquet"] = "folder"
+    path: str = ""
+    # Prefix of this source's sample ids and group ids, and its default source tag (default: the kind).
+    name: str = ""
+    # Extra label spellings, beside 0/1 and data.label_names (e.g. folder names): mapped to 0 / 1.
+    negative_labels: list[str] = field(default_factory=list)
+    positive_labels: list[str] = field(default_factory=list)
+    # parquet only (defaults match the NATIX roadwork dataset: an `image` struct with `bytes`, `label` 0/1).
+    image_column: str = "image"
+    label_column: str = "label"
+    id_column: str = ""  # empty: <file name>/<row number>
+    group_column: str = ""  # empty: each row is its own group (near-duplicate search still joins them)
+    source_column: str = ""  # empty: the source name
+
+    def display_name(self) -> str:
+        return self.name or self.kind
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.kind != "demo" and not self.path:
+            problems.append(f"path: required for a {self.kind} source (local path or gs://bucket/prefix)")
+        if "/" in self.name or ":" in self.name:
+            problems.append(f"name: must not contain '/' or ':', got {self.name!r}")
+        overlap = set(self.negative_labels) & set(self.positive_labels)
+        if overlap:
+            problems.append(f"negative_labels/positive_labels: {sorted(overlap)} in both")
+        return problems
+
+
+@dataclass
+class DedupeConfig:
+    """Exact duplicates (same decoded pixels) and near duplicates (perceptual hash) join one group."""
+
+    # Max Hamming distance between 64-bit pHashes that counts as a near duplicate; -1 turns the search off.
+    near_duplicate_radius: int = 8
+    # Exact duplicates whose labels disagree: quarantine all of them, or keep the majority label's records
+    # (a tie quarantines all).
+    label_conflict: Literal["quarantine", "majority"] = "quarantine"
+
+    def check(self) -> list[str]:
+        if not -1 <= self.near_duplicate_radius <= 16:
+            return [f"near_duplicate_radius: must be in [-1, 16], got {self.near_duplicate_radius}"]
+        return []
+
+
 @dataclass
 class DataConfig:
-    # "demo": generate procedural scenes; "manifest": a CSV with columns path,label[,group_id,source].
-    source: Literal["demo", "manifest"] = "demo"
+    # One source: "demo" (generated scenes), "manifest" (data.manifest), "folder" or "parquet" (data.path).
+    # Several sources: "sources", listed in data.sources (each record is tagged with its source).
+    source: Literal["demo", "manifest", "folder", "parquet", "sources"] = "demo"
     manifest: str = ""
+    path: str = ""
+    sources: list[SourceConfig] = field(default_factory=list)
     label_names: list[str] = field(default_factory=lambda: ["no_roadwork", "roadwork"])
     min_image_size: int = 32
     # Share of input records that may be quarantined before ingest fails the run.
     max_quarantine_fraction: float = 0.05
+    dedupe: DedupeConfig = field(default_factory=DedupeConfig)
+    # Images per cache shard (at 224 px, 2048 images are ~300 MB).
+    shard_images: int = 2048
+    # Decode threads (0: all cores) and parallel reads from storage.
+    workers: int = 0
+    io_workers: int = 32
+    # Thumbnails per class in the data report.
+    report_thumbnails: int = 24
     demo: DemoConfig = field(default_factory=DemoConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+
+    def source_list(self) -> list[SourceConfig]:
+        """The configured sources as a list, whichever form the config used."""
+        if self.source == "sources":
+            return list(self.sources)
+        if self.source == "manifest":
+            return [SourceConfig(kind="manifest", path=self.manifest)]
+        if self.source in ("folder", "parquet"):
+            return [SourceConfig(kind=self.source, path=self.path)]
+        return [SourceConfig(kind="demo")]
 
     def check(self) -> list[str]:
         problems = []
         if self.source == "manifest" and not self.manifest:
-            problems.append("manifest: required when data.source=manifest (a CSV path)")
+            problems.append("manifest: required when data.source=manifest (a CSV or JSONL path, or gs:// URI)")
+        if self.source in ("folder", "parquet") and not self.path:
+            problems.append(f"path: required when data.source={self.source} (a folder or gs://bucket/prefix)")
+        if self.source == "sources":
+            if not self.sources:
+                problems.append("sources: list at least one source when data.source=sources")
+            names = [s.display_name() for s in self.sources]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                problems.append(f"sources: names {repeated} repeat; give each source a distinct name")
+            for i, src in enumerate(self.sources):
+                problems += [f"sources[{i}].{p}" for p in src.check()]
+        elif self.sources:
+            problems.append(f"sources: only read when data.source=sources, but data.source={self.source}")
         if len(self.label_names) != 2 or len(set(self.label_names)) != 2:
             problems.append(f"label_names: need two distinct names [negative, positive], got {self.label_names}")
         if not 0.0 <= self.max_quarantine_fraction <= 1.0:
             problems.append(
                 f"max_quarantine_fraction: must be in [0, 1], got {self.max_quarantine_fraction}"
             )
+        for name in ("shard_images", "io_workers"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            problems.append(f"workers: must be >= 0 (0: all cores), got {self.workers}")
+        if self.report_thumbnails < 0:
+            problems.append(f"report_thumbnails: must be >= 0, got {self.report_thumbnails}")
         return problems
 
 
@@ -170,10 +269,17 @@ class TrainingConfig:
 
 @dataclass
 class CalibrationConfig:
-    method: Literal["temperature"] = "temperature"
+    # auto: the lowest cross-validated NLL inside VAL_CALIB among the five methods.
+    method: Literal["auto", "temperature", "platt", "isotonic", "histogram", "beta"] = "auto"
+    cv_folds: int = 5
+    histogram_bins: int = 10
     # Selective guarantee: accepted-set error <= target_risk with probability >= 1 - delta.
     target_risk: float = 0.05
     delta: float = 0.05
+    # SCRC (phase 5): share of images selected by confidence, and share of VAL_CALIB used to set that cut.
+    scrc_selection_rate: float = 0.8
+    scrc_selection_fraction: float = 0.3
+    seed: int = 0
 
     def check(self) -> list[str]:
         problems = []
@@ -181,6 +287,41 @@ class CalibrationConfig:
             problems.append(f"target_risk: must be in (0, 1), got {self.target_risk}")
         if not 0.0 < self.delta < 1.0:
             problems.append(f"delta: must be in (0, 1), got {self.delta}")
+        if self.cv_folds < 2:
+            problems.append(f"cv_folds: must be >= 2, got {self.cv_folds}")
+        if self.histogram_bins < 2:
+            problems.append(f"histogram_bins: must be >= 2, got {self.histogram_bins}")
+        for name in ("scrc_selection_rate", "scrc_selection_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                problems.append(f"{name}: must be in (0, 1), got {getattr(self, name)}")
+        return problems
+
+
+@dataclass
+class GateConfig:
+    """Phase 3: Gatekeeper fine-tuning (Rabanser et al., 2025) of the phase-1 model, then an SGR threshold."""
+
+    # L = correct_weight * CE on correctly predicted samples + (1 - correct_weight) * KL(p || uniform) on the rest.
+    correct_weight: float = 0.5
+    epochs: int = 3
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    # 0: the classifier head only; k: also the last k transformer blocks (and the final norm).
+    unfreeze_blocks: int = 0
+    seed: int = 0
+
+    def check(self) -> list[str]:
+        problems = []
+        if not 0.0 <= self.correct_weight <= 1.0:
+            problems.append(f"correct_weight: must be in [0, 1], got {self.correct_weight}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            problems.append(f"lr: must be > 0, got {self.lr}")
+        if self.unfreeze_blocks < 0:
+            problems.append(f"unfreeze_blocks: must be >= 0, got {self.unfreeze_blocks}")
         return problems
 
 
@@ -323,7 +464,7 @@ class ExploraConfig:
 @dataclass
 class PipelineConfig:
     name: str = "streetvision-stage1"
-    phases: list[str] = field(default_factory=lambda: [p for p in PHASE_NAMES if p not in OPTIONAL_PHASES])
+    phases: list[str] = field(default_factory=lambda: list(DEFAULT_PHASES))
 
     def check(self) -> list[str]:
         unknown = [p for p in self.phases if p not in PHASE_NAMES and p != "all"]
@@ -377,6 +518,8 @@ class ClusterConfig:
     phase1: TaskResources = field(default_factory=lambda: TaskResources(cpu="12", memory="96G", gpus=1))
     phase4: TaskResources = field(default_factory=lambda: TaskResources(cpu="12", memory="96G", gpus=1))
     phase2: TaskResources = field(default_factory=lambda: TaskResources(cpu="2", memory="4G"))
+    phase3: TaskResources = field(default_factory=lambda: TaskResources(cpu="12", memory="96G", gpus=1))
+    phase5: TaskResources = field(default_factory=lambda: TaskResources(cpu="2", memory="4G"))
     phase6: TaskResources = field(default_factory=lambda: TaskResources(cpu="2", memory="8G"))
     evaluate: TaskResources = field(default_factory=lambda: TaskResources(cpu="8", memory="32G", gpus=1))
 
@@ -420,6 +563,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

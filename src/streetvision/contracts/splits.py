@@ -51,7 +51,15 @@ PHASE_READS: dict[str, dict[str, tuple[Role, Split]]] = {
         "val_select": (Role.MODEL_SELECTION, Split.VAL_SELECT),
     },
     "phase2": {"val_calib_logits": (Role.POLICY_FITTING, Split.VAL_CALIB)},
-    "phase6": {},
+    # Gatekeeper: fine-tune on TRAIN, pick the epoch by AURC on VAL_SELECT, fit the threshold on VAL_CALIB.
+    "phase3": {
+        "train": (Role.FIT, Split.TRAIN),
+        "val_select": (Role.MODEL_SELECTION, Split.VAL_SELECT),
+        "val_calib": (Role.POLICY_FITTING, Split.VAL_CALIB),
+    },
+    "phase5": {"val_calib_logits": (Role.POLICY_FITTING, Split.VAL_CALIB)},
+    # The bundle's drift reference: confidences and embeddings of the data the policy was fitted on.
+    "phase6": {"val_calib": (Role.POLICY_FITTING, Split.VAL_CALIB)},
     "evaluate": {"val_test": (Role.FINAL_EVALUATION, Split.VAL_TEST)},
 }
 

@@ -11,7 +11,15 @@ import numpy as np
 from streetvision.contracts.errors import BundleError, CheckpointError, LabelsError, LogitsError, PolicyError
 
 NUM_CLASSES = 2
-POLICY_KINDS = ("threshold",)
+POLICY_KINDS = ("threshold", "gate", "scrc")
+# Fields every policy kind carries (evaluate and the report read these), and the kind-specific ones.
+POLICY_FIELDS = ("target_risk", "delta", "feasible", "calib_coverage", "risk_bound", "n_calib", "guarantee",
+                 "weights_sha256")
+POLICY_KIND_FIELDS = {
+    "threshold": ("threshold",),
+    "gate": ("threshold",),
+    "scrc": ("selection_threshold", "set_threshold", "target_selection_rate"),
+}
 BUNDLE_FILES = (
     "model.safetensors",
     "model_config.json",
@@ -20,6 +28,7 @@ BUNDLE_FILES = (
     "policy.json",
     "config.yaml",
     "versions.json",
+    "drift_reference.npz",
 )
 BUNDLE_MANIFEST = "manifest.json"
 
@@ -87,36 +96,64 @@ def validate_labels(labels: np.ndarray, where: str, expected_rows: int | None = 
 
 
 def validate_policy(policy: dict, where: str) -> dict:
-    """A selective policy: its kind, its guarantee parameters and its threshold are all present and sane."""
+    """A selective policy: its kind, its guarantee parameters, its thresholds and the weights it was fitted for."""
     if not isinstance(policy, dict):
         raise PolicyError(f"policy is a {type(policy).__name__}, expected a mapping", where, "regenerate the policy")
     kind = policy.get("kind")
     if kind not in POLICY_KINDS:
         raise PolicyError(f"unknown policy kind {kind!r}", where, f"use one of {list(POLICY_KINDS)}")
-    required = ("target_risk", "delta", "threshold", "feasible", "calib_coverage", "risk_bound", "n_calib")
-    missing = [k for k in required if k not in policy]
+    missing = [k for k in POLICY_FIELDS + POLICY_KIND_FIELDS[kind] if k not in policy]
     if missing:
-        raise PolicyError(f"policy is missing {missing}", where, "regenerate it with phase2")
+        raise PolicyError(f"{kind} policy is missing {missing}", where, "regenerate it with its policy phase")
     for key in ("target_risk", "delta"):
         if not 0 < float(policy[key]) < 1:
             raise PolicyError(f"{key}={policy[key]} is outside (0, 1)", where, "fix calibration.* in the config")
-    threshold = policy["threshold"]
-    if policy["feasible"]:
-        if threshold is None or not 0.0 <= float(threshold) <= 1.0:
+    thresholds = ("threshold",) if kind != "scrc" else ("selection_threshold", "set_threshold")
+    for key in thresholds:
+        value = policy[key]
+        if policy["feasible"] and (value is None or not 0.0 <= float(value) <= 1.0):
             raise PolicyError(
-                f"feasible policy has threshold {threshold!r}, expected a confidence in [0, 1]",
+                f"feasible policy has {key} {value!r}, expected a probability in [0, 1]",
                 where,
-                "regenerate the policy with phase2",
+                "regenerate the policy with its policy phase",
             )
-    elif threshold is not None:
+    if not policy["feasible"] and policy[thresholds[-1]] is not None:
         raise PolicyError(
             "infeasible policy carries a threshold; it must accept nothing",
             where,
-            "regenerate the policy with phase2",
+            "regenerate the policy with its policy phase",
         )
     if not 0.0 <= float(policy["calib_coverage"]) <= 1.0:
         raise PolicyError(f"calib_coverage={policy['calib_coverage']} outside [0, 1]", where, "regenerate it")
+    if not (isinstance(policy["weights_sha256"], str) and len(policy["weights_sha256"]) == 64):
+        raise PolicyError(
+            "policy does not record the sha256 of the weights whose logits it was fitted on",
+            where,
+            "regenerate it with its policy phase from logits that carry weights_sha256",
+        )
     return policy
+
+
+def check_fitted_on(record: dict, weights_path: Path, what: str, where: str) -> None:
+    """Refuse a policy/calibrator fitted on logits of other weights than the ones beside it."""
+    actual = sha256_file(weights_path)
+    recorded = record.get("weights_sha256")
+    if recorded != actual:
+        raise BundleError(
+            f"the {what} was fitted on logits of weights {str(recorded)[:12]}..., but the weights here are "
+            f"{actual[:12]}... (e.g. last-epoch or EMA logits beside best-epoch weights)",
+            where,
+            "fit the policy on logits computed by exactly the weights you export (rerun the policy phase on "
+            "this checkpoint's logits)",
+        )
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file whole or not at all: a temp file beside it, then a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def sha256_file(path: Path) -> str:
@@ -133,7 +170,11 @@ def validate_bundle(path: str | Path) -> dict:
     where = f"bundle {root}"
     if not (root / BUNDLE_MANIFEST).is_file():
         raise BundleError(f"no {BUNDLE_MANIFEST}", where, "export the bundle with phase6; do not assemble it by hand")
-    manifest = json.loads((root / BUNDLE_MANIFEST).read_text())
+    try:
+        manifest = json.loads((root / BUNDLE_MANIFEST).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{BUNDLE_MANIFEST} is not valid JSON ({exc})", where,
+                          "the bundle was truncated or edited; re-export it with phase6") from exc
     missing = [name for name in BUNDLE_FILES if not (root / name).is_file()]
     if missing:
         raise BundleError(f"missing files {missing}", where, "re-export the bundle with phase6")
@@ -155,7 +196,10 @@ def validate_bundle(path: str | Path) -> dict:
                 where,
                 "re-export the bundle; never edit files of an exported bundle",
             )
-    validate_policy(json.loads((root / "policy.json").read_text()), f"{where}/policy.json")
+    policy = validate_policy(json.loads((root / "policy.json").read_text()), f"{where}/policy.json")
+    check_fitted_on(policy, root / "model.safetensors", "policy", f"{where}/policy.json")
+    check_fitted_on(json.loads((root / "calibrator.json").read_text()), root / "model.safetensors", "calibrator",
+                    f"{where}/calibrator.json")
     return manifest
 
 

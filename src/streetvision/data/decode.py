@@ -9,11 +9,17 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy.fft import dctn
 
 # Modes we can convert to RGB without inventing data. Alpha, CMYK and 16-bit are refused: converting them
 # silently changes what the model sees compared with deployment's RGB JPEGs.
 _CONVERTIBLE_MODES = {"RGB", "L"}
 _EXIF_ORIENTATION = 0x0112
+# Perceptual hash (pHash): DCT of a 32x32 grey copy, the sign of the 8x8 lowest frequencies against their median.
+_PHASH_SIDE, _PHASH_BITS_SIDE = 32, 8
+# A frame whose low-frequency AC energy is below this (grey levels) is flat: its pHash bits are noise, so it
+# takes no part in near-duplicate matching (exact duplicates still match by pixel hash).
+_FLAT_AC_LIMIT = 2.0
 
 
 class QuarantineReason(Exception):
@@ -30,6 +36,19 @@ class DecodedImage:
     pixel_hash: str  # hash of the decoded pixels, for exact-duplicate detection
     width: int  # original size, after EXIF orientation
     height: int
+    phash: int = 0  # 64-bit perceptual hash, for near-duplicate detection
+    flat: bool = False  # no structure to hash: excluded from near-duplicate matching
+
+
+def perceptual_hash(img: Image.Image) -> tuple[int, bool]:
+    """pHash of an image (as in the `imagehash` package) and whether the image is flat."""
+    grey = np.asarray(img.convert("L").resize((_PHASH_SIDE, _PHASH_SIDE), Image.BILINEAR, reducing_gap=2.0),
+                      dtype=np.float64)
+    low = dctn(grey, type=2, norm="ortho")[:_PHASH_BITS_SIDE, :_PHASH_BITS_SIDE]
+    bits = (low > np.median(low)).ravel()
+    value = int(np.packbits(bits).view(">u8")[0])
+    flat = bool(np.abs(low.ravel()[1:]).max() < _FLAT_AC_LIMIT)
+    return value, flat
 
 
 def decode_image(data: bytes, size: int, min_size: int) -> DecodedImage:
@@ -45,28 +64,34 @@ def decode_image(data: bytes, size: int, min_size: int) -> DecodedImage:
             if mode == "P" and "transparency" not in img.info:
                 mode = "RGB"  # a plain palette image converts losslessly
             if mode not in _CONVERTIBLE_MODES:
+                what = "palette with transparency" if img.mode == "P" else f"mode {img.mode}"
                 raise QuarantineReason(
-                    "unsupported_mode", f"{fmt} image in mode {img.mode}; convert it to 8-bit RGB first"
+                    "unsupported_mode", f"{fmt} image, {what}; convert it to 8-bit RGB without alpha first"
                 )
             width, height = img.size
             if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # rotated by 90 degrees when shown
                 width, height = height, width
-            # JPEG draft decoding (DCT scaling) is ~4x faster for large photos and keeps >= 2x the target size.
+            # JPEG draft decoding (DCT scaling by 1/2, 1/4 or 1/8) is ~4x faster for large photos; it keeps
+            # both sides >= the target size, and the DCT scaling itself low-pass filters.
             if fmt == "JPEG":
-                img.draft("RGB", (2 * size, 2 * size))
+                img.draft("RGB", (size, size))
             img.load()
             img = ImageOps.exif_transpose(img)
     except QuarantineReason:
         raise
     except UnidentifiedImageError:
         raise QuarantineReason("not_an_image", "no image format recognised") from None
-    except Image.DecompressionBombWarning as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise QuarantineReason("too_large", str(exc)) from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports truncation and corrupt streams this way
+        code = "truncated" if "truncated" in str(exc).lower() else "undecodable"
+        raise QuarantineReason(code, f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # malformed files make PIL raise many kinds of errors; each is this record's problem
         raise QuarantineReason("undecodable", f"{type(exc).__name__}: {exc}") from None
     if min(width, height) < min_size:
         raise QuarantineReason("too_small", f"{width}x{height} is below data.min_image_size={min_size}")
     rgb = img.convert("RGB")
     pixel_hash = hashlib.sha256(rgb.tobytes()).hexdigest()
     resized = rgb.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
-    return DecodedImage(np.asarray(resized, dtype=np.uint8), pixel_hash, width, height)
+    phash, flat = perceptual_hash(resized if size >= 64 else rgb)  # a 64+ px copy holds the 32 px hash input
+    return DecodedImage(np.asarray(resized, dtype=np.uint8), pixel_hash, width, height, phash, flat)

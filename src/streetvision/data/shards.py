@@ -1,13 +1,18 @@
 """On-disk formats of split data (the decoded uint8 cache) and of per-split logits.
 
-A split artifact directory holds ``images.npy`` (N, S, S, 3) uint8 — decoded once at ingest at training
-resolution, memory-mapped by readers — and ``samples.parquet`` (one row per image, same order). A logits
+A split artifact directory holds the image shards ``shards/images-00000.npy`` ... (each (n, S, S, 3) uint8,
+decoded once at ingest at training resolution, memory-mapped by readers), ``shards.json`` (the shard list:
+file, count, bytes) and ``samples.parquet`` (one row per image, in shard order: id, label, group,
+source, source URI, pixel hash). Every file is written under a temporary name and renamed when complete;
+``shards.json`` comes after the shards, and the metadata record after everything. A logits
 artifact holds ``predictions.parquet`` (sample_id, label, logit_0, logit_1). Both carry the metadata record
 of ``contracts.metadata``; readers check it before touching the data.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,20 +25,71 @@ from streetvision.contracts.metadata import ArtifactMetadata, fingerprint_ids, r
 from streetvision.contracts.splits import Role, Split
 from streetvision.contracts.validators import validate_labels, validate_logits
 
-IMAGES_FILE = "images.npy"
+SHARDS_DIR = "shards"
+SHARDS_FILE = "shards.json"
 SAMPLES_FILE = "samples.parquet"
 PREDICTIONS_FILE = "predictions.parquet"
+SHARDS_SCHEMA = "streetvision.shards/v1"
+
+
+class ShardedImages:
+    """Read-only (N, S, S, 3) uint8 view over several memory-mapped shards.
+
+    Supports len(), .shape, .dtype, .ndim, np.asarray(), and indexing by an int, a slice or an int array;
+    indexing returns a plain uint8 numpy array (a copy), gathered shard by shard.
+    """
+
+    def __init__(self, shards: list[np.ndarray], image_shape: tuple[int, int, int]):
+        self._shards = shards
+        counts = np.array([len(s) for s in shards], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self.shape = (int(self._starts[-1]), *image_shape)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self[np.array([index])][0]
+        if isinstance(index, slice):
+            index = np.arange(len(self))[index]
+        index = np.asarray(index)
+        if index.size == 0:
+            index = index.astype(np.int64)  # [] is float64 to numpy
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+            raise IndexError(f"index with an int, a slice or a 1-D int array, got {index!r}")
+        index = np.where(index < 0, index + len(self), index)
+        if len(index) and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} images")
+        out = np.empty((len(index), *self.shape[1:]), dtype=np.uint8)
+        shard_of = np.searchsorted(self._starts, index, side="right") - 1
+        for shard in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == shard)
+            rows = index[where] - self._starts[shard]
+            # Sorted reads are sequential on disk; scatter back to the requested order.
+            order = np.argsort(rows, kind="stable")
+            out[where[order]] = self._shards[shard][rows[order]]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[slice(None)]
+        return whole if dtype is None else whole.astype(dtype)
 
 
 @dataclass
 class SplitData:
     split: Split
-    images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
+    images: ShardedImages  # (N, S, S, 3) uint8 over memory-mapped shards
     sample_ids: list[str]
     labels: np.ndarray  # (N,) int64
     groups: list[str]
     sources: list[str]
     meta: ArtifactMetadata
+    original_sizes: np.ndarray | None = None  # (N, 2) width, height before resizing, when ingest recorded them
 
 
 @dataclass
@@ -64,7 +120,7 @@ def load_split(path: str | Path, *, split: Split, role: Role, phase: str, input_
     where = f"{phase}, input '{input_name}' ({path})"
     meta = _require_split(require_input(path, kind="split", phase=phase, input_name=input_name, role=role), split, where)
     table = pq.read_table(Path(path) / SAMPLES_FILE)
-    images = np.load(Path(path) / IMAGES_FILE, mmap_mode="r")
+    images = open_shards(path, where)
     sample_ids = table.column("sample_id").to_pylist()
     labels = validate_labels(table.column("label").to_numpy(), where, expected_rows=len(sample_ids))
     if images.shape[0] != len(sample_ids) or meta.count != len(sample_ids):
@@ -87,7 +143,61 @@ def load_split(path: str | Path, *, split: Split, role: Role, phase: str, input_
         groups=table.column("group_id").to_pylist(),
         sources=table.column("source").to_pylist(),
         meta=meta,
+        original_sizes=np.stack([table.column("orig_width").to_numpy(), table.column("orig_height").to_numpy()],
+                                axis=1) if "orig_width" in table.column_names else None,
     )
+
+
+def write_shard(out_dir: str | Path, index: int, images: np.ndarray) -> dict:
+    """Write one shard atomically (temp file, fsync, rename); returns its entry for shards.json."""
+    folder = Path(out_dir) / SHARDS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"images-{index:05d}.npy"
+    tmp = folder / f".{name}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            np.lib.format.write_array(handle, np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename makes it visible
+        os.replace(tmp, folder / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"file": f"{SHARDS_DIR}/{name}", "count": int(len(images)), "bytes": (folder / name).stat().st_size}
+
+
+def write_shard_manifest(out_dir: str | Path, shards: list[dict], image_shape: tuple[int, int, int]) -> None:
+    """shards.json, written (atomically) only after every shard it lists is in place."""
+    out_dir = Path(out_dir)
+    body = {"schema": SHARDS_SCHEMA, "image_shape": list(image_shape), "dtype": "uint8",
+            "count": int(sum(s["count"] for s in shards)), "shards": shards}
+    tmp = out_dir / f".{SHARDS_FILE}.tmp"
+    tmp.write_text(json.dumps(body, indent=2))
+    os.replace(tmp, out_dir / SHARDS_FILE)
+
+
+def open_shards(path: str | Path, where: str = "") -> ShardedImages:
+    """Memory-map every shard listed in shards.json, checking each one's count, shape and size."""
+    path = Path(path)
+    where = where or str(path)
+    manifest_path = path / SHARDS_FILE
+    if not manifest_path.is_file():
+        raise DataError(f"no {SHARDS_FILE} in the split artifact", where, "rerun ingest; the cache is incomplete")
+    manifest = json.loads(manifest_path.read_text())
+    image_shape = tuple(int(v) for v in manifest["image_shape"])
+    shards = []
+    for entry in manifest["shards"]:
+        file = path / entry["file"]
+        if not file.is_file() or file.stat().st_size != entry["bytes"]:
+            raise DataError(f"shard {entry['file']} is missing or has the wrong size", where,
+                            "the split artifact is damaged; rerun ingest")
+        array = np.load(file, mmap_mode="r")
+        if array.dtype != np.uint8 or array.shape != (entry["count"], *image_shape):
+            raise DataError(f"shard {entry['file']} has shape {array.shape} {array.dtype}, expected "
+                            f"({entry['count']}, {', '.join(map(str, image_shape))}) uint8", where,
+                            "the split artifact is damaged; rerun ingest")
+        shards.append(array)
+    return ShardedImages(shards, image_shape)
 
 
 def write_predictions(out_dir: str | Path, sample_ids: list[str], labels: np.ndarray, logits: np.ndarray) -> None:

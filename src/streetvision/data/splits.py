@@ -37,10 +37,55 @@ def split_of_group(group_id: str, cfg: SplitConfig) -> Split:
     return _ORDER[-1]  # rounding of the fractions' sum
 
 
+def _popcount(values: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(values)
+    return np.unpackbits(values[..., None].view(np.uint8), axis=-1).sum(-1)
+
+
+def near_duplicate_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
+    """Index pairs (i < j) of 64-bit hashes within Hamming distance `radius`, as an (M, 2) int64 array.
+
+    Multi-index hashing: cut the 64 bits into radius + 1 bands; two hashes within the radius agree exactly
+    on at least one band (pigeonhole), so only hashes sharing a band value are compared. Exact, and near
+    linear for real photos (a bucket of equal band values is small).
+    """
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    n = len(hashes)
+    if n < 2 or radius < 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    edges = np.linspace(0, 64, radius + 2).astype(int)
+    found = set()
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if hi <= lo:
+            continue
+        band = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(band, kind="stable")
+        sorted_band = band[order]
+        starts = np.flatnonzero(np.concatenate([[True], sorted_band[1:] != sorted_band[:-1]]))
+        ends = np.concatenate([starts[1:], [n]])
+        for start, end in zip(starts, ends):
+            if end - start < 2:
+                continue
+            members = np.sort(order[start:end])
+            values = hashes[members]
+            for row0 in range(0, len(members), 256):  # row blocks bound memory for a large bucket
+                xor = values[row0 : row0 + 256, None] ^ values[None, :]
+                distance = _popcount(xor)
+                a, b = np.nonzero(distance <= radius)
+                keep = row0 + a < b
+                found.update(zip(members[row0 + a[keep]].tolist(), members[b[keep]].tolist()))
+    return np.array(sorted(found), dtype=np.int64).reshape(-1, 2)
+
+
 def merge_groups(pairs: Iterable[tuple[str, str]], group_ids: Iterable[str]) -> dict[str, str]:
     """Map each group id to its merged group, joining groups connected by `pairs` (connected components).
 
     A merged group is named by its smallest member id, so the name does not depend on visiting order.
+    Adding data never moves an existing sample, with one exception no group-level rule can avoid: a new
+    sample that is a (near) duplicate of an existing group, with a smaller group id, renames that group
+    (and may move it); one that bridges two groups in different splits joins them (one of them moves).
+    Both are visible in the data report's joined groups.
     """
     names = sorted(set(group_ids))
     index = {name: i for i, name in enumerate(names)}

@@ -62,6 +62,25 @@ def _intervals(preds: Predictions, labels: np.ndarray, target: float, cfg: Confi
                                ev.bootstrap_resamples, ev.confidence_level, ev.bootstrap_method, ev.seed)
 
 
+# Original image size buckets by the longer side, in pixels: (upper bound, name).
+SIZE_BUCKETS = [(256, "<= 256 px"), (640, "257-640 px"), (1280, "641-1280 px"), (float("inf"), "> 1280 px")]
+MIN_SLICE = 10  # below this many images a slice gets no bootstrap interval (it would say nothing)
+
+
+def _slice_masks(test) -> list[tuple[str, np.ndarray]]:
+    """Slices worth a row: each source tag when there are several, each original-size bucket when sizes vary."""
+    found = []
+    sources = np.asarray(test.sources)
+    if len(set(sources)) > 1:
+        found += [(f"source={s}", sources == s) for s in sorted(set(sources))]
+    if test.original_sizes is not None:
+        longer = test.original_sizes.max(axis=1)
+        bucket = np.searchsorted([upper for upper, _ in SIZE_BUCKETS], longer, side="left")
+        if len(set(bucket)) > 1:
+            found += [(f"original size {SIZE_BUCKETS[b][1]}", bucket == b) for b in sorted(set(bucket))]
+    return found
+
+
 def bless(point: dict, intervals: dict, rules: BlessingConfig) -> dict:
     """The pass/fail verdict: every configured bound, checked on the point or the interval's cautious end."""
     checks = []
@@ -126,15 +145,13 @@ def run_evaluate(
             f"deployment score {level_point['deployment_score']:.3f}")
 
     slices = []
-    sources = np.asarray(test.sources)
-    if len(set(sources)) > 1:
-        for source in sorted(set(sources)):
-            mask = sources == source
-            sub = Predictions(*(getattr(preds, f)[mask] for f in Predictions.__dataclass_fields__))
-            slice_point = evaluation_metrics(test.labels[mask], sub.prob_roadwork, sub.accept, target,
-                                             cfg.evaluation.ece_bins)
-            slices.append({"slice": f"source={source}", "metrics": slice_point,
-                           "intervals": _intervals(sub, test.labels[mask], target, cfg)})
+    for name, mask in _slice_masks(test):
+        sub = Predictions(*(getattr(preds, f)[mask] for f in Predictions.__dataclass_fields__))
+        slice_point = evaluation_metrics(test.labels[mask], sub.prob_roadwork, sub.accept, target,
+                                         cfg.evaluation.ece_bins)
+        intervals_of_slice = (_intervals(sub, test.labels[mask], target, cfg) if mask.sum() >= MIN_SLICE
+                              else {k: (float("nan"), float("nan")) for k in intervals})
+        slices.append({"slice": name, "metrics": slice_point, "intervals": intervals_of_slice})
 
     blessing = bless(point, intervals, cfg.evaluation.blessing)
     targets = [{"metric": name, "label": label, "target": band, "value": point[name],

@@ -1,17 +1,25 @@
-"""Ingest: read a source, validate every record, group exact duplicates, split by group, write the cache.
+"""Ingest: read the sources, validate every record, group duplicates, split by group, write the shard cache.
 
 Every input record ends in exactly one place: one split, or the quarantine list with its reason.
+
+Flow: list records (source by source) -> pre-checks (repeated id, label, listing problems) -> read bytes
+(parallel, retried; parquet row group by row group) -> decode + resize on all cores into a staging array
+on disk (memory stays bounded) -> exact duplicates (pixel hash) and near duplicates (pHash within a Hamming
+radius) join groups (connected components) -> seeded group hash picks the split -> shards per split,
+samples table, data report, and the completion records last.
 """
 
 from __future__ import annotations
 
-import csv
+import collections
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,46 +27,143 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streetvision.config.schema import Config
+from streetvision import storage
+from streetvision.config.schema import Config, DataConfig, SourceConfig
 from streetvision.contracts.errors import DataError
 from streetvision.contracts.metadata import ArtifactMetadata, fingerprint_ids, prepare_output_dir, write_metadata
 from streetvision.contracts.splits import Split
 from streetvision.data.decode import DecodedImage, QuarantineReason, decode_image
-from streetvision.data.shards import IMAGES_FILE, SAMPLES_FILE, class_counts
-from streetvision.data.sources import SourceRecord, demo_records, manifest_records
-from streetvision.data.splits import merge_groups, split_of_group
+from streetvision.data.report import write_data_report
+from streetvision.data.shards import SAMPLES_FILE, class_counts, write_shard, write_shard_manifest
+from streetvision.data.sources import SourceRecord, read_parquet_images, read_sources
+from streetvision.data.splits import merge_groups, near_duplicate_pairs, split_of_group
 from streetvision.progress import log, progress
 
 PHASE = "ingest"
 QUARANTINE = "quarantine"
+STAGING_DIR = ".ingest-staging"
 
 
 @dataclass
 class Placed:
-    index: int  # position in the source's record list
+    index: int  # position in the record list
     record: SourceRecord
     label: int
-    image: DecodedImage
-    group: str  # after merging exact duplicates
+    image: DecodedImage  # pixels are in the staging array, row `index`; `image.pixels` is dropped
+    group: str  # after merging duplicates
     split: Split | None = None
 
 
-def _load_and_decode(record: SourceRecord, size: int, min_size: int) -> DecodedImage:
-    if not record.uri:
-        raise QuarantineReason("unreadable", "record has no path")
+def decode_workers(cfg: DataConfig) -> int:
+    if cfg.workers:
+        return cfg.workers
     try:
-        data = Path(record.uri).read_bytes()
-    except OSError as exc:
-        raise QuarantineReason("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
-    return decode_image(data, size, min_size)
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
-def _label_index(raw: str, names: list[str]) -> int:
+def label_index(raw: str, names: list[str], src: SourceConfig | None = None) -> int:
+    """0/1, a name in data.label_names, or one of the source's extra spellings; else quarantined."""
     if raw in ("0", "1"):
         return int(raw)
     if raw in names:
         return names.index(raw)
-    raise QuarantineReason("unknown_label", f"label {raw!r} is neither 0/1 nor one of data.label_names={names}")
+    if src is not None:
+        if raw in src.negative_labels:
+            return 0
+        if raw in src.positive_labels:
+            return 1
+    extra = " or the source's negative_labels/positive_labels" if src is not None else ""
+    raise QuarantineReason("unknown_label", f"label {raw!r} is neither 0/1 nor one of data.label_names={names}{extra}")
+
+
+def _bounded_map(pool: Executor, fn: Callable, items: Iterable, ahead: int) -> Iterator:
+    """pool.map with at most `ahead` results in flight (memory stays bounded), results in input order."""
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _unreadable(exc: BaseException) -> QuarantineReason:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    detail = getattr(exc, "strerror", None) or text
+    return QuarantineReason("unreadable", f"{type(exc).__name__}: {detail}")
+
+
+def _fetch_unit(unit: tuple, records: list[SourceRecord], sources: dict[str, SourceConfig]) -> list[tuple[int, object]]:
+    """Bytes (or the reason they could not be read) of one file, or of every listed row of one row group."""
+    if unit[0] == "file":
+        index = unit[1]
+        try:
+            return [(index, storage.read_bytes(records[index].uri))]
+        except Exception as exc:  # any read failure is this record's problem, not the run's
+            return [(index, _unreadable(exc))]
+    _, file, row_group, indices = unit
+    try:
+        column = read_parquet_images(file, row_group, sources[records[indices[0]].origin].image_column)
+    except Exception as exc:
+        return [(i, _unreadable(exc)) for i in indices]
+    out: list[tuple[int, object]] = []
+    for i in indices:
+        data = column[records[i].row]
+        out.append((i, data if data is not None else QuarantineReason("zero_byte", "the row's image is null")))
+    return out
+
+
+def _work_units(records: list[SourceRecord], todo: list[int]) -> list[tuple]:
+    """One unit per file; one per parquet row group (its image column is read once for all its rows)."""
+    units: list[tuple] = []
+    by_row_group: dict[tuple[str, int], list[int]] = {}
+    for i in todo:
+        rec = records[i]
+        if rec.row_group < 0:
+            units.append(("file", i))
+            continue
+        key = (rec.uri, rec.row_group)
+        if key not in by_row_group:
+            by_row_group[key] = []
+            units.append(("parquet", rec.uri, rec.row_group, by_row_group[key]))
+        by_row_group[key].append(i)
+    return units
+
+
+def decode_records(
+    records: list[SourceRecord],
+    todo: list[int],
+    cfg: DataConfig,
+    size: int,
+    staging: np.ndarray,
+    sources: dict[str, SourceConfig],
+) -> Iterator[tuple[int, DecodedImage | QuarantineReason]]:
+    """Read and decode `todo` records; pixels go to `staging[index]`. Yields each record's outcome."""
+    units = _work_units(records, todo)
+    remote = any(storage.is_gcs(records[i].uri) for i in todo)
+    n_decode = decode_workers(cfg)
+    n_io = cfg.io_workers if remote else min(cfg.io_workers, 2 * n_decode)
+
+    def decode(item: tuple[int, object]) -> tuple[int, DecodedImage | QuarantineReason]:
+        index, data = item
+        if isinstance(data, QuarantineReason):
+            return index, data
+        try:
+            image = decode_image(data, size, cfg.min_image_size)
+        except QuarantineReason as reason:
+            return index, reason
+        staging[index] = image.pixels
+        image.pixels = None  # the staging row holds them; keep memory flat
+        return index, image
+
+    with ThreadPoolExecutor(n_io, thread_name_prefix="read") as io_pool, ThreadPoolExecutor(
+        n_decode, thread_name_prefix="decode"
+    ) as decode_pool:
+        fetched = _bounded_map(io_pool, lambda u: _fetch_unit(u, records, sources), units, ahead=2 * n_io)
+        flat = (item for batch in fetched for item in batch)
+        yield from _bounded_map(decode_pool, decode, flat, ahead=4 * n_decode)
 
 
 def _partition_id(placed: list[Placed], cfg: Config) -> str:
@@ -69,114 +174,181 @@ def _partition_id(placed: list[Placed], cfg: Config) -> str:
     return digest.hexdigest()[:16]
 
 
-def _write_split(out_dir: Path, items: list[Placed], size: int) -> None:
-    images = np.lib.format.open_memmap(out_dir / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3))
-    for i, item in enumerate(items):
-        images[i] = item.image.pixels
-    images.flush()
-    del images
+def _write_split(out_dir: Path, items: list[Placed], staging: np.ndarray, size: int, shard_images: int) -> None:
+    shards = []
+    for k, start in enumerate(range(0, len(items), shard_images)):
+        rows = np.array([p.index for p in items[start : start + shard_images]], dtype=np.int64)
+        shards.append(write_shard(out_dir, k, staging[rows]))
     table = pa.table(
         {
             "sample_id": [p.record.sample_id for p in items],
             "label": pa.array([p.label for p in items], pa.int64()),
             "group_id": [p.group for p in items],
             "source": [p.record.source for p in items],
-            "uri": [p.record.uri for p in items],
+            "uri": [p.record.location for p in items],
+            "pixel_sha256": [p.image.pixel_hash for p in items],
+            "phash": pa.array([f"{p.image.phash:016x}" for p in items], pa.string()),
             "orig_width": pa.array([p.image.width for p in items], pa.int32()),
             "orig_height": pa.array([p.image.height for p in items], pa.int32()),
         }
     )
-    pq.write_table(table, out_dir / SAMPLES_FILE)
+    tmp = out_dir / f".{SAMPLES_FILE}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, out_dir / SAMPLES_FILE)
+    write_shard_manifest(out_dir, shards, (size, size, 3))
 
 
-def run_ingest(cfg: Config, split_dirs: dict[Split, str | Path], report_dir: str | Path) -> dict[str, dict]:
-    """Write the four split artifacts and the data report. Returns the metadata of each, keyed by name."""
+def _dedupe(placed: list[Placed], quarantined: dict[int, QuarantineReason], cfg: DataConfig) -> dict:
+    """Join exact and near duplicates into groups; apply the label-conflict rule. Returns report facts."""
+    by_hash: dict[str, list[Placed]] = defaultdict(list)
+    for item in placed:
+        by_hash[item.image.pixel_hash].append(item)
+    pairs: list[tuple[str, str]] = []
+    exact_groups, conflicts = [], []
+    for items in by_hash.values():
+        if len(items) < 2:
+            continue
+        labels = Counter(i.label for i in items)
+        ids = sorted(i.record.sample_id for i in items)
+        if len(labels) > 1:
+            top = labels.most_common()
+            keep = top[0][0] if cfg.dedupe.label_conflict == "majority" and top[0][1] > top[1][1] else None
+            conflicts.append({"samples": ids, "labels": dict(sorted((str(k), v) for k, v in labels.items())),
+                              "kept_label": keep})
+            for i in items:
+                if i.label != keep:
+                    quarantined[i.index] = QuarantineReason(
+                        "conflicting_duplicate",
+                        f"identical pixels to {len(items) - 1} other record(s), labels {dict(labels)} "
+                        f"(data.dedupe.label_conflict={cfg.dedupe.label_conflict})",
+                    )
+            items = [i for i in items if i.label == keep]
+        exact_groups.append(ids)
+        pairs += [(items[0].group, other.group) for other in items[1:]]
+    placed[:] = [p for p in placed if p.index not in quarantined]
+
+    near_pairs = 0
+    if cfg.dedupe.near_duplicate_radius >= 0:
+        hashed = [p for p in placed if not p.image.flat]
+        found = near_duplicate_pairs(np.array([p.image.phash for p in hashed], dtype=np.uint64),
+                                     cfg.dedupe.near_duplicate_radius)
+        near_pairs = len(found)
+        pairs += [(hashed[a].group, hashed[b].group) for a, b in found.tolist()]
+    merged = merge_groups(pairs, [p.group for p in placed])
+    members: dict[str, set[str]] = defaultdict(set)
+    for item in placed:
+        members[merged[item.group]].add(item.group)
+        item.group = merged[item.group]
+    joined = sorted(((g, sorted(m)) for g, m in members.items() if len(m) > 1), key=lambda gm: (-len(gm[1]), gm[0]))
+    labels_by_group: dict[str, set[int]] = defaultdict(set)
+    for item in placed:
+        labels_by_group[item.group].add(item.label)
+    mixed = sorted(g for g, labels in labels_by_group.items() if len(labels) > 1)
+    return {
+        "exact_duplicate_sets": len(exact_groups),
+        "exact_duplicate_records": sum(len(g) for g in exact_groups),
+        "exact_duplicate_label_conflicts": conflicts,
+        "near_duplicate_pairs": near_pairs,
+        "near_duplicate_radius": cfg.dedupe.near_duplicate_radius,
+        "flat_images_not_hashed": sum(p.image.flat for p in placed),
+        "joined_groups": len(joined),
+        "joined_group_examples": [{"group": g, "source_groups": m[:20], "size": len(m)} for g, m in joined[:20]],
+        "groups_with_mixed_labels": len(mixed),
+        "mixed_label_group_examples": mixed[:20],
+    }
+
+
+def run_ingest(
+    cfg: Config, split_dirs: dict[Split, str | Path], report_dir: str | Path, html_path: str | Path | None = None
+) -> dict[str, dict]:
+    """Write the four split artifacts and the data report (and, if given, a copy of its HTML page for the
+    KFP UI at `html_path`). Returns the metadata of each, keyed by name."""
     started = time.time()
     split_dirs = {split: prepare_output_dir(path) for split, path in split_dirs.items()}
     report_dir = prepare_output_dir(report_dir)
     size, data_cfg = cfg.model.img_size, cfg.data
+    sources = {src.display_name(): src for src in data_cfg.source_list()}
 
     if data_cfg.source == "demo":
         log(f"generating demo scenes ({data_cfg.demo.num_sequences} sequences) ...")
-        records = demo_records(data_cfg, report_dir / "demo_images")
-    else:
-        records = manifest_records(data_cfg.manifest)
+    records = list(read_sources(data_cfg, report_dir / "demo_images"))
     if not records:
-        raise DataError("the source has no records", f"data.source={data_cfg.source}", "point data.* at images")
-    log(f"{len(records)} records from source '{data_cfg.source}'; decoding to {size}x{size}")
+        raise DataError("the sources have no records", f"data.source={data_cfg.source}", "point data.* at images")
+    per_source = Counter(r.origin for r in records)
+    log(f"{len(records)} records ({', '.join(f'{k}: {v}' for k, v in per_source.items())}); "
+        f"decoding to {size}x{size} on {decode_workers(data_cfg)} threads")
 
     # Keyed by record index: every record, duplicates included, gets exactly one outcome.
     quarantined: dict[int, QuarantineReason] = {}
+    labels: dict[int, int] = {}
     first_index: dict[str, int] = {}
     for index, rec in enumerate(records):
         if rec.sample_id in first_index:
             quarantined[index] = QuarantineReason(
-                "duplicate_record", f"sample id repeats record {first_index[rec.sample_id]} of the source"
+                "duplicate_record", f"sample id repeats record {first_index[rec.sample_id]} of the sources"
             )
-        else:
-            first_index[rec.sample_id] = index
-
-    def work(index: int) -> Placed | QuarantineReason:
-        rec = records[index]
+            continue
+        first_index[rec.sample_id] = index
+        if rec.problem:
+            code, _, detail = rec.problem.partition(": ")
+            quarantined[index] = QuarantineReason(code, detail)
+            continue
         try:
-            label = _label_index(rec.label, data_cfg.label_names)
-            return Placed(index, rec, label, _load_and_decode(rec, size, data_cfg.min_image_size), rec.group_id)
+            labels[index] = label_index(rec.label, data_cfg.label_names, sources.get(rec.origin))
         except QuarantineReason as reason:
-            return reason
+            quarantined[index] = reason
 
     todo = [i for i in range(len(records)) if i not in quarantined]
-    placed: list[Placed] = []
-    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        for index, outcome in progress(zip(todo, pool.map(work, todo)), total=len(todo), desc="decode", unit="image"):
+    staging_dir = split_dirs[Split.TRAIN] / STAGING_DIR
+    staging_dir.mkdir(exist_ok=True)
+    try:
+        staging = np.lib.format.open_memmap(staging_dir / "pixels.npy", mode="w+", dtype=np.uint8,
+                                            shape=(max(1, len(records)), size, size, 3))
+        placed: list[Placed] = []
+        decode_started = time.time()
+        outcomes = decode_records(records, todo, data_cfg, size, staging, sources)
+        for index, outcome in progress(outcomes, total=len(todo), desc="read+decode", unit="image"):
             if isinstance(outcome, QuarantineReason):
                 quarantined[index] = outcome
             else:
-                placed.append(outcome)
+                placed.append(Placed(index, records[index], labels[index], outcome, records[index].group_id))
+        decode_seconds = time.time() - decode_started
 
-    # Exact duplicates (same decoded pixels) join one group; conflicting labels among them are quarantined.
-    by_hash: dict[str, list[Placed]] = defaultdict(list)
-    for item in placed:
-        by_hash[item.image.pixel_hash].append(item)
-    conflicts = 0
-    pairs = []
-    for items in by_hash.values():
-        if len({i.label for i in items}) > 1:
-            conflicts += 1
-            for i in items:
-                quarantined[i.index] = QuarantineReason(
-                    "conflicting_duplicate", f"identical pixels to {len(items) - 1} other record(s) with another label"
-                )
-        else:
-            pairs += [(items[0].group, other.group) for other in items[1:]]
-    placed = [p for p in placed if p.index not in quarantined]
-    merged = merge_groups(pairs, [p.group for p in placed])
-    for item in placed:
-        item.group = merged[item.group]
-        item.split = split_of_group(item.group, data_cfg.split)
-    partition = _partition_id(placed, cfg)
+        dedupe = _dedupe(placed, quarantined, data_cfg)
+        for item in placed:
+            item.split = split_of_group(item.group, data_cfg.split)
+        partition = _partition_id(placed, cfg)
+        by_split: dict[Split, list[Placed]] = {s: [] for s in Split}
+        for item in sorted(placed, key=lambda p: p.record.sample_id):
+            by_split[item.split].append(item)
 
-    by_split: dict[Split, list[Placed]] = {s: [] for s in Split}
-    for item in sorted(placed, key=lambda p: p.record.sample_id):
-        by_split[item.split].append(item)
+        report = write_data_report(report_dir, cfg, records, labels, by_split, quarantined, dedupe, partition,
+                                   staging, html_path)
+        _check_outcome(report, by_split, data_cfg.max_quarantine_fraction, report_dir)
 
-    report = _write_report(report_dir, records, placed, quarantined, by_split, conflicts, partition)
-    _check_outcome(report, by_split, data_cfg.max_quarantine_fraction, report_dir)
+        outputs = {}
+        for split, items in by_split.items():
+            _write_split(split_dirs[split], items, staging, size, data_cfg.shard_images)
+            split_labels = np.array([p.label for p in items], dtype=np.int64)
+            meta = ArtifactMetadata(
+                kind="split",
+                phase=PHASE,
+                split=split.value,
+                count=len(items),
+                class_counts=class_counts(split_labels),
+                fingerprint=fingerprint_ids(p.record.sample_id for p in items),
+                partition=partition,
+                summary={"groups": len({p.group for p in items}), "image_size": size,
+                         "sources": dict(sorted(Counter(p.record.source for p in items).items()))},
+            )
+            outputs[split.value] = meta
+    finally:
+        staging = None
+        shutil.rmtree(staging_dir, ignore_errors=True)
 
-    outputs = {}
-    for split, items in by_split.items():
-        _write_split(split_dirs[split], items, size)
-        labels = np.array([p.label for p in items])
-        meta = ArtifactMetadata(
-            kind="split",
-            phase=PHASE,
-            split=split.value,
-            count=len(items),
-            class_counts=class_counts(labels),
-            fingerprint=fingerprint_ids(p.record.sample_id for p in items),
-            partition=partition,
-            summary={"groups": len({p.group for p in items}), "image_size": size},
-        )
-        outputs[split.value] = write_metadata(split_dirs[split], meta)
+    # Completion records last: only now is every split (and the report) complete.
+    for split in Split:
+        outputs[split.value] = write_metadata(split_dirs[split], outputs[split.value])
     report_meta = ArtifactMetadata(
         kind="data_report",
         phase=PHASE,
@@ -186,53 +358,16 @@ def run_ingest(cfg: Config, split_dirs: dict[Split, str | Path], report_dir: str
             "records": len(records),
             "placed": len(placed),
             "quarantined": len(quarantined),
+            "near_duplicate_pairs": dedupe["near_duplicate_pairs"],
             "majority_rate_val_test": report["splits"]["val_test"]["majority_rate"],
+            "decode_images_per_second": round(len(todo) / max(decode_seconds, 1e-9), 1),
             "seconds": round(time.time() - started, 1),
         },
     )
     outputs["data_report"] = write_metadata(report_dir, report_meta)
-    log(f"ingest done: {len(placed)} placed, {len(quarantined)} quarantined, partition {partition}")
+    log(f"ingest done: {len(placed)} placed, {len(quarantined)} quarantined, "
+        f"{dedupe['joined_groups']} groups joined by duplicates, partition {partition}")
     return outputs
-
-
-def _write_report(report_dir, records, placed, quarantined, by_split, conflicts, partition) -> dict:
-    placement = {p.index: p for p in placed}
-    with open(report_dir / "records.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["record", "sample_id", "uri", "label", "source_group_id", "group_id", "source", "placement",
-                         "reason"])
-        for index, rec in enumerate(records):
-            item, reason = placement.get(index), quarantined.get(index)
-            writer.writerow([index, rec.sample_id, rec.uri, rec.label, rec.group_id, item.group if item else "",
-                             rec.source, item.split.value if item else QUARANTINE, str(reason) if reason else ""])
-    splits = {}
-    for split, items in by_split.items():
-        labels = np.array([p.label for p in items], dtype=np.int64)
-        counts = class_counts(labels)
-        splits[split.value] = {
-            "count": len(items),
-            "class_counts": counts,
-            "groups": len({p.group for p in items}),
-            "sources": dict(Counter(p.record.source for p in items)),
-            "majority_rate": round(max(counts.values()) / len(items), 4) if items else None,
-        }
-    reasons = Counter(r.code for r in quarantined.values())
-    report = {
-        "records": len(records),
-        "placed": len(placed),
-        "quarantined": len(quarantined),
-        "quarantine_fraction": round(len(quarantined) / max(1, len(records)), 4),
-        "quarantine_reasons": dict(reasons.most_common()),
-        "quarantine_examples": {
-            code: [f"{records[i].sample_id}: {r.detail}" for i, r in sorted(quarantined.items()) if r.code == code][:3]
-            for code in reasons
-        },
-        "exact_duplicate_label_conflicts": conflicts,
-        "splits": splits,
-        "partition": partition,
-    }
-    (report_dir / "report.json").write_text(json.dumps(report, indent=2))
-    return report
 
 
 def _check_outcome(report: dict, by_split: dict, max_fraction: float, report_dir: Path) -> None:

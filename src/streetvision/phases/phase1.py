@@ -9,6 +9,7 @@ from pathlib import Path
 from streetvision.config.schema import Config
 from streetvision.contracts.metadata import ArtifactMetadata, check_same_partition, prepare_output_dir, write_metadata
 from streetvision.contracts.splits import PHASE_READS, Role, Split
+from streetvision.contracts.validators import sha256_file
 from streetvision.data.shards import SplitData, class_counts, load_split, write_predictions
 from streetvision.metrics.classification import classification_metrics, probabilities
 from streetvision.models import create_model, model_spec, normalization, predict_logits, save_model_dir
@@ -49,6 +50,7 @@ def run_phase1(
 
     spec = model_spec(cfg.model)
     save_model_dir(model, spec, checkpoint_dir)
+    weights_sha256 = sha256_file(checkpoint_dir / "model.safetensors")
     preprocessing = {"img_size": cfg.model.img_size, "mean": mean, "std": std, "input": "uint8 RGB, whole frame "
                      "resized to img_size x img_size (bilinear)"}
     (checkpoint_dir / "preprocessing.json").write_text(json.dumps(preprocessing, indent=2))
@@ -75,7 +77,8 @@ def run_phase1(
                 fingerprint=data.meta.fingerprint,
                 partition=partition,
                 lineage=trained_on + [data.meta.reads(PHASE, Role.PREDICTION)],
-                summary={k: round(v, 4) for k, v in metrics.items() if k in ("accuracy", "mcc", "auroc", "ece")},
+                summary={k: round(v, 4) for k, v in metrics.items() if k in ("accuracy", "mcc", "auroc", "ece")}
+                | {"weights_sha256": weights_sha256},  # policies fitted on these logits record it
             ),
         )
     select_metric = f"val_select_{cfg.training.selection_metric}"

@@ -5,53 +5,98 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from streetvision.calibration import fit_temperature
+import numpy as np
+
+from streetvision.calibration import calibrated_probabilities, fit_calibrator
 from streetvision.config.schema import Config
-from streetvision.contracts.metadata import ArtifactMetadata, prepare_output_dir, write_metadata
+from streetvision.contracts.errors import PolicyError
+from streetvision.contracts.metadata import ArtifactMetadata, json_safe, prepare_output_dir, write_metadata
 from streetvision.contracts.splits import PHASE_READS, Role
-from streetvision.contracts.validators import validate_policy
+from streetvision.contracts.validators import atomic_write_text, validate_policy
 from streetvision.data.shards import load_logits
-from streetvision.metrics.classification import probabilities, selective_metrics
+from streetvision.metrics.classification import selective_metrics
 from streetvision.progress import log
 from streetvision.selective import accept_mask, guarantee_text, sgr_threshold
 
 PHASE = "phase2"
 
 
+def logits_weights_sha256(meta: ArtifactMetadata, where: str) -> str:
+    """The sha256 of the weights that computed these logits (phase 1 records it), so the policy can name them."""
+    sha = meta.summary.get("weights_sha256")
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise PolicyError(
+            "the logits do not record which weights computed them (summary.weights_sha256)",
+            where,
+            "regenerate the logits with phase1, which records the sha256 of the saved weights",
+        )
+    return sha
+
+
+def fit_calibrator_from_config(cfg: Config, logits: np.ndarray, labels: np.ndarray, weights_sha256: str) -> dict:
+    c = cfg.calibration
+    calibrator = fit_calibrator(logits, labels, c.method, c.cv_folds, c.seed, c.histogram_bins)
+    calibrator["weights_sha256"] = weights_sha256
+    return calibrator
+
+
+def fit_threshold_policy(cfg: Config, logits: np.ndarray, labels: np.ndarray, weights_sha256: str,
+                         kind: str = "threshold") -> tuple[dict, dict]:
+    """Calibrator + SGR threshold on VAL_CALIB logits; used by phase 2 and, on the tuned model, by phase 3."""
+    calibrator = fit_calibrator_from_config(cfg, logits, labels, weights_sha256)
+    probs = calibrated_probabilities(calibrator, logits)
+    confidence, pred = probs.max(axis=1), probs.argmax(axis=1)
+    policy = sgr_threshold(confidence, pred == labels, cfg.calibration.target_risk, cfg.calibration.delta)
+    policy["kind"] = kind
+    policy["calibrator"] = calibrator["kind"]
+    policy["weights_sha256"] = weights_sha256
+    at_threshold = selective_metrics(labels, pred, accept_mask(confidence, policy))
+    # Roadwork precision (PPV) among accepted VAL_CALIB images at t.
+    policy["calib_roadwork_precision"] = at_threshold["roadwork_precision_accepted"]
+    policy["guarantee"] = guarantee_text(policy)
+    return calibrator, policy
+
+
+def write_policy(policy_dir: Path, policy: dict, calibrator: dict, where: str) -> None:
+    validate_policy(policy, where)
+    log(f"WARNING: {policy['guarantee']}" if not policy["feasible"] else policy["guarantee"])
+    atomic_write_text(policy_dir / "policy.json", json.dumps(json_safe(policy), indent=2))
+    atomic_write_text(policy_dir / "calibrator.json", json.dumps(json_safe(calibrator), indent=2))
+
+
+def policy_summary(policy: dict, calibrator: dict) -> dict:
+    """The numbers shown in the run summary (and on the KFP artifact) for any policy kind."""
+    summary = {
+        "policy": policy["kind"],
+        "feasible": policy["feasible"],
+        "threshold": policy.get("threshold"),
+        "calib_coverage": round(policy["calib_coverage"], 4),
+        "risk_bound": policy["risk_bound"],
+        "target_risk": policy["target_risk"],
+        "calibrator": calibrator["kind"],
+        "guarantee": policy["guarantee"],
+        "weights_sha256": policy["weights_sha256"],
+    }
+    if "temperature" in calibrator:
+        summary["temperature"] = round(calibrator["temperature"], 4)
+    return summary
+
+
 def run_phase2(cfg: Config, val_calib_logits_dir: str | Path, policy_dir: str | Path) -> dict[str, dict]:
     role, split = PHASE_READS[PHASE]["val_calib_logits"]
     data = load_logits(val_calib_logits_dir, split=split, role=role, phase=PHASE, input_name="val_calib_logits")
+    weights_sha256 = logits_weights_sha256(data.meta, f"{PHASE} input 'val_calib_logits' ({val_calib_logits_dir})")
     policy_dir = prepare_output_dir(policy_dir)
 
-    calibrator = fit_temperature(data.logits, data.labels)
-    probs = probabilities(data.logits, calibrator["temperature"])
-    confidence, pred = probs.max(axis=1), probs.argmax(axis=1)
-    policy = sgr_threshold(confidence, pred == data.labels, cfg.calibration.target_risk, cfg.calibration.delta)
-    at_threshold = selective_metrics(data.labels, pred, accept_mask(confidence, policy))
-    policy["calib_roadwork_precision"] = at_threshold["roadwork_precision_accepted"]
-    policy["guarantee"] = guarantee_text(policy)
-    validate_policy(policy, f"{PHASE} output")
-    if not policy["feasible"]:
-        log(f"WARNING: {policy['guarantee']}")
-    else:
-        log(policy["guarantee"])
-
-    (policy_dir / "policy.json").write_text(json.dumps(policy, indent=2))
-    (policy_dir / "calibrator.json").write_text(json.dumps(calibrator, indent=2))
+    calibrator, policy = fit_threshold_policy(cfg, data.logits, data.labels, weights_sha256)
+    log(f"calibrator: {calibrator['kind']} ({calibrator['selected_by']}), VAL_CALIB NLL "
+        f"{calibrator['nll_before']:.4f} -> {calibrator['nll_after']:.4f}")
+    write_policy(policy_dir, policy, calibrator, f"{PHASE} output")
     meta = ArtifactMetadata(
         kind="policy",
         phase=PHASE,
         partition=data.meta.partition,
         lineage=data.meta.lineage + [data.meta.reads(PHASE, Role.POLICY_FITTING)],
-        summary={
-            "policy": "threshold",
-            "feasible": policy["feasible"],
-            "threshold": policy["threshold"],
-            "calib_coverage": round(policy["calib_coverage"], 4),
-            "risk_bound": policy["risk_bound"],
-            "target_risk": policy["target_risk"],
-            "temperature": round(calibrator["temperature"], 4),
-            "guarantee": policy["guarantee"],
-        },
+        summary=policy_summary(policy, calibrator),
     )
     return {"policy": write_metadata(policy_dir, meta)}

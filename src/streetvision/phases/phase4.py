@@ -88,9 +88,10 @@ def _curves_html(history: list[dict], probes: dict, adapter: dict) -> str:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     steps = [h["step"] + 1 for h in history]
-    for key in ("loss", "dino", "ibot", "koleo"):
+    labels = {"loss": "total (weighted)", "dino": "DINO", "ibot": "iBOT", "koleo": "KoLeo (unweighted)"}
+    for key, label in labels.items():
         if history and key in history[0]:
-            axes[0].plot(steps, [h[key] for h in history], label=key)
+            axes[0].plot(steps, [h[key] for h in history], label=label)
     axes[0].set_xlabel("step")
     axes[0].set_title("self-supervised loss")
     axes[0].legend()
@@ -111,7 +112,7 @@ def _curves_html(history: list[dict], probes: dict, adapter: dict) -> str:
     return (
         "<html><head><meta charset='utf-8'><title>Phase 4: ExPLoRA</title></head><body>"
         "<h2>Phase 4: ExPLoRA self-supervised adaptation</h2>"
-        f"<p>{adapter['adapter'].upper()} rank {adapter['rank']} on {adapter['lora_modules']} layers, "
+        f"<p>{ {'lora': 'LoRA', 'dora': 'DoRA'}[adapter['adapter']]} rank {adapter['rank']} on {adapter['lora_modules']} layers, "
         f"fully trained: {', '.join(adapter['unfrozen_blocks']) or 'none'}"
         f"{' and norms' if adapter['norms_unfrozen'] else ''}; trainable backbone parameters {trainable}.</p>"
         f'<img alt="SSL curves" src="data:image/png;base64,{png}">'

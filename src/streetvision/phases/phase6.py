@@ -7,24 +7,31 @@ import platform
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from streetvision import __version__
 from streetvision.config.loader import config_to_yaml
 from streetvision.config.schema import Config
 from streetvision.contracts.metadata import (
     ArtifactMetadata,
     check_same_partition,
+    json_safe,
     prepare_output_dir,
     require_input,
     write_metadata,
 )
+from streetvision.contracts.splits import PHASE_READS
 from streetvision.contracts.validators import (
     BUNDLE_FILES,
     BUNDLE_MANIFEST,
+    atomic_write_text,
+    check_fitted_on,
     sha256_file,
     validate_bundle,
     validate_checkpoint,
     validate_policy,
 )
+from streetvision.drift import save_reference
 
 PHASE = "phase6"
 
@@ -43,7 +50,31 @@ def _versions() -> dict:
     }
 
 
-def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, bundle_dir: str | Path) -> dict:
+def _drift_reference(cfg: Config, checkpoint_dir: Path, calibrator: dict, val_calib_dir: str | Path) -> dict:
+    """Confidences and embeddings of VAL_CALIB under the bundle's weights and calibrator (for `drift`)."""
+    from streetvision.calibration import calibrated_probabilities
+    from streetvision.data.shards import load_split
+    from streetvision.drift import build_reference, embeddings
+    from streetvision.models import load_model_dir, predict_logits
+    from streetvision.training.loop import resolve_device
+
+    role, split = PHASE_READS[PHASE]["val_calib"]
+    data = load_split(val_calib_dir, split=split, role=role, phase=PHASE, input_name="val_calib")
+    model = load_model_dir(checkpoint_dir)
+    preprocessing = json.loads((checkpoint_dir / "preprocessing.json").read_text())
+    device = str(resolve_device(cfg.training.device))
+    images = np.asarray(data.images)
+    model.to(device)
+    logits = predict_logits(model, images, preprocessing["mean"], preprocessing["std"], cfg.evaluation.batch_size,
+                            device)
+    confidence = calibrated_probabilities(calibrator, logits).max(axis=1)
+    features = embeddings(model, images, preprocessing["mean"], preprocessing["std"], cfg.evaluation.batch_size,
+                          device)
+    return {"reference": build_reference(confidence, features, seed=cfg.evaluation.seed), "meta": data.meta}
+
+
+def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, val_calib_dir: str | Path,
+               bundle_dir: str | Path) -> dict:
     checkpoint_dir, policy_dir = Path(checkpoint_dir), Path(policy_dir)
     metas = {
         "checkpoint": require_input(checkpoint_dir, kind="checkpoint", phase=PHASE, input_name="checkpoint"),
@@ -52,7 +83,16 @@ def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, 
     partition = check_same_partition(metas, PHASE)
     validate_checkpoint(checkpoint_dir)
     policy = validate_policy(json.loads((policy_dir / "policy.json").read_text()), f"{PHASE} input 'policy'")
+    calibrator = json.loads((policy_dir / "calibrator.json").read_text())
+    # The policy and calibrator must have been fitted on logits of exactly these weights.
+    weights = checkpoint_dir / "model.safetensors"
+    check_fitted_on(policy, weights, "policy", f"{PHASE} inputs 'policy' ({policy_dir}) and 'checkpoint'")
+    check_fitted_on(calibrator, weights, "calibrator", f"{PHASE} inputs 'policy' ({policy_dir}) and 'checkpoint'")
+    drift = _drift_reference(cfg, checkpoint_dir, calibrator, val_calib_dir)
+    metas["val_calib"] = drift["meta"]
+    partition = check_same_partition(metas, PHASE)
     bundle_dir = prepare_output_dir(bundle_dir)
+    save_reference(bundle_dir, drift["reference"])
 
     for name in ("model.safetensors", "model_config.json", "preprocessing.json"):
         shutil.copyfile(checkpoint_dir / name, bundle_dir / name)
@@ -64,12 +104,18 @@ def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, 
         "format": "streetvision.bundle/v1",
         "policy_kind": policy["kind"],
         "guarantee": policy["guarantee"],
+        "guarantee_numbers": {k: policy.get(k) for k in ("target_risk", "delta", "feasible", "risk_bound",
+                                                         "calib_coverage", "n_calib")},
+        "calibrator": calibrator["kind"],
+        "weights_sha256": sha256_file(weights),
         "files": {name: sha256_file(bundle_dir / name) for name in BUNDLE_FILES},
     }
-    (bundle_dir / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    # Written last, atomically: a bundle without its manifest is incomplete and refused by every loader.
+    atomic_write_text(bundle_dir / BUNDLE_MANIFEST, json.dumps(json_safe(manifest), indent=2))
     validate_bundle(bundle_dir)
 
-    lineage = list(dict.fromkeys(metas["checkpoint"].lineage + metas["policy"].lineage))
+    lineage = list(dict.fromkeys(metas["checkpoint"].lineage + metas["policy"].lineage
+                                 + [metas["val_calib"].reads(PHASE, PHASE_READS[PHASE]["val_calib"][0])]))
     meta = ArtifactMetadata(
         kind="bundle",
         phase=PHASE,

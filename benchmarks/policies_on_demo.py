@@ -1,0 +1,76 @@
+"""Compare the three selective policies on one trained model: the VAL_CALIB guarantee each certifies and what
+it does on VAL_TEST (through the bundle's own inference path, as `evaluate` does).
+
+    python benchmarks/policies_on_demo.py [OVERRIDE ...] [--out DIR]
+
+Runs ingest and phase 1 once (default config: the bundled demo), then phase 2 (threshold), phase 3 (gate) and
+phase 5 (SCRC), a bundle from each, and `evaluate` on each bundle. Prints one line per policy. With --out
+pointing at an earlier run's folder, its ingest and phase 1 are reused (so policy settings can be varied
+cheaply; the data and model overrides must then be the same as before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from streetvision.config import load_config
+from streetvision.contracts import Split
+from streetvision.contracts.metadata import METADATA_FILE
+from streetvision.phases.evaluate import run_evaluate
+from streetvision.phases.ingest import run_ingest
+from streetvision.phases.phase1 import run_phase1
+from streetvision.phases.phase2 import run_phase2
+from streetvision.phases.phase3 import run_phase3
+from streetvision.phases.phase5 import run_phase5
+from streetvision.phases.phase6 import run_phase6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    parser.add_argument("--out", help="working folder (default: a temporary one)")
+    args = parser.parse_args()
+    cfg = load_config(args.overrides)
+    root = Path(args.out or tempfile.mkdtemp(prefix="sv-policies-"))
+    dirs = {s: root / s.value for s in Split}
+    ckpt, sel, cal = root / "checkpoint", root / "val_select_logits", root / "val_calib_logits"
+    if not (cal / METADATA_FILE).is_file():
+        run_ingest(cfg, dirs, root / "report")
+        started = time.time()
+        run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], ckpt, sel, cal)
+        print(f"phase1: {time.time() - started:.0f} s")
+    root = root / f"policies_risk{cfg.calibration.target_risk}_delta{cfg.calibration.delta}"
+    fits = {
+        "threshold": lambda: (run_phase2(cfg, cal, root / "threshold"), ckpt),
+        "scrc": lambda: (run_phase5(cfg, cal, root / "scrc"), ckpt),
+        "gate": lambda: (run_phase3(cfg, ckpt, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB],
+                                    root / "gate_checkpoint", root / "gate"), root / "gate_checkpoint"),
+    }
+    rows = []
+    for kind, fit in fits.items():
+        started = time.time()
+        _, weights = fit()
+        seconds = time.time() - started
+        run_phase6(cfg, weights, root / kind, dirs[Split.VAL_CALIB], root / f"bundle_{kind}")
+        result = run_evaluate(cfg, root / f"bundle_{kind}", dirs[Split.VAL_TEST], root / f"evaluation_{kind}",
+                              root / f"report_{kind}.html")
+        policy = json.loads((root / kind / "policy.json").read_text())
+        m = result["scalars"]
+        rows.append((kind, policy, m, seconds))
+    print(f"\ntarget: selective risk <= {cfg.calibration.target_risk} with probability >= {1 - cfg.calibration.delta}")
+    for kind, policy, m, seconds in rows:
+        print(
+            f"{kind:9s} calibrator={policy['calibrator']:11s} feasible={policy['feasible']!s:5s} "
+            f"VAL_CALIB coverage={policy['calib_coverage']:.3f} bound={policy['risk_bound']} | "
+            f"VAL_TEST coverage={m['coverage']:.3f} selective_accuracy={m.get('selective_accuracy', float('nan')):.3f} "
+            f"accuracy={m['accuracy']:.3f} aurc={m['aurc']:.4f} | fit {seconds:.1f} s"
+        )
+        print(f"          {policy['guarantee']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Export a bundle's model to ONNX, and a Triton Inference Server model repository around it.
+
+The ONNX graph takes what the bundle's `predict` takes — uint8 RGB images (N, S, S, 3) at the bundle's
+resolution — normalises them inside the graph and returns the raw logits (N, 2). The calibrator and the
+policy stay plain JSON beside it (calibrator.json, policy.json, manifest.json): a client applies them
+exactly as `streetvision.inference` does (`calibration.prob_roadwork`, `selective.accept_mask`). Export
+loads the bundle through `Bundle.load`, so a tampered bundle, or one whose policy/calibrator was fitted on
+other weights, is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streetvision.contracts.errors import BundleError
+from streetvision.contracts.validators import BUNDLE_MANIFEST, atomic_write_text, sha256_file
+from streetvision.inference import Bundle
+from streetvision.models import to_model_input
+
+ONNX_INPUT = "images"
+ONNX_OUTPUT = "logits"
+DEFAULT_OPSET = 18
+
+
+class _WithPreprocessing(torch.nn.Module):
+    """uint8 NHWC in, logits out: the bundle's normalisation folded into the exported graph."""
+
+    def __init__(self, model: torch.nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(to_model_input(images, self.mean, self.std))
+
+
+def export_onnx(bundle_dir: str | Path, out_path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Write the bundle's model (with its preprocessing) as ONNX with a dynamic batch axis; return the path."""
+    bundle = Bundle.load(bundle_dir)  # hashes and "fitted on these weights" checked here
+    size = bundle.preprocessing["img_size"]
+    wrapped = _WithPreprocessing(bundle.model.cpu(), bundle.preprocessing["mean"], bundle.preprocessing["std"]).eval()
+    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(tmp),
+            input_names=[ONNX_INPUT],
+            output_names=[ONNX_OUTPUT],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+            opset_version=opset,
+            dynamo=True,  # torch.export-based exporter (the TorchScript one is deprecated)
+            external_data=False,  # one self-contained file (models here are far below protobuf's 2 GB)
+            verbose=False,
+        )
+    tmp.replace(out_path)
+    return out_path
+
+
+def onnx_logits(onnx_path: str | Path, images: np.ndarray) -> np.ndarray:
+    """Run the exported model with onnxruntime on CPU (what the parity test and a CPU server use)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return session.run([ONNX_OUTPUT], {ONNX_INPUT: np.ascontiguousarray(images, dtype=np.uint8)})[0]
+
+
+def triton_config(name: str, img_size: int, max_batch_size: int, gpu: bool) -> str:
+    """config.pbtxt for the ONNX Runtime backend; the batch axis is implicit (max_batch_size > 0)."""
+    kind = "KIND_GPU" if gpu else "KIND_CPU"
+    return f"""name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+input [
+  {{
+    name: "{ONNX_INPUT}"
+    data_type: TYPE_UINT8
+    dims: [ {img_size}, {img_size}, 3 ]
+  }}
+]
+output [
+  {{
+    name: "{ONNX_OUTPUT}"
+    data_type: TYPE_FP32
+    dims: [ 2 ]
+  }}
+]
+dynamic_batching {{ }}
+instance_group [
+  {{
+    count: 1
+    kind: {kind}
+  }}
+]
+"""
+
+
+def export_triton(bundle_dir: str | Path, repository: str | Path, name: str = "streetvision_stage1",
+                  max_batch_size: int = 64, gpu: bool = True) -> Path:
+    """A Triton model repository: <repository>/<name>/{config.pbtxt, 1/model.onnx} plus the bundle's calibrator,
+    policy and manifest (Triton ignores extra files), and a sha256 of every file written."""
+    bundle_dir = Path(bundle_dir)
+    model_dir = Path(repository) / name
+    if model_dir.exists():
+        raise BundleError(f"{model_dir} already exists", f"export to {repository}",
+                          "choose another --name or remove the old model folder first")
+    onnx_path = export_onnx(bundle_dir, model_dir / "1" / "model.onnx")
+    img_size = json.loads((bundle_dir / "preprocessing.json").read_text())["img_size"]
+    atomic_write_text(model_dir / "config.pbtxt", triton_config(name, img_size, max_batch_size, gpu))
+    for file in ("calibrator.json", "policy.json", "preprocessing.json", BUNDLE_MANIFEST):
+        shutil.copyfile(bundle_dir / file, model_dir / file)
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    record = {
+        "source_bundle_weights_sha256": sha256_file(bundle_dir / "model.safetensors"),
+        "onnx": str(onnx_path.relative_to(model_dir)),
+        "files": {str(p.relative_to(model_dir)): sha256_file(p) for p in files},
+    }
+    atomic_write_text(model_dir / "export.json", json.dumps(record, indent=2))
+    return model_dir

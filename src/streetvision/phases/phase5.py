@@ -1,0 +1,44 @@
+"""Phase 5: SCRC-I policy (selective conformal risk control) on VAL_CALIB logits (and nothing else)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streetvision.calibration import calibrated_probabilities
+from streetvision.config.schema import Config
+from streetvision.contracts.metadata import ArtifactMetadata, prepare_output_dir, write_metadata
+from streetvision.contracts.splits import PHASE_READS, Role
+from streetvision.data.shards import load_logits
+from streetvision.phases.phase2 import fit_calibrator_from_config, logits_weights_sha256, policy_summary, write_policy
+from streetvision.progress import log
+from streetvision.selective import guarantee_text, scrc_policy
+
+PHASE = "phase5"
+
+
+def run_phase5(cfg: Config, val_calib_logits_dir: str | Path, policy_dir: str | Path) -> dict[str, dict]:
+    role, split = PHASE_READS[PHASE]["val_calib_logits"]
+    data = load_logits(val_calib_logits_dir, split=split, role=role, phase=PHASE, input_name="val_calib_logits")
+    weights_sha256 = logits_weights_sha256(data.meta, f"{PHASE} input 'val_calib_logits' ({val_calib_logits_dir})")
+    policy_dir = prepare_output_dir(policy_dir)
+
+    c = cfg.calibration
+    calibrator = fit_calibrator_from_config(cfg, data.logits, data.labels, weights_sha256)
+    log(f"calibrator: {calibrator['kind']} ({calibrator['selected_by']})")
+    probs = calibrated_probabilities(calibrator, data.logits)
+    policy = scrc_policy(probs, data.labels, c.target_risk, c.delta, c.scrc_selection_rate,
+                         c.scrc_selection_fraction, c.seed)
+    policy["calibrator"] = calibrator["kind"]
+    policy["weights_sha256"] = weights_sha256
+    policy["guarantee"] = guarantee_text(policy)
+    write_policy(policy_dir, policy, calibrator, f"{PHASE} output")
+    summary = policy_summary(policy, calibrator)
+    summary.update(selection_threshold=policy["selection_threshold"], set_threshold=policy["set_threshold"])
+    meta = ArtifactMetadata(
+        kind="policy",
+        phase=PHASE,
+        partition=data.meta.partition,
+        lineage=data.meta.lineage + [data.meta.reads(PHASE, Role.POLICY_FITTING)],
+        summary=summary,
+    )
+    return {"policy": write_metadata(policy_dir, meta)}

@@ -1,0 +1,238 @@
+"""Policy phases 2, 3 and 5 on a tiny trained model, and the bundle: one policy, hashes, weights it was fitted on."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from streetvision.contracts import Role, Split
+from streetvision.contracts.errors import BundleError, PolicyError
+from streetvision.contracts.metadata import METADATA_FILE
+from streetvision.contracts.validators import sha256_file, validate_policy
+from streetvision.data.shards import load_split
+from streetvision.inference import Bundle
+from streetvision.phases.phase2 import run_phase2
+from streetvision.phases.phase3 import gatekeeper_loss, run_phase3
+from streetvision.phases.phase5 import run_phase5
+from streetvision.phases.phase6 import run_phase6
+
+
+@pytest.fixture(scope="module")
+def policies(trained, tmp_path_factory):
+    """Each policy phase once on the shared tiny model, and a bundle from each."""
+    cfg, dirs, out = trained
+    root = tmp_path_factory.mktemp("policies")
+    run_phase2(cfg, out["val_calib_logits"], root / "threshold")
+    run_phase5(cfg, out["val_calib_logits"], root / "scrc")
+    run_phase3(cfg, out["checkpoint"], dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB],
+               root / "gate_checkpoint", root / "gate")
+    run_phase6(cfg, out["checkpoint"], root / "threshold", dirs[Split.VAL_CALIB], root / "bundle_threshold")
+    run_phase6(cfg, out["checkpoint"], root / "scrc", dirs[Split.VAL_CALIB], root / "bundle_scrc")
+    run_phase6(cfg, root / "gate_checkpoint", root / "gate", dirs[Split.VAL_CALIB], root / "bundle_gate")
+    return cfg, dirs, out, root
+
+
+@pytest.mark.parametrize("kind", ["threshold", "scrc", "gate"])
+def test_each_policy_kind_makes_a_loadable_bundle(policies, kind):
+    cfg, dirs, _, root = policies
+    bundle = Bundle.load(root / f"bundle_{kind}")
+    assert bundle.policy["kind"] == kind
+    manifest = json.loads((root / f"bundle_{kind}" / "manifest.json").read_text())
+    assert manifest["policy_kind"] == kind and manifest["guarantee"] == bundle.policy["guarantee"]
+    assert manifest["weights_sha256"] == sha256_file(root / f"bundle_{kind}" / "model.safetensors")
+    calib = load_split(dirs[Split.VAL_CALIB], split=Split.VAL_CALIB, role=Role.PREDICTION, phase="test", input_name="x")
+    images = np.asarray(calib.images[:8])
+    preds = bundle.predict(images)
+    assert ((preds.prob_roadwork >= 0) & (preds.prob_roadwork <= 1)).all()
+    assert (preds.confidence == np.maximum(preds.prob_roadwork, 1 - preds.prob_roadwork)).all()
+
+
+def test_gate_policy_names_its_tuned_weights_and_lineage(policies):
+    _, _, out, root = policies
+    policy = json.loads((root / "gate" / "policy.json").read_text())
+    assert policy["weights_sha256"] == sha256_file(root / "gate_checkpoint" / "model.safetensors")
+    assert policy["gate_val_select_aurc"] <= policy["gate_val_select_aurc_before"]
+    meta = json.loads((root / "gate" / METADATA_FILE).read_text())
+    assert {(e["phase"], e["role"], e["split"]) for e in meta["lineage"]} >= {
+        ("phase3", "fit", "train"),
+        ("phase3", "model_selection", "val_select"),
+        ("phase3", "policy_fitting", "val_calib"),
+    }
+
+
+@pytest.mark.parametrize("record", ["policy.json", "calibrator.json"])
+def test_policy_fitted_on_other_weights_is_refused_by_export(policies, tmp_path, record):
+    """A policy/calibrator fitted on logits of other weights (say EMA or last-epoch) beside these weights: refused."""
+    cfg, dirs, out, root = policies
+    policy_dir = tmp_path / "policy"
+    shutil.copytree(root / "threshold", policy_dir)
+    data = json.loads((policy_dir / record).read_text())
+    data["weights_sha256"] = sha256_file(root / "bundle_threshold" / "config.yaml")  # some other file's hash
+    (policy_dir / record).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="fitted on logits of weights"):
+        run_phase6(cfg, out["checkpoint"], policy_dir, dirs[Split.VAL_CALIB], tmp_path / "bundle")
+    assert not (tmp_path / "bundle" / "manifest.json").exists()
+
+
+def test_swapped_weights_in_a_bundle_fail_loading(policies, tmp_path):
+    _, _, _, root = policies
+    bundle = tmp_path / "b"
+    shutil.copytree(root / "bundle_threshold", bundle)
+    # Swap in other weights and even fix up the manifest hash: the policy still names the old weights.
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(bundle / "model.safetensors"))
+    state = {k: v + 0.01 if k.startswith("head.") else v for k, v in state.items()}
+    save_file(state, str(bundle / "model.safetensors"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = sha256_file(bundle / "model.safetensors")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="policy was fitted on logits of weights"):
+        Bundle.load(bundle)
+
+
+@pytest.mark.parametrize("damage", ["truncate_weights", "edit_policy", "truncate_manifest", "second_policy",
+                                    "no_policy", "edit_calibrator"])
+def test_tampered_bundle_fails_with_a_clear_error(policies, tmp_path, damage):
+    _, _, _, root = policies
+    bundle = tmp_path / "b"
+    shutil.copytree(root / "bundle_scrc", bundle)
+    if damage == "truncate_weights":
+        data = (bundle / "model.safetensors").read_bytes()
+        (bundle / "model.safetensors").write_bytes(data[: len(data) // 2])
+        expected = "model.safetensors does not match its sha256"
+    elif damage == "edit_policy":
+        policy = json.loads((bundle / "policy.json").read_text())
+        policy["target_risk"] = 0.5
+        (bundle / "policy.json").write_text(json.dumps(policy))
+        expected = "policy.json does not match its sha256"
+    elif damage == "edit_calibrator":
+        calibrator = json.loads((bundle / "calibrator.json").read_text())
+        calibrator["kind"] = "temperature"
+        (bundle / "calibrator.json").write_text(json.dumps(calibrator))
+        expected = "calibrator.json does not match its sha256"
+    elif damage == "truncate_manifest":
+        text = (bundle / "manifest.json").read_text()
+        (bundle / "manifest.json").write_text(text[: len(text) // 2])
+        expected = "not valid JSON"
+    elif damage == "second_policy":
+        shutil.copyfile(root / "bundle_threshold" / "policy.json", bundle / "threshold_policy.json")
+        expected = "exactly one policy"
+    else:
+        (bundle / "policy.json").unlink()
+        expected = "missing files"
+    with pytest.raises(BundleError, match=expected):
+        Bundle.load(bundle)
+
+
+def test_policy_validator_per_kind(policies):
+    _, _, _, root = policies
+    for kind in ("threshold", "scrc", "gate"):
+        policy = json.loads((root / kind / "policy.json").read_text())
+        validate_policy(policy, kind)
+        for field in ("weights_sha256", "guarantee"):
+            with pytest.raises(PolicyError, match="missing"):
+                validate_policy({k: v for k, v in policy.items() if k != field}, kind)
+    scrc = json.loads((root / "scrc" / "policy.json").read_text())
+    with pytest.raises(PolicyError, match="missing"):
+        validate_policy({k: v for k, v in scrc.items() if k != "set_threshold"}, "scrc")
+
+
+def test_gatekeeper_loss_matches_its_definition():
+    import torch
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0], [0.5, 0.4]])
+    labels = torch.tensor([0, 0, 1, 0])  # correct, wrong, wrong, correct
+    p = torch.softmax(logits, 1)
+    ce = -(torch.log(p[0, 0]) + torch.log(p[3, 0])) / 2
+    kl = sum((p[i] * torch.log(p[i] / 0.5)).sum() for i in (1, 2)) / 2
+    assert float(gatekeeper_loss(logits, labels, 0.3)) == pytest.approx(float(0.3 * ce + 0.7 * kl), rel=1e-6)
+    # The KL term pushes wrong predictions toward uniform: zero at the uniform prediction.
+    assert float(gatekeeper_loss(torch.zeros(2, 2) + torch.tensor([[0.0, 1e-9]]), torch.tensor([0, 0]), 0.0)) == \
+        pytest.approx(0.0, abs=1e-6)
+
+
+# --- KFP wiring: one policy type, one required policy input on phase 6 ---
+
+
+def _ops():
+    from streetvision.config import load_config
+    from streetvision_components.phases import PHASE_FUNCTIONS
+    from streetvision_pipelines.factory import make_component
+
+    cfg = load_config()
+    return {p: make_component(p, cfg) for p in PHASE_FUNCTIONS}
+
+
+def test_phase6_without_a_policy_cannot_be_defined():
+    from kfp import dsl
+
+    ops = _ops()
+    with pytest.raises(TypeError, match="policy"):
+
+        @dsl.pipeline(name="no-policy")
+        def no_policy(config: str = "{}"):
+            ingest = ops["ingest"](config=config)
+            p1 = ops["phase1"](config=config, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"],
+                               val_calib=ingest.outputs["val_calib"])
+            ops["phase6"](config=config, checkpoint=p1.outputs["checkpoint"])
+
+
+def test_phase6_with_two_policies_cannot_be_defined():
+    from kfp import dsl
+
+    ops = _ops()
+    with pytest.raises(TypeError, match="second_policy"):
+
+        @dsl.pipeline(name="two-policies")
+        def two_policies(config: str = "{}"):
+            ingest = ops["ingest"](config=config)
+            p1 = ops["phase1"](config=config, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"],
+                               val_calib=ingest.outputs["val_calib"])
+            p2 = ops["phase2"](config=config, val_calib_logits=p1.outputs["val_calib_logits"])
+            p5 = ops["phase5"](config=config, val_calib_logits=p1.outputs["val_calib_logits"])
+            ops["phase6"](config=config, checkpoint=p1.outputs["checkpoint"], policy=p2.outputs["policy"],
+                          second_policy=p5.outputs["policy"])
+
+
+def test_a_checkpoint_cannot_be_wired_as_the_policy():
+    from kfp import dsl
+    from kfp.dsl.types.type_utils import InconsistentTypeException
+
+    ops = _ops()
+    with pytest.raises(InconsistentTypeException):
+
+        @dsl.pipeline(name="checkpoint-as-policy")
+        def wrong(config: str = "{}"):
+            ingest = ops["ingest"](config=config)
+            p1 = ops["phase1"](config=config, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"],
+                               val_calib=ingest.outputs["val_calib"])
+            ops["phase6"](config=config, checkpoint=p1.outputs["checkpoint"], policy=p1.outputs["checkpoint"])
+
+
+@pytest.mark.parametrize("policy_phase", ["phase2", "phase3", "phase5"])
+def test_each_policy_phase_compiles_and_feeds_phase6(policy_phase):
+    from streetvision.config import load_config
+    from streetvision_pipelines.inspect_spec import compile_to_documents, describe
+
+    cfg = load_config([f"pipeline.phases=[{policy_phase}, phase6, evaluate]"])
+    plans = {p.display_name: p for p in describe(compile_to_documents(cfg))}
+    assert set(plans) == {"ingest", "phase1", policy_phase, "phase6", "evaluate"}
+    producers = {r.name: r.producer for r in plans["phase6"].inputs}
+    assert producers["policy"].startswith(policy_phase + "-") and producers["policy"].endswith(".policy")
+    # The gate's bundle takes the tuned weights its threshold was fitted on.
+    expected = "phase3-gate.gate_checkpoint" if policy_phase == "phase3" else "phase1-train.checkpoint"
+    assert producers["checkpoint"] == expected
+
+
+def test_phase_selection_requires_exactly_one_policy_phase():
+    from streetvision.contracts.errors import ContractError
+    from streetvision.phase_graph import resolve_phases
+
+    assert resolve_phases(["all", "phase5"])[0] == ["ingest", "phase1", "phase5", "phase6", "evaluate"]
+    assert resolve_phases(["phase3"])[0] == ["ingest", "phase1", "phase3"]
+    assert resolve_phases(["phase2", "phase5"])[0] == ["ingest", "phase1", "phase2", "phase5"]  # no bundle: fine
+    for bad in (["phase2", "phase5", "phase6"], ["all", "phase2", "phase3"], ["phase1", "phase6"]):
+        with pytest.raises(ContractError, match="exactly one policy phase"):
+            resolve_phases(bad)
