@@ -387,7 +387,7 @@ class ExploraConfig:
     target_modules: list[str] = field(default_factory=lambda: ["attn.qkv"])
     unfreeze_last_blocks: int = 1
     unfreeze_norms: bool = True
-    steps: int = 40
+    steps: int = 30
     batch_size: int = 32
     lr: float = 5e-4
     min_lr: float = 1e-6
@@ -396,17 +396,17 @@ class ExploraConfig:
     grad_clip_norm: float = 3.0
     # Multi-crop: 2 global views at model.img_size plus `local_crops` small views.
     global_crop_scale: list[float] = field(default_factory=lambda: [0.32, 1.0])
-    local_crops: int = 6
+    local_crops: int = 4
     local_crop_size: int = 0  # px; 0: 7/16 of model.img_size, rounded down to a multiple of the patch size
     local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.32])
     # Fresh projection heads (DINOv2: 65536 / 2048 / 256).
-    prototypes: int = 4096
-    hidden_dim: int = 512
+    prototypes: int = 2048
+    hidden_dim: int = 256
     bottleneck_dim: int = 128
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     teacher_temp_start: float = 0.04  # linear warm-up to teacher_temp
-    teacher_temp_warmup_steps: int = 15
+    teacher_temp_warmup_steps: int = 10
     center_momentum: float = 0.9
     ema_momentum: float = 0.994  # teacher EMA, cosine-scheduled to 1.0
     ibot: bool = True
@@ -424,7 +424,7 @@ class ExploraConfig:
     probe: Literal["knn", "linear", "both"] = "both"
     knn_k: int = 20
     log_every: int = 10
-    checkpoint_every: int = 20  # steps between resumable checkpoints (cluster retries resume from the last)
+    checkpoint_every: int = 10  # steps between resumable checkpoints (cluster retries resume from the last)
     seed: int = 0
 
     def check(self) -> list[str]:

@@ -21,7 +21,9 @@ from streetvision.progress import log, progress
 POOL_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
-def pixel_hashes(images: np.ndarray) -> set[str]:
+def pixel_hashes(images) -> set[str]:
+    """sha256 of each decoded image's pixels (uint8 arrays or ingest's sharded view)."""
+    images = np.asarray(images)
     return {hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest() for img in images}
 
 
