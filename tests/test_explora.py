@@ -291,3 +291,32 @@ def test_bf16_autocast_step_runs_and_stays_finite():
     records = [trainer.step(images) for _ in range(2)]
     assert all(np.isfinite(r["loss"]) for r in records)
     assert all(p.dtype == torch.float32 for p in trainer.student.parameters())  # master weights stay fp32
+
+
+def test_pool_from_a_gcs_prefix_and_val_images_in_it_refused(tmp_path, monkeypatch):
+    import io
+
+    from test_gcs import Emulator  # fake-gcs-server, as the storage tests run it
+
+    from streetvision import storage
+    from streetvision.explora.pool import load_pool, pixel_hashes
+
+    (tmp_path / "gcs").mkdir()
+    server = Emulator(tmp_path / "gcs")
+    server.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+        storage.gcs_client().create_bucket("explora-pool")
+        rng = np.random.default_rng(5)
+        for i in range(3):
+            buffer = io.BytesIO()
+            Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)).save(buffer, format="JPEG")
+            storage.write_bytes(f"gs://explora-pool/street/day{i}/img.jpg", buffer.getvalue())
+        storage.write_bytes("gs://explora-pool/street/notes.txt", b"not an image")
+        pool, report = load_pool("gs://explora-pool/street", 32, 16, 0, "test", forbidden_hashes=set())
+        assert pool.shape == (3, 32, 32, 3) and report["pool_images"] == 3
+        assert load_pool("gs://explora-pool/street", 32, 16, 2, "test", set())[1]["pool_images"] == 2
+        with pytest.raises(LeakageViolationError, match="identical to VAL_SELECT"):
+            load_pool("gs://explora-pool/street", 32, 16, 0, "test", forbidden_hashes=pixel_hashes(pool[1:2]))
+    finally:
+        server.stop()

@@ -415,7 +415,8 @@ class ExploraConfig:
     ibot_mask_probability: float = 0.5
     koleo: bool = True
     koleo_weight: float = 0.1
-    # Unlabelled target-domain images: a local folder (searched recursively for JPEG/PNG/WebP); "" for none.
+    # Unlabelled target-domain images: a local folder or gs:// prefix (searched recursively for JPEG/PNG/WebP);
+    # "" for none.
     pool_source: str = ""
     pool_max_images: int = 0  # 0: all
     # Which network becomes the adapted backbone: the EMA teacher (DINOv2 evaluates the teacher) or the student.
@@ -455,9 +456,8 @@ class ExploraConfig:
                 problems.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.ibot_mask_probability <= 1.0:
             problems.append(f"ibot_mask_probability: must be in [0, 1], got {self.ibot_mask_probability}")
-        if "://" in self.pool_source:
-            problems.append(f"pool_source: only a local folder is read by this version, got {self.pool_source!r} "
-                            "(copy the images locally, e.g. `gcloud storage cp -r`)")
+        if "://" in self.pool_source and not self.pool_source.startswith("gs://"):
+            problems.append(f"pool_source: a local folder or a gs:// prefix, got {self.pool_source!r}")
         return problems
 
 
