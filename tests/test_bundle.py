@@ -208,7 +208,8 @@ def test_a_checkpoint_cannot_be_wired_as_the_policy():
             ingest = ops["ingest"](config=config)
             p1 = ops["phase1"](config=config, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"],
                                val_calib=ingest.outputs["val_calib"])
-            ops["phase6"](config=config, checkpoint=p1.outputs["checkpoint"], policy=p1.outputs["checkpoint"])
+            ops["phase6"](config=config, checkpoint=p1.outputs["checkpoint"], policy=p1.outputs["checkpoint"],
+                          val_calib=ingest.outputs["val_calib"])
 
 
 @pytest.mark.parametrize("policy_phase", ["phase2", "phase3", "phase5"])
