@@ -60,7 +60,8 @@ def test_correct_wiring_is_accepted():
 
 
 def test_phase_selection_adds_dependencies_and_refuses_ambiguity():
-    assert resolve_phases(["all"])[0] == ["ingest", "phase4", "phase1", "phase2", "phase6", "evaluate"]
+    assert resolve_phases(["all"])[0] == ["ingest", "phase1", "phase2", "phase6", "evaluate"]
+    assert resolve_phases(["all", "phase4"])[0] == ["ingest", "phase4", "phase1", "phase2", "phase6", "evaluate"]
     phases, added = resolve_phases(["phase2"])
     assert phases == ["ingest", "phase1", "phase2"] and added == ["ingest", "phase1"]
     with pytest.raises(ContractError, match="exactly one policy phase"):

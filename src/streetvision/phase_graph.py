@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streetvision.config.schema import PHASE_NAMES
+from streetvision.config.schema import DEFAULT_PHASES, PHASE_NAMES
 from streetvision.contracts.errors import ContractError
 
 # Phases that produce the bundle's selective policy; phase 6 takes exactly one.
@@ -23,13 +23,13 @@ def resolve_phases(requested: list[str]) -> tuple[list[str], list[str]]:
     """Return (phases in execution order, phases added as dependencies). Raise when the choice is ambiguous.
 
     Dependencies with a single possible provider are added; the bundle's policy phase must be chosen.
-    `all` means every non-policy phase plus the threshold policy (phase2), or plus the policy phase named
-    beside it (`all phase5`).
+    `all` means the whole default pipeline (DEFAULT_PHASES) with its threshold policy (phase2), or with the
+    policy phase named beside it (`all phase5`); the optional phase 4 joins when named too (`all phase4`).
     """
     chosen = set(requested)
     if "all" in chosen:
         chosen.discard("all")
-        chosen |= {p for p in PHASE_NAMES if p not in POLICY_PHASES}
+        chosen |= {p for p in DEFAULT_PHASES if p not in POLICY_PHASES}
         if not chosen & set(POLICY_PHASES):
             chosen.add("phase2")
     unknown = chosen - set(PHASE_NAMES)
