@@ -52,16 +52,25 @@ def phase1_train(
     checkpoint: Output[Checkpoint],
     val_select_logits: Output[ValSelectLogits],
     val_calib_logits: Output[ValCalibLogits],
+    training_metrics: Output[Metrics],
+    training_curves: Output[HTML],
 ):
     """Train on TRAIN, select on VAL_SELECT, write logits for VAL_SELECT and VAL_CALIB."""
+    import json
+
     from streetvision.config import config_from_json
     from streetvision.phases.phase1 import run_phase1
 
     meta = run_phase1(config_from_json(config), train.path, val_select.path, val_calib.path, checkpoint.path,
-                      val_select_logits.path, val_calib_logits.path)
+                      val_select_logits.path, val_calib_logits.path, training_curves.path)
     checkpoint.metadata.update(meta["checkpoint"])
     val_select_logits.metadata.update(meta["val_select_logits"])
     val_calib_logits.metadata.update(meta["val_calib_logits"])
+    for name, value in meta["training_metrics"].items():
+        training_metrics.log_metric(name, value)
+    # KFP's local cache treats an output whose path does not exist as missing.
+    with open(training_metrics.path, "w") as handle:
+        json.dump(meta["training_metrics"], handle, indent=2)
 
 
 def phase2_threshold(
