@@ -132,6 +132,13 @@ def _real(trainer: Trainer, images: np.ndarray, labels: np.ndarray, args, device
 
 def main(argv=None) -> int:
     args = _parse(argv)
+    if args.augment != "none":
+        try:
+            import kornia  # noqa: F401
+        except ImportError:
+            print("kornia is not installed (the real path augments with it): `pip install kornia`, or pass "
+                  "--augment none to measure the data path without augmentation", file=sys.stderr)
+            return 2
     device = torch.device(args.device)
     torch.manual_seed(0)
     if device.type == "cuda":

@@ -19,6 +19,13 @@ def test_tiny_dinov2_architecture_from_config():
     assert logits.shape == (3, 2) and np.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("name", ["vit_small_patch14_reg4_dinov2", "vit_base_patch14_dinov2"])
+def test_other_dinov2_backbones_build_shrunk(name):
+    model = create_model(load_config([*TINY_MODEL, f"model.name={name}"]).model)
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 2)
+    assert (getattr(model, "reg_token", None) is not None) == ("reg4" in name)
+
+
 def test_local_weights_load_and_mismatches_are_refused(tmp_path):
     cfg = load_config(TINY_MODEL).model
     source = create_model(cfg)

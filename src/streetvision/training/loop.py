@@ -362,8 +362,10 @@ def train_classifier(
             "images_per_second": epoch_ips,
         })
         if rank == 0:
+            eta = _fmt_seconds((cfg.epochs - epoch - 1) * len(train_labels) / max(epoch_ips, 1e-9))
             log(f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / max(seen, 1):.4f} "
-                f"VAL_SELECT {cfg.selection_metric} {score:.4f}{' *' if improved else ''} ({epoch_ips:.0f} img/s)")
+                f"VAL_SELECT {cfg.selection_metric} {score:.4f}{' *' if improved else ''} ({epoch_ips:.0f} img/s, "
+                f"eta {eta} at most)")
         epochs_done = epoch + 1
         stop = epoch - best_epoch >= cfg.patience
         save(epoch + 1, 0, 0.0, 0)
