@@ -142,10 +142,12 @@ class AugmentConfig:
     strength: float = 1.0
     rotation_degrees: float = 20.0
     crop_scale_min: float = 0.2  # RandomResizedCrop scale range is [crop_scale_min, 1]
+    crop_ratio_max: float = 4 / 3  # ... and aspect-ratio range [1 / crop_ratio_max, crop_ratio_max]
     hflip_p: float = 0.5
     vflip_p: float = 0.5
     color_jitter_p: float = 0.5
     color_jitter: float = 0.2  # brightness, contrast and saturation factor
+    color_jitter_hue: float = 0.0  # hue costs as much as the rest of the jitter on CPU
     jpeg_p: float = 0.3
     jpeg_quality_min: float = 50.0  # JPEG re-compression quality range is [jpeg_quality_min, 95]
     blur_p: float = 0.2
@@ -167,6 +169,10 @@ class AugmentConfig:
             problems.append(f"jpeg_quality_min: must be in [1, 95], got {self.jpeg_quality_min}")
         if self.color_jitter < 0 or self.noise_std < 0:
             problems.append("color_jitter/noise_std: must be >= 0")
+        if not 0.0 <= self.color_jitter_hue <= 0.5:
+            problems.append(f"color_jitter_hue: must be in [0, 0.5], got {self.color_jitter_hue}")
+        if self.crop_ratio_max < 1.0:
+            problems.append(f"crop_ratio_max: must be >= 1, got {self.crop_ratio_max}")
         return problems
 
 

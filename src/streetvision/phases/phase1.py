@@ -100,7 +100,6 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
     train, select, calib = inputs["train"], inputs["val_select"], inputs["val_calib"]
     rank = distributed.rank()
 
-    torch.manual_seed(cfg.training.seed)  # the same initial weights in every process and every restart
     model = create_model(cfg.model)
     mean, std = normalization(model)
     n_params = sum(p.numel() for p in model.parameters())

@@ -18,16 +18,21 @@ def build_augmentation(img_size: int, cfg: AugmentConfig) -> nn.Module:
 
     s = cfg.strength
     p = lambda value: min(1.0, value * s)  # noqa: E731
+    # Ops with nothing to do are left out (they would still draw random numbers). The demo's light recipe
+    # (hflip, crop, jitter) comes first, in its original order, so it draws exactly as it always did.
     ops: list[nn.Module] = []
-    if cfg.rotation_degrees > 0:
-        ops.append(K.RandomRotation(cfg.rotation_degrees * s, p=p(0.5)))
+    if cfg.hflip_p > 0:
+        ops.append(K.RandomHorizontalFlip(p=cfg.hflip_p))
     crop_min = max(0.01, 1.0 - (1.0 - cfg.crop_scale_min) * s)
-    ops.append(K.RandomResizedCrop((img_size, img_size), scale=(crop_min, 1.0), ratio=(3 / 4, 4 / 3)))
-    ops += [K.RandomHorizontalFlip(p=cfg.hflip_p), K.RandomVerticalFlip(p=p(cfg.vflip_p))]
+    ops.append(K.RandomResizedCrop((img_size, img_size), scale=(crop_min, 1.0),
+                                   ratio=(1.0 / cfg.crop_ratio_max, cfg.crop_ratio_max)))
     if cfg.color_jitter > 0 and cfg.color_jitter_p > 0:
         j = cfg.color_jitter * s
-        # No hue jitter: it costs as much as the rest together on CPU and street colours carry signal.
-        ops.append(K.ColorJitter(j, j, j, 0.0, p=p(cfg.color_jitter_p)))
+        ops.append(K.ColorJitter(j, j, j, cfg.color_jitter_hue * s, p=p(cfg.color_jitter_p)))
+    if cfg.rotation_degrees > 0:
+        ops.append(K.RandomRotation(cfg.rotation_degrees * s, p=p(0.5)))
+    if cfg.vflip_p > 0:
+        ops.append(K.RandomVerticalFlip(p=p(cfg.vflip_p)))
     if cfg.jpeg_p > 0:
         ops.append(K.RandomJPEG(jpeg_quality=(cfg.jpeg_quality_min, 95.0), p=p(cfg.jpeg_p)))
     if cfg.blur_p > 0:

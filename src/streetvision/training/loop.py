@@ -179,11 +179,11 @@ class Trainer:
             x = (x - self.mean) / self.std
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits = self.step_fn(x)
-        per_sample = F.cross_entropy(logits.float(), target, reduction="none",
-                                     label_smoothing=self.cfg.label_smoothing)
-        # Normalised by the weight of the whole global batch, times world size because DDP averages
+        # PyTorch's class-weighted, label-smoothed cross entropy, summed here and divided by the class weight
+        # of the whole global batch (what its "mean" divides by); times world size below because DDP averages
         # gradients: the same gradient as one process on the whole batch.
-        loss = (per_sample * self.class_weights[target]).sum() / global_weight
+        loss = F.cross_entropy(logits.float(), target, weight=self.class_weights, reduction="sum",
+                               label_smoothing=self.cfg.label_smoothing) / global_weight
         self.optimizer.zero_grad(set_to_none=True)
         (loss * self.world).backward()
         if self.cfg.grad_clip_norm > 0:
