@@ -100,6 +100,8 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
     train, select, calib = inputs["train"], inputs["val_select"], inputs["val_calib"]
     rank = distributed.rank()
 
+    # Seeded here: imported libraries may reseed torch, and a restarted task must start from the same weights.
+    torch.manual_seed(cfg.training.seed)
     model = create_model(cfg.model)
     mean, std = normalization(model)
     n_params = sum(p.numel() for p in model.parameters())
