@@ -57,16 +57,29 @@ def phase1_train(
     checkpoint: Output[Checkpoint],
     val_select_logits: Output[ValSelectLogits],
     val_calib_logits: Output[ValCalibLogits],
+    training_metrics: Output[Metrics],
+    training_curves: Output[HTML],
 ):
-    """Train on TRAIN, select on VAL_SELECT, write logits for VAL_SELECT and VAL_CALIB."""
+    """Train on TRAIN, select on VAL_SELECT, write logits for VAL_SELECT and VAL_CALIB. On a cluster, training
+    state goes to the run's checkpoint location, so a retried (preempted) task resumes."""
+    import json
+
+    from streetvision.cluster_env import task_checkpoint_dir
     from streetvision.config import config_from_json
     from streetvision.phases.phase1 import run_phase1
 
-    meta = run_phase1(config_from_json(config), train.path, val_select.path, val_calib.path, checkpoint.path,
-                      val_select_logits.path, val_calib_logits.path)
+    cfg = config_from_json(config)
+    cfg.training.resume_dir = cfg.training.resume_dir or task_checkpoint_dir(cfg, "phase1") or ""
+    meta = run_phase1(cfg, train.path, val_select.path, val_calib.path, checkpoint.path,
+                      val_select_logits.path, val_calib_logits.path, training_curves.path)
     checkpoint.metadata.update(meta["checkpoint"])
     val_select_logits.metadata.update(meta["val_select_logits"])
     val_calib_logits.metadata.update(meta["val_calib_logits"])
+    for name, value in meta["training_metrics"].items():
+        training_metrics.log_metric(name, value)
+    # KFP's local cache treats an output whose path does not exist as missing.
+    with open(training_metrics.path, "w") as handle:
+        json.dump(meta["training_metrics"], handle, indent=2)
 
 
 def phase4_explora(
@@ -105,21 +118,31 @@ def phase1_train_adapted(
     checkpoint: Output[Checkpoint],
     val_select_logits: Output[ValSelectLogits],
     val_calib_logits: Output[ValCalibLogits],
+    training_metrics: Output[Metrics],
+    training_curves: Output[HTML],
 ):
     """Phase 1 from phase 4's adapted backbone: `model.weights` is set to it, lineage records its TRAIN read."""
+    import json
+
+    from streetvision.cluster_env import task_checkpoint_dir
     from streetvision.config import config_from_json
     from streetvision.phases.phase1 import run_phase1
     from streetvision.phases.phase4 import add_backbone_lineage, phase1_config_from_backbone
 
     cfg = phase1_config_from_backbone(config_from_json(config), backbone.path, train.path)
-    run_phase1(cfg, train.path, val_select.path, val_calib.path, checkpoint.path,
-               val_select_logits.path, val_calib_logits.path)
+    cfg.training.resume_dir = cfg.training.resume_dir or task_checkpoint_dir(cfg, "phase1") or ""
+    trained = run_phase1(cfg, train.path, val_select.path, val_calib.path, checkpoint.path,
+                         val_select_logits.path, val_calib_logits.path, training_curves.path)
     meta = add_backbone_lineage(backbone.path, {"checkpoint": checkpoint.path,
                                                 "val_select_logits": val_select_logits.path,
                                                 "val_calib_logits": val_calib_logits.path})
     checkpoint.metadata.update(meta["checkpoint"])
     val_select_logits.metadata.update(meta["val_select_logits"])
     val_calib_logits.metadata.update(meta["val_calib_logits"])
+    for name, value in trained["training_metrics"].items():
+        training_metrics.log_metric(name, value)
+    with open(training_metrics.path, "w") as handle:  # the local cache needs a file behind every output
+        json.dump(trained["training_metrics"], handle, indent=2)
 
 
 def phase2_threshold(

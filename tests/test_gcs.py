@@ -279,3 +279,16 @@ def test_ingest_survives_503s_and_an_emulator_restart(endpoint, tmp_path, monkey
         assert flaky[split.value]["fingerprint"] == clean[split.value]["fingerprint"]
     table = pq.read_table(tmp_path / "flaky" / "train" / "samples.parquet")
     assert table.num_rows == clean["train"]["count"]
+
+
+def test_training_state_goes_to_a_gs_prefix(endpoint):
+    """Phase 1's checkpoint seam resolves gs:// to this module's store: atomic writes, reads back, exists."""
+    from streetvision.training.storage import fetch_file, open_store
+
+    bucket = BUCKET
+    store = open_store(f"gs://{bucket}/run-1/phase1", "training.resume_dir")
+    assert not store.exists("state.pt")
+    store.write("state.pt", lambda handle: handle.write(b"weights and optimizer"))
+    assert store.exists("state.pt") and store.describe("state.pt") == f"gs://{bucket}/run-1/phase1/state.pt"
+    assert store.fetch("state.pt").read_bytes() == b"weights and optimizer"
+    assert fetch_file(f"gs://{bucket}/run-1/phase1/state.pt", "model.weights").read_bytes() == b"weights and optimizer"

@@ -19,6 +19,13 @@ def test_tiny_dinov2_architecture_from_config():
     assert logits.shape == (3, 2) and np.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("name", ["vit_small_patch14_reg4_dinov2", "vit_base_patch14_dinov2"])
+def test_other_dinov2_backbones_build_shrunk(name):
+    model = create_model(load_config([*TINY_MODEL, f"model.name={name}"]).model)
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 2)
+    assert (getattr(model, "reg_token", None) is not None) == ("reg4" in name)
+
+
 def test_local_weights_load_and_mismatches_are_refused(tmp_path):
     cfg = load_config(TINY_MODEL).model
     source = create_model(cfg)
@@ -37,7 +44,44 @@ def test_local_weights_load_and_mismatches_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         create_model(cfg)
     cfg.weights = "gs://bucket/weights.safetensors"
-    with pytest.raises(CheckpointError, match="remote weight paths"):
+    with pytest.raises(CheckpointError, match="no storage backend for gs://"):
+        create_model(cfg)
+
+
+def test_weights_from_artifact_dirs_remote_stores_and_other_sizes(tmp_path, monkeypatch):
+    from streetvision.training import storage
+
+    cfg = load_config(TINY_MODEL).model
+    source = create_model(cfg)
+    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
+    (tmp_path / "adapted").mkdir()
+    save_file(backbone, str(tmp_path / "adapted" / "backbone.safetensors"))  # e.g. phase 4's artifact
+    cfg.weights = str(tmp_path / "adapted")
+    assert torch.equal(create_model(cfg).blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    cfg.weights = str(tmp_path)
+    with pytest.raises(CheckpointError, match="holds none of"):
+        create_model(cfg)
+
+    # gs:// goes through the storage seam: a registered backend serves it.
+    monkeypatch.setitem(storage._REMOTE, "gs", lambda uri: storage.LocalStore(tmp_path / uri.removeprefix("gs://")))
+    cfg.weights = "gs://adapted/backbone.safetensors"
+    assert torch.equal(create_model(cfg).patch_embed.proj.weight, source.patch_embed.proj.weight)
+
+    # A checkpoint made at another image size: position embeddings are resampled, not refused.
+    bigger = load_config([*TINY_MODEL, "model.img_size=48"]).model
+    bigger.weights = str(tmp_path / "adapted" / "backbone.safetensors")
+    model = create_model(bigger)
+    assert model.pos_embed.shape[1] != source.pos_embed.shape[1]
+    assert torch.equal(model.patch_embed.proj.weight, source.patch_embed.proj.weight)
+
+
+def test_unreachable_hub_weights_are_an_error_not_random_init(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at call time; no network wait
+    cfg = load_config([*TINY_MODEL, "model.weights=hub"]).model
+    with pytest.raises(CheckpointError, match="could not be loaded from the hub"):
         create_model(cfg)
 
 

@@ -27,7 +27,9 @@ MAX_REFERENCE_EMBEDDINGS = 1000  # keeps the bundle small and the permutation te
 @torch.no_grad()
 def embeddings(model: torch.nn.Module, images: np.ndarray, mean: list[float], std: list[float],
                batch_size: int = 128, device: str = "cpu") -> np.ndarray:
-    """Pooled pre-logit features (N, D) of uint8 NHWC images: what the classifier head reads."""
+    """Pooled pre-logit features (N, D) of uint8 NHWC images: what the classifier head reads (for a multi-view
+    model, of the whole frame: the global view)."""
+    model = getattr(model, "model", model)  # MultiViewClassifier wraps the timm model
     model.eval().to(device)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
     out = []

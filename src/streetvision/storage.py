@@ -183,3 +183,38 @@ def read_many(uris: Iterable[str], workers: int = 16) -> Iterator[tuple[str, byt
                 yield pending.pop(0).result()
         for future in pending:
             yield future.result()
+
+
+class GcsStore:
+    """Training state under a gs:// prefix, for `streetvision.training.storage` (checkpoints that survive a
+    preempted node). Objects appear only when their upload completes, so every write is atomic."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+        self._cache = Path(tempfile.mkdtemp(prefix="streetvision-gcs-"))
+
+    def describe(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def exists(self, name: str) -> bool:
+        return exists(self.describe(name))
+
+    def write(self, name: str, writer) -> None:
+        buffer = io.BytesIO()
+        writer(buffer)
+        write_bytes(self.describe(name), buffer.getvalue())
+
+    def fetch(self, name: str) -> Path:
+        local = self._cache / name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(read_bytes(self.describe(name)))
+        return local
+
+
+def _register_checkpoint_backend() -> None:
+    from streetvision.training.storage import register_remote
+
+    register_remote("gs", GcsStore)
+
+
+_register_checkpoint_backend()

@@ -233,9 +233,55 @@ class DataConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Per-sample training augmentation, applied to whole batches on the model's device (kornia).
+
+    The defaults are the deployment challenges (the validators rotate, crop, flip, re-compress, blur, add
+    noise and change colours). ``strength`` scales every probability and magnitude at once: 0 turns
+    augmentation off, 1 uses the values below as written.
+    """
+
+    strength: float = 1.0
+    rotation_degrees: float = 20.0
+    crop_scale_min: float = 0.2  # RandomResizedCrop scale range is [crop_scale_min, 1]
+    crop_ratio_max: float = 4 / 3  # ... and aspect-ratio range [1 / crop_ratio_max, crop_ratio_max]
+    hflip_p: float = 0.5
+    vflip_p: float = 0.5
+    color_jitter_p: float = 0.5
+    color_jitter: float = 0.2  # brightness, contrast and saturation factor
+    color_jitter_hue: float = 0.0  # hue costs as much as the rest of the jitter on CPU
+    jpeg_p: float = 0.3
+    jpeg_quality_min: float = 50.0  # JPEG re-compression quality range is [jpeg_quality_min, 95]
+    blur_p: float = 0.2
+    noise_p: float = 0.2
+    noise_std: float = 0.03
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.strength < 0:
+            problems.append(f"strength: must be >= 0, got {self.strength}")
+        for name in ("hflip_p", "vflip_p", "color_jitter_p", "jpeg_p", "blur_p", "noise_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name}: must be a probability in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            problems.append(f"crop_scale_min: must be in (0, 1], got {self.crop_scale_min}")
+        if not 0.0 <= self.rotation_degrees <= 180.0:
+            problems.append(f"rotation_degrees: must be in [0, 180], got {self.rotation_degrees}")
+        if not 1.0 <= self.jpeg_quality_min <= 95.0:
+            problems.append(f"jpeg_quality_min: must be in [1, 95], got {self.jpeg_quality_min}")
+        if self.color_jitter < 0 or self.noise_std < 0:
+            problems.append("color_jitter/noise_std: must be >= 0")
+        if not 0.0 <= self.color_jitter_hue <= 0.5:
+            problems.append(f"color_jitter_hue: must be in [0, 0.5], got {self.color_jitter_hue}")
+        if self.crop_ratio_max < 1.0:
+            problems.append(f"crop_ratio_max: must be >= 1, got {self.crop_ratio_max}")
+        return problems
+
+
+@dataclass
 class TrainingConfig:
     epochs: int = 12
-    batch_size: int = 64
+    batch_size: int = 64  # global batch: split evenly over the processes of a multi-GPU run
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_epochs: float = 1.0
@@ -250,6 +296,32 @@ class TrainingConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_threads: int = 0  # 0: let torch decide
     seed: int = 0
+    # Learning rate of block i (of n) is lr * layer_decay ** (n - i); 1.0 turns it off (random init), 0.65-0.75
+    # suits pretrained DINOv2 backbones.
+    layer_decay: float = 1.0
+    # Train only the head for this many epochs first (a warm start for pretrained backbones).
+    freeze_backbone_epochs: int = 0
+    # Exponential moving average of the weights; 0 turns it off. When on, selection and outputs use the EMA.
+    ema_decay: float = 0.0
+    compile: bool = False  # torch.compile the model (GPU; compile time is paid once per run)
+    # Bit-identical results on CPU (and a resumed run equal to an uninterrupted one); slower on GPU.
+    deterministic: bool = False
+    # Deployment P(roadwork). The head bias is shifted from the prior the loss trained for to this one.
+    deployment_prior: float = 0.5
+    prior_correction: bool = True
+    # Multi-view inference (1 global view + a 3x3 grid of local views, ~10x cost): "select" compares it
+    # with single-view on VAL_SELECT and keeps the better; "single"/"multi" force a choice.
+    multiview: Literal["select", "single", "multi"] = "select"
+    multiview_aggregation: Literal["mean_prob", "mean_logit", "max"] = "mean_prob"
+    # Preemption: training state is saved here every epoch and every checkpoint_every_minutes (0: every
+    # step), under a key of this config and the input data, and a restarted task resumes from it. A
+    # local/PVC path or gs://bucket/prefix; "" saves nothing (a restart starts over).
+    resume_dir: str = ""
+    checkpoint_every_minutes: float = 10.0
+    log_every_seconds: float = 30.0  # periodic progress line within an epoch
+    # Processes (one per GPU) for data-parallel training on one node; 0: one per visible GPU.
+    num_processes: int = 1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def check(self) -> list[str]:
         problems = []
@@ -263,6 +335,22 @@ class TrainingConfig:
         if self.precision == "fp16":
             problems.append(
                 "precision: fp16 is refused: DINOv2 activations overflow fp16; use bf16 on GPU or fp32"
+            )
+        if not 0.0 < self.layer_decay <= 1.0:
+            problems.append(f"layer_decay: must be in (0, 1], got {self.layer_decay}")
+        if self.freeze_backbone_epochs < 0:
+            problems.append(f"freeze_backbone_epochs: must be >= 0, got {self.freeze_backbone_epochs}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append(f"ema_decay: must be in [0, 1) (0 turns EMA off), got {self.ema_decay}")
+        if not 0.0 < self.deployment_prior < 1.0:
+            problems.append(f"deployment_prior: must be in (0, 1), got {self.deployment_prior}")
+        if self.checkpoint_every_minutes < 0 or self.log_every_seconds < 0:
+            problems.append("checkpoint_every_minutes/log_every_seconds: must be >= 0")
+        if self.num_processes < 0:
+            problems.append(f"num_processes: must be >= 0 (0: one per GPU), got {self.num_processes}")
+        elif self.num_processes > 1 and self.batch_size % self.num_processes:
+            problems.append(
+                f"batch_size: {self.batch_size} does not split evenly over num_processes={self.num_processes}"
             )
         return problems
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,38 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _local_weights_file(weights: str, where: str) -> Path:
+    """The state-dict file behind model.weights: a file, an artifact directory (e.g. phase 4's adapted
+    backbone or a phase-1 checkpoint), or a remote URI fetched through the storage seam."""
+    from streetvision.training.storage import fetch_file
+
+    path = fetch_file(weights, where)
+    if path.is_dir():
+        for name in WEIGHT_FILES_IN_DIR:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(
+            f"directory {path} holds none of {list(WEIGHT_FILES_IN_DIR)}",
+            where,
+            "point model.weights at a weights file or at an artifact directory that holds one",
+        )
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist", where, "set model.weights to an existing file")
+    return path
+
+
+# Artifact directories that can serve as model.weights, in order of preference.
+WEIGHT_FILES_IN_DIR = ("backbone.safetensors", "model.safetensors")
+
+
+def _fit_to_model(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """timm's own checkpoint filter: resamples position embeddings (and patch embeddings) to this model's size."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return checkpoint_filter_fn(state, model)
+
+
 def create_model(cfg: ModelConfig) -> torch.nn.Module:
     """Build the classifier; never falls back silently to random weights when weights were asked for."""
     spec = model_spec(cfg)
@@ -55,20 +88,16 @@ def create_model(cfg: ModelConfig) -> torch.nn.Module:
                 where,
                 "connect to the hub, or download the weights once and set model.weights to the local file path",
             ) from exc
-    path = Path(cfg.weights)
-    if cfg.weights.startswith(("gs://", "s3://", "http://", "https://")):
-        raise CheckpointError(
-            "remote weight paths are not read by this version",
-            where,
-            "copy the file locally (e.g. `gcloud storage cp`) and set model.weights to its local path",
-        )
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist", where, "set model.weights to an existing file")
+    path = _local_weights_file(cfg.weights, where)
     model = build_from_spec(spec)
-    fix = "use weights saved from the same timm architecture and size (a classifier head may be absent)"
+    fix = "use weights saved from the same timm architecture (any image size; a classifier head may be absent)"
     try:
-        result = model.load_state_dict(_read_state_dict(path), strict=False)
-    except RuntimeError as exc:  # tensor shape mismatches
+        state = _read_state_dict(path)
+        head_shapes = {k: v.shape for k, v in model.state_dict().items() if k.startswith("head.")}
+        # A head for another number of classes is dropped (we train our own), not an error.
+        state = {k: v for k, v in state.items() if not (k in head_shapes and v.shape != head_shapes[k])}
+        result = model.load_state_dict(_fit_to_model(state, model), strict=False)
+    except (RuntimeError, ValueError) as exc:  # tensor shape mismatches
         raise CheckpointError(f"weights do not fit {cfg.name}: {str(exc).splitlines()[-1].strip()}", where, fix) from exc
     head = {k for k in model.state_dict() if k.startswith("head.")}
     missing = [k for k in result.missing_keys if k not in head]
@@ -84,8 +113,11 @@ def create_model(cfg: ModelConfig) -> torch.nn.Module:
 def save_model_dir(model: torch.nn.Module, spec: dict, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / "model.safetensors"))
-    (out_dir / "model_config.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
+    # Temp file + rename: a preempted writer never leaves a truncated file under the final name.
+    save_file(state, str(out_dir / ".model.safetensors.tmp"))
+    os.replace(out_dir / ".model.safetensors.tmp", out_dir / "model.safetensors")
+    (out_dir / ".model_config.json.tmp").write_text(json.dumps(spec, indent=2, sort_keys=True))
+    os.replace(out_dir / ".model_config.json.tmp", out_dir / "model_config.json")
 
 
 def load_model_dir(path: str | Path) -> torch.nn.Module:
@@ -93,6 +125,10 @@ def load_model_dir(path: str | Path) -> torch.nn.Module:
     spec = json.loads((path / "model_config.json").read_text())
     model = build_from_spec(spec)
     model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    if spec.get("multiview"):
+        from streetvision.models.multiview import MultiViewClassifier
+
+        model = MultiViewClassifier(model, spec["multiview"]["aggregation"])
     return model.eval()
 
 

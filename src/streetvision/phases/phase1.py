@@ -1,22 +1,62 @@
-"""Phase 1: train the classifier on TRAIN, select on VAL_SELECT, write logits for VAL_SELECT and VAL_CALIB."""
+"""Phase 1: train the classifier on TRAIN, select on VAL_SELECT, write logits for VAL_SELECT and VAL_CALIB.
+
+After training (best epoch by VAL_SELECT), two more choices are made, both on VAL_SELECT only and both
+reported: the head bias is shifted to the deployment prior, and single- vs multi-view inference is picked.
+With ``training.num_processes`` > 1 the training runs in one torchrun worker per GPU (DDP); rank 0 writes
+the outputs.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
+import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from streetvision.config.loader import config_from_json, config_to_json
 from streetvision.config.schema import Config
 from streetvision.contracts.metadata import ArtifactMetadata, check_same_partition, prepare_output_dir, write_metadata
 from streetvision.contracts.splits import PHASE_READS, Role, Split
 from streetvision.contracts.validators import sha256_file
 from streetvision.data.shards import SplitData, class_counts, load_split, write_predictions
-from streetvision.metrics.classification import classification_metrics, probabilities
+from streetvision.metrics.classification import classification_metrics, probabilities, selection_score
 from streetvision.models import create_model, model_spec, normalization, predict_logits, save_model_dir
+from streetvision.models.multiview import MultiViewClassifier, multiview_cost
 from streetvision.progress import log
+from streetvision.training import distributed
+from streetvision.training.curves import curve_metrics, write_curves_html
 from streetvision.training.loop import autocast_dtype, resolve_device, train_classifier
+from streetvision.training.storage import open_store
 
 PHASE = "phase1"
+OUTPUTS_FILE = "phase1_outputs.json"
+# Settings that do not change the trained weights: a restart with other values still resumes.
+_NOT_IN_RESUME_KEY = ("resume_dir", "checkpoint_every_minutes", "log_every_seconds", "num_threads", "multiview",
+                      "multiview_aggregation", "prior_correction", "deployment_prior")
+
+
+def _load_inputs(train_dir, val_select_dir, val_calib_dir) -> dict[str, SplitData]:
+    reads = PHASE_READS[PHASE]
+    inputs = {}
+    for name, path in (("train", train_dir), ("val_select", val_select_dir), ("val_calib", val_calib_dir)):
+        role, split = reads[name]
+        inputs[name] = load_split(path, split=split, role=role, phase=PHASE, input_name=name)
+    return inputs
+
+
+def resume_key(cfg: Config, inputs: dict[str, SplitData]) -> str:
+    """Names the run's training state: same config (what shapes the weights) + same data -> same key."""
+    training = {k: v for k, v in asdict(cfg.training).items() if k not in _NOT_IN_RESUME_KEY}
+    ident = {"model": asdict(cfg.model), "training": training,
+             "data": {k: v.meta.fingerprint for k, v in inputs.items()}}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_phase1(
@@ -27,42 +67,93 @@ def run_phase1(
     checkpoint_dir: str | Path,
     val_select_logits_dir: str | Path,
     val_calib_logits_dir: str | Path,
+    curves_html: str | Path | None = None,
 ) -> dict[str, dict]:
+    """Returns the outputs' metadata by name, plus "training_metrics" (scalars for a KFP Metrics artifact)."""
+    inputs = _load_inputs(train_dir, val_select_dir, val_calib_dir)  # checks roles and completeness first
+    check_same_partition({k: v.meta for k, v in inputs.items()}, PHASE)
+    for path in (checkpoint_dir, val_select_logits_dir, val_calib_logits_dir):
+        prepare_output_dir(path)
+    job = {
+        "config": config_to_json(cfg),
+        "dirs": [str(p) for p in (train_dir, val_select_dir, val_calib_dir, checkpoint_dir, val_select_logits_dir,
+                                  val_calib_logits_dir)],
+        "curves_html": str(curves_html) if curves_html else None,
+    }
+    processes = distributed.resolve_num_processes(cfg.training.num_processes, cfg.training.device)
+    if processes == 1:
+        return _train_and_write(**job)
+    with tempfile.TemporaryDirectory(prefix="streetvision-phase1-") as scratch:
+        job["result_path"] = os.path.join(scratch, OUTPUTS_FILE)
+        log(f"launching {processes} training processes (DDP)")
+        distributed.launch(processes, "streetvision.phases.phase1:_train_and_write", job, scratch)
+        return json.loads(Path(job["result_path"]).read_text())
+
+
+def _train_and_write(config: str, dirs: list[str], curves_html: str | None, result_path: str | None = None) -> dict:
+    """Everything after input checks; runs in every training process, rank 0 writes the outputs."""
     started = time.time()
-    reads = PHASE_READS[PHASE]
-    inputs: dict[str, SplitData] = {}
-    for name, path in (("train", train_dir), ("val_select", val_select_dir), ("val_calib", val_calib_dir)):
-        role, split = reads[name]
-        inputs[name] = load_split(path, split=split, role=role, phase=PHASE, input_name=name)
+    cfg = config_from_json(config)
+    train_dir, val_select_dir, val_calib_dir, checkpoint_dir, val_select_logits_dir, val_calib_logits_dir = map(
+        Path, dirs)
+    inputs = _load_inputs(train_dir, val_select_dir, val_calib_dir)
     partition = check_same_partition({k: v.meta for k, v in inputs.items()}, PHASE)
     train, select, calib = inputs["train"], inputs["val_select"], inputs["val_calib"]
-    outs = [prepare_output_dir(p) for p in (checkpoint_dir, val_select_logits_dir, val_calib_logits_dir)]
-    checkpoint_dir, val_select_logits_dir, val_calib_logits_dir = outs
+    rank = distributed.rank()
 
+    # Seeded here: imported libraries may reseed torch, and a restarted task must start from the same weights.
+    torch.manual_seed(cfg.training.seed)
     model = create_model(cfg.model)
     mean, std = normalization(model)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model {cfg.model.name} ({n_params / 1e6:.2f}M parameters, {cfg.model.img_size}px), "
-        f"TRAIN {train.meta.count} images, VAL_SELECT {select.meta.count}")
-    result = train_classifier(
-        model, train.images, train.labels, train.sample_ids, select.images, select.labels, mean, std, cfg.training
-    )
+    store = None
+    if cfg.training.resume_dir:
+        root = cfg.training.resume_dir.rstrip("/") + f"/phase1-{resume_key(cfg, inputs)}"
+        store = open_store(root, "training.resume_dir")
+    if rank == 0:
+        log(f"model {cfg.model.name} ({n_params / 1e6:.2f}M parameters, {cfg.model.img_size}px), "
+            f"TRAIN {train.meta.count} images, VAL_SELECT {select.meta.count}, "
+            f"{distributed.world_size()} process(es)")
+    result = train_classifier(model, train.images, train.labels, train.sample_ids, select.images, select.labels,
+                              mean, std, cfg.training, store)
+    distributed.barrier()
+    if rank != 0:
+        return {}
+
+    device = resolve_device(cfg.training.device, distributed.local_rank())
+    amp = autocast_dtype(cfg.training.precision)
+    model.to(device)
+    prior = _correct_prior(model, cfg, train.labels, select, mean, std, device, amp)
+    scorer, views = _choose_views(model, cfg, select, mean, std, device, amp)
 
     spec = model_spec(cfg.model)
+    if views["chosen"] == "multi":
+        spec["multiview"] = {"grid": 3, "aggregation": cfg.training.multiview_aggregation}
     save_model_dir(model, spec, checkpoint_dir)
+    last = {k: v.contiguous() for k, v in (result.last_state or {}).items()}
+    if last:
+        from safetensors.torch import save_file
+
+        _atomic(checkpoint_dir / "last.safetensors", lambda p: save_file(last, str(p)))
     weights_sha256 = sha256_file(checkpoint_dir / "model.safetensors")
     preprocessing = {"img_size": cfg.model.img_size, "mean": mean, "std": std, "input": "uint8 RGB, whole frame "
-                     "resized to img_size x img_size (bilinear)"}
-    (checkpoint_dir / "preprocessing.json").write_text(json.dumps(preprocessing, indent=2))
-    (checkpoint_dir / "training_history.json").write_text(json.dumps(result.history, indent=2))
+                     "resized to img_size x img_size (bilinear)", "views": spec.get("multiview") or "single",
+                     "deployment_prior": cfg.training.deployment_prior if cfg.training.prior_correction else None}
+    training_summary = {"prior_correction": prior, "views": views, "resumed_from": result.resumed_from,
+                        "best_epoch": result.best_epoch + 1, "epochs_run": result.epochs_run,
+                        "processes": distributed.world_size()}
+    for name, payload in (("preprocessing.json", preprocessing), ("training_history.json", result.history),
+                          ("training_summary.json", training_summary)):
+        _atomic(checkpoint_dir / name, lambda p, payload=payload: p.write_text(json.dumps(payload, indent=2)))
+    select_metric = f"val_select_{cfg.training.selection_metric}"
+    if curves_html:
+        write_curves_html(curves_html, result.history, cfg.training.selection_metric, training_summary)
     trained_on = [train.meta.reads(PHASE, Role.FIT), select.meta.reads(PHASE, Role.MODEL_SELECTION)]
 
-    device = resolve_device(cfg.training.device)
-    amp = autocast_dtype(cfg.training.precision)
-    outputs = {}
+    outputs: dict[str, dict] = {}
     summaries = {}
     for data, out_dir in ((select, val_select_logits_dir), (calib, val_calib_logits_dir)):
-        logits = predict_logits(model, data.images, mean, std, cfg.evaluation.batch_size, device, amp)
+        logits = predict_logits(scorer, data.images, mean, std, cfg.evaluation.batch_size, device, amp)
         write_predictions(out_dir, data.sample_ids, data.labels, logits)
         metrics = classification_metrics(data.labels, probabilities(logits), cfg.evaluation.ece_bins)
         summaries[data.split.value] = metrics
@@ -81,7 +172,6 @@ def run_phase1(
                 | {"weights_sha256": weights_sha256},  # policies fitted on these logits record it
             ),
         )
-    select_metric = f"val_select_{cfg.training.selection_metric}"
     outputs["checkpoint"] = write_metadata(
         checkpoint_dir,
         ArtifactMetadata(
@@ -94,11 +184,84 @@ def run_phase1(
                 "epochs_run": result.epochs_run,
                 select_metric: round(result.best_score, 4),
                 "val_select_accuracy": round(summaries[Split.VAL_SELECT.value]["accuracy"], 4),
+                "views": views["chosen"],
+                "prior_shift": round(prior["logit_shift"], 4),
                 "train_images_per_second": round(result.images_per_second, 1),
                 "parameters": n_params,
                 "device": str(device),
+                "processes": distributed.world_size(),
                 "seconds": round(time.time() - started, 1),
             },
         ),
     )
+    outputs["training_metrics"] = {
+        select_metric: float(result.best_score),
+        "best_epoch": float(result.best_epoch + 1),
+        "epochs_run": float(result.epochs_run),
+        "train_images_per_second": float(result.images_per_second),
+        **curve_metrics(result.history, cfg.training.selection_metric),
+    }
+    if result_path:
+        Path(result_path).write_text(json.dumps(outputs))
     return outputs
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def _correct_prior(model, cfg: Config, train_labels, select: SplitData, mean, std, device, amp) -> dict:
+    """Shift the head bias from the prior the loss trained for to the deployment prior; report the effect on
+    VAL_SELECT (metrics at the 0.5 cut, before and after)."""
+    trained_prior = 0.5 if cfg.training.balance_classes else float(np.mean(train_labels == 1))
+    trained_prior = min(max(trained_prior, 1e-4), 1 - 1e-4)
+    shift = _logit(cfg.training.deployment_prior) - _logit(trained_prior) if cfg.training.prior_correction else 0.0
+
+    def metrics() -> dict:
+        logits = predict_logits(model, select.images, mean, std, cfg.evaluation.batch_size, device, amp)
+        m = classification_metrics(select.labels, probabilities(logits), cfg.evaluation.ece_bins)
+        return {k: round(m[k], 4) for k in ("accuracy", "balanced_accuracy", "mcc")}
+
+    report = {"trained_prior": trained_prior, "deployment_prior": cfg.training.deployment_prior,
+              "logit_shift": shift, "val_select_before": metrics()}
+    if shift:
+        with torch.no_grad():
+            bias = model.get_classifier().bias
+            bias[1] += shift / 2
+            bias[0] -= shift / 2
+        report["val_select_after"] = metrics()
+    else:
+        report["val_select_after"] = report["val_select_before"]
+    log(f"prior correction: trained for P(roadwork)={trained_prior:.3f}, deployment {cfg.training.deployment_prior}"
+        f" (logit shift {shift:+.3f}); VAL_SELECT {report['val_select_before']} -> {report['val_select_after']}")
+    return report
+
+
+def _choose_views(model, cfg: Config, select: SplitData, mean, std, device, amp):
+    """Single view vs 1 global + 3x3 local views, scored on VAL_SELECT; returns the scorer and a report."""
+    t = cfg.training
+    report: dict = {"mode": t.multiview, "aggregation": t.multiview_aggregation, "cost_factor": multiview_cost()}
+    multi = MultiViewClassifier(model, t.multiview_aggregation).eval()
+    for name, scorer in (("single", model), ("multi", multi)):
+        if t.multiview != "select" and name != t.multiview:
+            continue
+        started = time.perf_counter()
+        logits = predict_logits(scorer, select.images, mean, std, cfg.evaluation.batch_size, device, amp)
+        report[f"{name}_seconds"] = round(time.perf_counter() - started, 3)
+        report[f"{name}_val_select_{t.selection_metric}"] = selection_score(t.selection_metric, select.labels, logits)
+    if t.multiview == "select":
+        # Ties keep the single view: ten times cheaper.
+        better = report[f"multi_val_select_{t.selection_metric}"] > report[f"single_val_select_{t.selection_metric}"]
+        report["chosen"] = "multi" if better else "single"
+        log(f"views on VAL_SELECT ({t.selection_metric}): single {report[f'single_val_select_{t.selection_metric}']:.4f}"
+            f" vs multi ({t.multiview_aggregation}, {multiview_cost()}x cost) "
+            f"{report[f'multi_val_select_{t.selection_metric}']:.4f} -> {report['chosen']}")
+    else:
+        report["chosen"] = t.multiview
+    return (multi if report["chosen"] == "multi" else model), report
