@@ -280,7 +280,7 @@ class AugmentConfig:
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 64  # global batch: split evenly over the processes of a multi-GPU run
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -288,7 +288,7 @@ class TrainingConfig:
     label_smoothing: float = 0.1
     grad_clip_norm: float = 1.0
     # Early stopping: epochs without improvement of the selection metric on VAL_SELECT.
-    patience: int = 5
+    patience: int = 8
     selection_metric: Literal["mcc", "balanced_accuracy", "accuracy", "auroc"] = "mcc"
     # Weight the loss so both classes count equally (the data is ~4:1, deployment is 50/50).
     balance_classes: bool = True
