@@ -114,18 +114,10 @@ def write_bytes(uri: str, data: bytes) -> None:
         blob = _blob(uri)
         blob.upload_from_file(io.BytesIO(data), size=len(data), rewind=True, retry=retry_policy())
         return
+    from streetvision.training.storage import LocalStore  # temp file, fsync, rename
+
     path = Path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    LocalStore(path.parent).write(path.name, lambda handle: handle.write(data))
 
 
 def exists(uri: str) -> bool:
