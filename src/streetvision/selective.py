@@ -24,13 +24,6 @@ def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     return float(beta.ppf(1.0 - delta, errors + 1, n - errors))
 
 
-def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
-    """Area under the risk-coverage curve: mean selective risk when accepting the k most confident, k = 1..N."""
-    order = np.argsort(-np.asarray(confidence, dtype=np.float64), kind="stable")
-    errors = np.cumsum(~np.asarray(correct, dtype=bool)[order])
-    return float(np.mean(errors / np.arange(1, len(order) + 1)))
-
-
 def sgr_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: float, delta: float) -> dict:
     """Fit the SGR threshold. Returns the policy fields (threshold None when no tested t meets the target)."""
     confidence = np.asarray(confidence, dtype=np.float64)

@@ -100,13 +100,19 @@ def prepare_output_dir(path: str | Path) -> Path:
     return path
 
 
+def atomic_write(path: str | Path, write) -> None:
+    """`write(tmp_path)` into a temp file beside `path`, then rename it over `path`: readers (and a restarted,
+    preempted task) see the old file or the whole new one, never a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def write_metadata(path: str | Path, meta: ArtifactMetadata) -> dict:
     """Write the completion record (atomically, last). Returns it as a dict for KFP artifact metadata."""
-    target = Path(path) / METADATA_FILE
-    tmp = target.with_suffix(".tmp")
     data = meta.to_dict()
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, target)
+    atomic_write(Path(path) / METADATA_FILE, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
     return data
 
 

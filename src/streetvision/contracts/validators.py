@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from streetvision.contracts.errors import BundleError, CheckpointError, LabelsError, LogitsError, PolicyError
+from streetvision.contracts.metadata import atomic_write
 
 NUM_CLASSES = 2
 POLICY_KINDS = ("threshold", "gate", "scrc")
@@ -150,10 +151,7 @@ def check_fitted_on(record: dict, weights_path: Path, what: str, where: str) -> 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file whole or not at all: a temp file beside it, then a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def sha256_file(path: Path) -> str:

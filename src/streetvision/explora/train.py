@@ -11,7 +11,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 
 from streetvision.config.schema import ExploraConfig
 from streetvision.contracts.errors import CheckpointError, ContractError
+from streetvision.contracts.metadata import atomic_write
 from streetvision.explora.objective import (
     ProjectionHead,
     build_multicrop,
@@ -275,9 +275,7 @@ def save_checkpoint(state: dict, directory: Path) -> Path:
     """Atomic: write a temporary file, then rename over the previous checkpoint."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / CHECKPOINT_FILE
-    tmp = directory / f".{CHECKPOINT_FILE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, target)
+    atomic_write(target, lambda tmp: torch.save(state, tmp))
     return target
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from streetvision.config.schema import ModelConfig
 from streetvision.contracts.errors import CheckpointError
+from streetvision.contracts.metadata import atomic_write
 
 NUM_CLASSES = 2
 _ARCH_OVERRIDES = ("patch_size", "depth", "embed_dim", "num_heads")
@@ -114,10 +114,8 @@ def save_model_dir(model: torch.nn.Module, spec: dict, out_dir: str | Path) -> N
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # Temp file + rename: a preempted writer never leaves a truncated file under the final name.
-    save_file(state, str(out_dir / ".model.safetensors.tmp"))
-    os.replace(out_dir / ".model.safetensors.tmp", out_dir / "model.safetensors")
-    (out_dir / ".model_config.json.tmp").write_text(json.dumps(spec, indent=2, sort_keys=True))
-    os.replace(out_dir / ".model_config.json.tmp", out_dir / "model_config.json")
+    atomic_write(out_dir / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+    atomic_write(out_dir / "model_config.json", lambda tmp: tmp.write_text(json.dumps(spec, indent=2, sort_keys=True)))
 
 
 def load_model_dir(path: str | Path) -> torch.nn.Module:

@@ -30,7 +30,13 @@ import pyarrow.parquet as pq
 from streetvision import storage
 from streetvision.config.schema import Config, DataConfig, SourceConfig
 from streetvision.contracts.errors import DataError
-from streetvision.contracts.metadata import ArtifactMetadata, fingerprint_ids, prepare_output_dir, write_metadata
+from streetvision.contracts.metadata import (
+    ArtifactMetadata,
+    atomic_write,
+    fingerprint_ids,
+    prepare_output_dir,
+    write_metadata,
+)
 from streetvision.contracts.splits import Split
 from streetvision.data.decode import DecodedImage, QuarantineReason, decode_image
 from streetvision.data.report import write_data_report
@@ -192,9 +198,7 @@ def _write_split(out_dir: Path, items: list[Placed], staging: np.ndarray, size: 
             "orig_height": pa.array([p.image.height for p in items], pa.int32()),
         }
     )
-    tmp = out_dir / f".{SAMPLES_FILE}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, out_dir / SAMPLES_FILE)
+    atomic_write(out_dir / SAMPLES_FILE, lambda tmp: pq.write_table(table, tmp))
     write_shard_manifest(out_dir, shards, (size, size, 3))
 
 

@@ -22,7 +22,13 @@ import torch
 
 from streetvision.config.loader import config_from_json, config_to_json
 from streetvision.config.schema import Config
-from streetvision.contracts.metadata import ArtifactMetadata, check_same_partition, prepare_output_dir, write_metadata
+from streetvision.contracts.metadata import (
+    ArtifactMetadata,
+    atomic_write,
+    check_same_partition,
+    prepare_output_dir,
+    write_metadata,
+)
 from streetvision.contracts.splits import PHASE_READS, Role, Split
 from streetvision.contracts.validators import sha256_file
 from streetvision.data.shards import SplitData, class_counts, load_split, write_predictions
@@ -134,7 +140,7 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
     if last:
         from safetensors.torch import save_file
 
-        _atomic(checkpoint_dir / "last.safetensors", lambda p: save_file(last, str(p)))
+        atomic_write(checkpoint_dir / "last.safetensors", lambda p: save_file(last, str(p)))
     weights_sha256 = sha256_file(checkpoint_dir / "model.safetensors")
     preprocessing = {"img_size": cfg.model.img_size, "mean": mean, "std": std, "input": "uint8 RGB, whole frame "
                      "resized to img_size x img_size (bilinear)", "views": spec.get("multiview") or "single",
@@ -144,7 +150,7 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
                         "processes": distributed.world_size()}
     for name, payload in (("preprocessing.json", preprocessing), ("training_history.json", result.history),
                           ("training_summary.json", training_summary)):
-        _atomic(checkpoint_dir / name, lambda p, payload=payload: p.write_text(json.dumps(payload, indent=2)))
+        atomic_write(checkpoint_dir / name, lambda p, payload=payload: p.write_text(json.dumps(payload, indent=2)))
     select_metric = f"val_select_{cfg.training.selection_metric}"
     if curves_html:
         write_curves_html(curves_html, result.history, cfg.training.selection_metric, training_summary)
@@ -204,12 +210,6 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
     if result_path:
         Path(result_path).write_text(json.dumps(outputs))
     return outputs
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _logit(p: float) -> float:

@@ -31,10 +31,10 @@ from streetvision.contracts.metadata import (
 from streetvision.contracts.splits import PHASE_READS, Role
 from streetvision.contracts.validators import sha256_file, validate_checkpoint
 from streetvision.data.shards import SplitData, load_split
+from streetvision.metrics.evaluation import aurc_scores
 from streetvision.models import load_model_dir, predict_logits, save_model_dir, to_model_input
 from streetvision.phases.phase2 import fit_threshold_policy, policy_summary, write_policy
 from streetvision.progress import log, progress
-from streetvision.selective import aurc
 
 PHASE = "phase3"
 
@@ -74,7 +74,7 @@ def _device(name: str) -> torch.device:
 
 def _select_aurc(model, data: SplitData, mean, std, batch_size, device) -> float:
     logits = predict_logits(model, data.images, mean, std, batch_size, device)
-    return aurc(logits.max(axis=1) - logits.min(axis=1), logits.argmax(axis=1) == data.labels)
+    return aurc_scores(logits.max(axis=1) - logits.min(axis=1), logits.argmax(axis=1) == data.labels)[0]
 
 
 def run_phase3(
