@@ -143,15 +143,13 @@ def compare(reference: dict[str, np.ndarray], confidence: np.ndarray, features: 
 def check_drift(bundle_dir: str | Path, paths: list[str | Path], alpha: float = 0.05,
                 permutations: int = 500) -> DriftResult:
     """Compare images (files or folders) with the reference stored in a bundle."""
-    from streetvision.data.decode import decode_image
     from streetvision.inference import Bundle, expand_image_paths
 
     bundle = Bundle.load(bundle_dir)
     reference = load_reference(bundle_dir)
     files = expand_image_paths(paths)
     size = bundle.preprocessing["img_size"]
-    images = np.stack([decode_image(f.read_bytes(), size, min_size=1).pixels for f in files]) if files else \
-        np.zeros((0, size, size, 3), np.uint8)
+    images = np.stack([bundle.decode(f.read_bytes()) for f in files]) if files else np.zeros((0, size, size, 3), np.uint8)
     preds = bundle.predict(images)
     features = embeddings(bundle.model, images, bundle.preprocessing["mean"], bundle.preprocessing["std"])
     return compare(reference, preds.confidence, features, alpha, permutations)

@@ -55,11 +55,9 @@ class Bundle:
         confidence = probs.max(axis=1)
         return Predictions(logits, probs[:, 1], probs.argmax(axis=1), confidence, accept_mask(confidence, self.policy))
 
-    def predict_files(self, paths: list[str | Path], batch_size: int = 128) -> Predictions:
-        """Decode image files exactly as ingest does and score them."""
-        size = self.preprocessing["img_size"]
-        images = np.stack([decode_image(Path(p).read_bytes(), size, min_size=1).pixels for p in paths])
-        return self.predict(images, batch_size)
+    def decode(self, data: bytes) -> np.ndarray:
+        """One encoded image as the bundle scores it: decoded exactly as ingest decodes, at the bundle's size."""
+        return decode_image(data, self.preprocessing["img_size"], min_size=1).pixels
 
     def predict_paths(self, paths: list[str | Path], batch_size: int = 128, device: str = "cpu") -> list[dict]:
         """One record per image file (folders are expanded): P(roadwork) in [0, 1] and accept/defer.
@@ -69,10 +67,9 @@ class Bundle:
         files = expand_image_paths(paths)
         records: list[dict] = []
         good, pixels = [], []
-        size = self.preprocessing["img_size"]
         for path in files:
             try:
-                pixels.append(decode_image(path.read_bytes(), size, min_size=1).pixels)
+                pixels.append(self.decode(path.read_bytes()))
                 good.append(len(records))
                 records.append({"path": str(path)})
             except Exception as exc:  # decoders raise many types; the record says which file and why

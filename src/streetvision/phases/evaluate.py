@@ -28,7 +28,6 @@ from streetvision.contracts.metadata import (
     write_metadata,
 )
 from streetvision.contracts.splits import PHASE_READS, Role, Split
-from streetvision.data.decode import decode_image
 from streetvision.data.shards import class_counts, load_split
 from streetvision.inference import Bundle, Predictions
 from streetvision.metrics.evaluation import bootstrap_intervals, evaluation_metrics, risk_coverage_curve
@@ -133,11 +132,10 @@ def run_evaluate(
         f"({cfg.evaluation.bootstrap_resamples} resamples, {cfg.evaluation.bootstrap_method})")
 
     challenge = []
-    size = bundle.preprocessing["img_size"]
     for level in cfg.evaluation.challenge_levels:
         # Deployment path: 224 px JPEG bytes, decoded exactly as ingest and `predict` decode files.
         encoded = render_challenge(images, level, cfg.evaluation.challenge_size, cfg.evaluation.seed)
-        rendered = np.stack([decode_image(data, size, min_size=1).pixels for data in encoded])
+        rendered = np.stack([bundle.decode(data) for data in encoded])
         level_preds, level_point = _scored(bundle, rendered, test.labels, cfg, device)
         challenge.append({"level": level, "description": LEVELS[level], "metrics": level_point,
                           "intervals": _intervals(level_preds, test.labels, target, cfg)})
