@@ -31,6 +31,7 @@ from streetvision.contracts.validators import (
     validate_checkpoint,
     validate_policy,
 )
+from streetvision.data.shards import SplitData, load_split
 from streetvision.drift import save_reference
 
 PHASE = "phase6"
@@ -50,16 +51,13 @@ def _versions() -> dict:
     }
 
 
-def _drift_reference(cfg: Config, checkpoint_dir: Path, calibrator: dict, val_calib_dir: str | Path) -> dict:
+def _drift_reference(cfg: Config, checkpoint_dir: Path, calibrator: dict, data: SplitData) -> dict:
     """Confidences and embeddings of VAL_CALIB under the bundle's weights and calibrator (for `drift`)."""
     from streetvision.calibration import calibrated_probabilities
-    from streetvision.data.shards import load_split
     from streetvision.drift import build_reference, embeddings
     from streetvision.models import load_model_dir, predict_logits
     from streetvision.training.loop import resolve_device
 
-    role, split = PHASE_READS[PHASE]["val_calib"]
-    data = load_split(val_calib_dir, split=split, role=role, phase=PHASE, input_name="val_calib")
     model = load_model_dir(checkpoint_dir)
     preprocessing = json.loads((checkpoint_dir / "preprocessing.json").read_text())
     device = str(resolve_device(cfg.training.device))
@@ -70,15 +68,18 @@ def _drift_reference(cfg: Config, checkpoint_dir: Path, calibrator: dict, val_ca
     confidence = calibrated_probabilities(calibrator, logits).max(axis=1)
     features = embeddings(model, images, preprocessing["mean"], preprocessing["std"], cfg.evaluation.batch_size,
                           device)
-    return {"reference": build_reference(confidence, features, seed=cfg.evaluation.seed), "meta": data.meta}
+    return build_reference(confidence, features, seed=cfg.evaluation.seed)
 
 
 def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, val_calib_dir: str | Path,
                bundle_dir: str | Path) -> dict:
     checkpoint_dir, policy_dir = Path(checkpoint_dir), Path(policy_dir)
+    role, split = PHASE_READS[PHASE]["val_calib"]
+    val_calib = load_split(val_calib_dir, split=split, role=role, phase=PHASE, input_name="val_calib")
     metas = {
         "checkpoint": require_input(checkpoint_dir, kind="checkpoint", phase=PHASE, input_name="checkpoint"),
         "policy": require_input(policy_dir, kind="policy", phase=PHASE, input_name="policy"),
+        "val_calib": val_calib.meta,
     }
     partition = check_same_partition(metas, PHASE)
     validate_checkpoint(checkpoint_dir)
@@ -88,11 +89,9 @@ def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, 
     weights = checkpoint_dir / "model.safetensors"
     check_fitted_on(policy, weights, "policy", f"{PHASE} inputs 'policy' ({policy_dir}) and 'checkpoint'")
     check_fitted_on(calibrator, weights, "calibrator", f"{PHASE} inputs 'policy' ({policy_dir}) and 'checkpoint'")
-    drift = _drift_reference(cfg, checkpoint_dir, calibrator, val_calib_dir)
-    metas["val_calib"] = drift["meta"]
-    partition = check_same_partition(metas, PHASE)
+    reference = _drift_reference(cfg, checkpoint_dir, calibrator, val_calib)
     bundle_dir = prepare_output_dir(bundle_dir)
-    save_reference(bundle_dir, drift["reference"])
+    save_reference(bundle_dir, reference)
 
     for name in ("model.safetensors", "model_config.json", "preprocessing.json"):
         shutil.copyfile(checkpoint_dir / name, bundle_dir / name)
@@ -115,7 +114,7 @@ def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, 
     validate_bundle(bundle_dir)
 
     lineage = list(dict.fromkeys(metas["checkpoint"].lineage + metas["policy"].lineage
-                                 + [metas["val_calib"].reads(PHASE, PHASE_READS[PHASE]["val_calib"][0])]))
+                                 + [val_calib.meta.reads(PHASE, role)]))
     meta = ArtifactMetadata(
         kind="bundle",
         phase=PHASE,
