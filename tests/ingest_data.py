@@ -6,6 +6,7 @@ slightly brighter and shifted (a near duplicate that is not byte- or pixel-ident
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -149,3 +150,14 @@ def write_parquet(root: Path, n: int = 60, files: int = 2, row_group_size: int =
                 outcome = "ok"
             expect[f"{name}/{r}"] = outcome
     return expect
+
+
+def rows_of(out):
+    with open(out / "report" / "records.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def outcomes(out, prefix):
+    """{sample id without the source prefix: 'ok' or the quarantine code}."""
+    return {r["sample_id"].removeprefix(prefix): "ok" if r["placement"] != "quarantine" else r["reason"].split(":")[0]
+            for r in rows_of(out)}

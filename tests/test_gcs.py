@@ -6,7 +6,6 @@ Transient failures are real HTTP failures: a proxy in front of the emulator answ
 
 from __future__ import annotations
 
-import csv
 import http.client
 import os
 import socket
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import split_dirs
-from ingest_data import write_folder, write_manifest, write_parquet
+from ingest_data import outcomes, rows_of, write_folder, write_manifest, write_parquet
 from streetvision import storage
 from streetvision.config import load_config
 from streetvision.contracts import Split
@@ -183,16 +182,6 @@ def upload_tree(local: Path, prefix: str) -> str:
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         storage.write_bytes(f"gs://{BUCKET}/{prefix}/{path.relative_to(local).as_posix()}", path.read_bytes())
     return f"gs://{BUCKET}/{prefix}"
-
-
-def rows_of(out):
-    with open(out / "report" / "records.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def outcomes(out, prefix):
-    return {r["sample_id"].removeprefix(prefix): "ok" if r["placement"] != "quarantine" else r["reason"].split(":")[0]
-            for r in rows_of(out)}
 
 
 def ingest(out, *overrides):

@@ -1,6 +1,5 @@
 """Ingest from each source layout (local), with every kind of bad record: every record accounted for."""
 
-import csv
 import io
 import json
 
@@ -10,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import split_dirs
-from ingest_data import write_folder, write_manifest, write_parquet
+from ingest_data import outcomes, rows_of, write_folder, write_manifest, write_parquet
 from streetvision.config import load_config
 from streetvision.contracts import DataError, Split
 from streetvision.data.decode import decode_image
@@ -27,17 +26,6 @@ def ingest(tmp_path, *overrides, name="out"):
     out = tmp_path / name
     meta = run_ingest(cfg, split_dirs(out), out / "report", html_path=out / "report.html")
     return cfg, out, meta
-
-
-def rows_of(out):
-    with open(out / "report" / "records.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def outcomes(out, prefix):
-    """{sample id without the source prefix: 'ok' or the quarantine code}."""
-    return {r["sample_id"].removeprefix(prefix): "ok" if r["placement"] != "quarantine" else r["reason"].split(":")[0]
-            for r in rows_of(out)}
 
 
 def check_invariants(out):
