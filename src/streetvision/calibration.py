@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import expit, log_softmax, log_expit
+from scipy.special import expit, log_expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
@@ -28,11 +28,6 @@ def margin(logits: np.ndarray) -> np.ndarray:
     """z = logit_roadwork - logit_other, the only thing a two-class softmax depends on."""
     logits = np.asarray(logits, dtype=np.float64)
     return logits[:, 1] - logits[:, 0]
-
-
-def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    logp = log_softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
-    return float(-logp[np.arange(len(labels)), labels].mean())
 
 
 def _fit_temperature(z: np.ndarray, labels: np.ndarray) -> dict:
@@ -172,8 +167,3 @@ def fit_calibrator(logits: np.ndarray, labels: np.ndarray, method: str = "auto",
         cv_nll={m: (round(v, 6) if np.isfinite(v) else None) for m, v in cv.items()},
     )
     return calibrator
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """Temperature scaling alone (kept for callers of the first version)."""
-    return fit_calibrator(logits, labels, method="temperature")

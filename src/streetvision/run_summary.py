@@ -140,13 +140,14 @@ def summarize_run(run_dir: str | Path, phases: list[str]) -> RunSummary:
 def find_report(path: str | Path) -> Path:
     """The HTML report of a run folder, an evaluation artifact folder, or the report file itself."""
     path = Path(path)
-    candidates = [path] if path.is_file() else [path / "report.html"]
-    if (path / PIPELINE_ROOT).is_dir():
+    if path.is_file():
+        report = path
+    elif (path / PIPELINE_ROOT).is_dir():
         report = summarize_run(path, []).report
-        candidates = [report] if report else []
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
+    else:
+        report = path / "report.html"
+    if report is not None and report.is_file():
+        return report
     raise FileNotFoundError(
         f"no evaluation report in {path}: give a run folder whose evaluate phase finished (resume it with "
         f"`streetvision run --resume {path}` if it did not), an evaluation artifact folder, or a report.html"
