@@ -49,8 +49,11 @@ def _run(tmp_path, dirs, out: str, overrides: list[str], kill_at: int = 0) -> su
 
 def test_killed_mid_epoch_then_restarted_equals_uninterrupted(ingested, tmp_path):
     _, dirs, _, _ = ingested
-    # 88 TRAIN images in batches of 32: 3 steps per epoch. Deterministic CPU mode; aug and dropout on.
-    common = ["training.epochs=3", "training.patience=5", "training.deterministic=true", "training.multiview=single"]
+    # 88 TRAIN images in batches of 32: 3 steps per epoch. Deterministic CPU mode; dropout and every
+    # augmentation op on (their draws are part of the state a resume restores).
+    common = ["training.epochs=3", "training.patience=5", "training.deterministic=true", "training.multiview=single",
+              "training.augment.rotation_degrees=20", "training.augment.vflip_p=0.5", "training.augment.jpeg_p=0.3",
+              "training.augment.blur_p=0.2", "training.augment.noise_p=0.2"]
     resumable = common + [f"training.resume_dir={tmp_path / 'resume'}", "training.checkpoint_every_minutes=0"]
 
     plain = _run(tmp_path, dirs, "plain", common)
