@@ -2,8 +2,10 @@
 
 (a) synthetic: normalised float tensors already on the device -> forward, loss, backward, AdamW step
     (what the plain-timm anchors measure);
-(b) real:      a uint8 cache memory-mapped from disk -> background batch reads (pinned) -> copy to the device
-    -> per-sample augmentation on the device -> the same step, exactly as `streetvision.training.loop` trains.
+(b) real:      a uint8 cache memory-mapped from disk -> background batch reads with JPEG re-compression (pinned)
+    -> copy to the device -> the rest of augmentation on the device -> the same step, exactly as
+    `streetvision.training.loop` trains. Two more columns time the readers alone and the device-side
+    augmentation alone, to show which one holds (b) back when it falls short of (a).
 
 One command, one short table. On a GPU the defaults are the deployment model (ViT-S/14 DINOv2 at 224, random
 init, no download), bf16, batch 256, eager and torch.compile; it finishes in about two minutes. Without a GPU
@@ -115,7 +117,8 @@ def _real(trainer: Trainer, images: np.ndarray, labels: np.ndarray, args, device
         epoch += 1
     batches = [np.sort(b) for b in batches[: args.warmup + args.steps] if len(b) == args.batch_size]
     pending, start = None, None
-    for i, (idx, batch) in enumerate(_Batches(images, batches, pin=device.type == "cuda")):
+    reader = _Batches(images, batches, pin=device.type == "cuda", prepare=trainer.host_prepare(0, 0))
+    for i, (idx, batch) in enumerate(reader):
         if i == args.warmup:
             if pending is not None:
                 float(pending)
@@ -130,8 +133,18 @@ def _real(trainer: Trainer, images: np.ndarray, labels: np.ndarray, args, device
     return (len(batches) - args.warmup) * args.batch_size / (time.perf_counter() - start)
 
 
+def _readers_only(trainer: Trainer, images: np.ndarray, args, device) -> float:
+    """Images/s of the batch readers alone (cache read, JPEG re-compression, pinning): what they can feed."""
+    batches = [np.arange(i * args.batch_size, (i + 1) * args.batch_size) % len(images)
+               for i in range(args.warmup + args.steps)]
+    start = time.perf_counter()
+    for _ in _Batches(images, batches, pin=device.type == "cuda", prepare=trainer.host_prepare(1, 0)):
+        pass
+    return len(batches) * args.batch_size / (time.perf_counter() - start)
+
+
 def _augment_only(trainer: Trainer, images: np.ndarray, args, device) -> float:
-    """Images/s of the augmentation alone on batches already on the device: what it takes of each step."""
+    """Images/s of the device side of augmentation alone, on batches already there: its share of each step."""
     batches = [torch.from_numpy(np.array(images[i * args.batch_size : (i + 1) * args.batch_size])).to(device)
                for i in range(min(4, len(images) // args.batch_size))]
     run = lambda u8: trainer.augment(u8.permute(0, 3, 1, 2).float().div_(255.0))  # noqa: E731
@@ -198,8 +211,10 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             synthetic = _synthetic(trainer, args, device)  # also pays the compile, outside the timed steps
             real = _real(trainer, images, labels, args, device)
+            readers = _readers_only(trainer, images, args, device)
             augment = _augment_only(trainer, images, args, device)
-            rows.append(("compiled" if compiled else "eager", synthetic, real, augment, time.perf_counter() - started))
+            rows.append(("compiled" if compiled else "eager", synthetic, real, readers, augment,
+                         time.perf_counter() - started))
             del trainer, model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -209,9 +224,12 @@ def main(argv=None) -> int:
     print(f"\n{name} @ {args.img_size}px, batch {args.batch_size}, {args.precision}, augment={args.augment}"
           f"{', channels-last' if args.channels_last else ''} on {gpu}")
     print(f"{'mode':<9} {'(a) synthetic img/s':>20} {'(b) real path img/s':>20} {'ratio b/a':>10} "
-          f"{'augment alone img/s':>20} {'row secs':>9}")
-    for mode, synthetic, real, augment, seconds in rows:
-        print(f"{mode:<9} {synthetic:>20,.0f} {real:>20,.0f} {real / synthetic:>10.2f} {augment:>20,.0f} {seconds:>9.0f}")
+          f"{'readers img/s':>14} {'device aug img/s':>17} {'row secs':>9}")
+    for mode, synthetic, real, readers, augment, seconds in rows:
+        print(f"{mode:<9} {synthetic:>20,.0f} {real:>20,.0f} {real / synthetic:>10.2f} {readers:>14,.0f} "
+              f"{augment:>17,.0f} {seconds:>9.0f}")
+    print(f"readers: {_Batches(images, [], pin=False).ahead} threads reading the cache and re-compressing JPEGs "
+          "ahead of the step; device aug: the rest of augmentation, on batches already on the device")
     return 0
 
 

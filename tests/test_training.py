@@ -14,8 +14,10 @@ from streetvision.contracts.splits import Role
 from streetvision.data.shards import load_split
 from streetvision.models import create_model, load_model_dir, normalization, predict_logits
 from streetvision.models.multiview import MultiViewClassifier, aggregate, make_views
-from streetvision.training.augment import build_augmentation
-from streetvision.training.loop import Trainer, TrainingDivergedError, autocast_dtype, epoch_batches, train_classifier
+from streetvision.training.augment import BatchAugment, build_augmentation
+from streetvision.training.loop import (
+    Trainer, TrainingDivergedError, _Batches, autocast_dtype, epoch_batches, train_classifier,
+)
 
 from conftest import TINY
 
@@ -99,6 +101,26 @@ def test_nonfinite_loss_names_step_batch_and_last_good_state(tmp_path):
         train_classifier(model, x.numpy(), y.numpy(), ids, x.numpy()[:8], y.numpy()[:8], mean, std, cfg.training)
     text = str(info.value)
     assert "loss is nan at epoch 1, step 0" in text and "sample-" in text and "last good training state" in text
+
+
+def test_batch_readers_recompress_each_batch_from_its_own_seed(monkeypatch):
+    trainer, cfg = _trainer(["training.augment.jpeg_p=0.5", "training.epochs=1"])
+    x, y = _batch(40)
+    batches = epoch_batches(40, cfg.training.seed, 0, 8, 1)
+    read = lambda ahead: [b for _, b in _Batches(x.numpy(), batches, pin=False, ahead=ahead,  # noqa: E731
+                                                  prepare=trainer.host_prepare(0, 0))]
+    one, four = read(1), read(4)
+    assert all(torch.equal(a, b) for a, b in zip(one, four)), "the draws must not depend on the reading thread"
+    assert not all(torch.equal(a, x[idx]) for a, idx in zip(one, batches))  # something was re-compressed
+
+    seeds = []
+    original = BatchAugment.recompress
+    monkeypatch.setattr(BatchAugment, "recompress", lambda self, batch, seed: seeds.append(seed) or original(self, batch, seed))
+    model = create_model(cfg.model)
+    mean, std = normalization(model)
+    ids = [f"sample-{i}" for i in range(40)]
+    train_classifier(model, x.numpy(), y.numpy(), ids, x.numpy()[:8], y.numpy()[:8], mean, std, cfg.training)
+    assert sorted(seeds) == [[cfg.training.seed, 0, b, 0] for b in range(2)]  # 40 samples, batches of 32
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch():

@@ -1,4 +1,4 @@
-"""What a task learns from the cluster it runs on, without importing kfp.
+"""What a task learns from the cluster and the machine it runs on, without importing kfp.
 
 On Kubeflow, the pipeline factory exposes the KFP run id to checkpointing phases as an environment variable
 (through the Kubernetes downward API: KFP labels every pod of a run with `pipeline/runid`). The run id is the
@@ -15,6 +15,14 @@ from streetvision.config.schema import Config
 RUN_ID_ENV = "STREETVISION_RUN_ID"
 # The pod label the KFP backend puts on every pod of a run (Argo workflow podMetadata).
 RUN_ID_FIELD_PATH = "metadata.labels['pipeline/runid']"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's CPU set, not the host's count where Linux says)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def task_checkpoint_dir(cfg: Config, phase: str) -> str | None:

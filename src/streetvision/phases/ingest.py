@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -28,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streetvision import storage
+from streetvision.cluster_env import usable_cpus
 from streetvision.config.schema import Config, DataConfig, SourceConfig
 from streetvision.contracts.errors import DataError
 from streetvision.contracts.metadata import (
@@ -61,12 +61,7 @@ class Placed:
 
 
 def decode_workers(cfg: DataConfig) -> int:
-    if cfg.workers:
-        return cfg.workers
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return cfg.workers or usable_cpus()
 
 
 def label_index(raw: str, names: list[str], src: SourceConfig | None = None) -> int:

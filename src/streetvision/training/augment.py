@@ -1,50 +1,53 @@
 """Training augmentation matching the deployment challenges, per sample, on whole batches.
 
-Runs on the model's device from the uint8 cache, the same code on CPU and GPU. Every parameter is drawn per
-sample, but the work is a fixed handful of batched ops (a chain of kornia augmenters, one per op, held ViT-S
-training on an H200 to 58 % of its synthetic-input speed):
+Every parameter is drawn per sample, but the work is a fixed handful of batched ops (a chain of kornia
+augmenters, one per op, held ViT-S training on an H200 to 58 % of its synthetic-input speed):
 
-1. geometry: random resized crop, rotation and both flips composed into one affine matrix per sample and
-   applied in one ``grid_sample`` (one resampling instead of two, so also less blur);
-2. colour: brightness, contrast, saturation and hue (kornia) with per-sample factors, on the samples drawn;
-3. Gaussian blur (kornia, per-sample sigma) and Gaussian noise, on the samples drawn;
-4. JPEG re-compression with a real encoder (torchvision: nvJPEG on CUDA, libjpeg on CPU), last, as deployment
-   encodes last. Quality is drawn from a few levels so a batch needs a few encoder calls, not one per sample.
+1. JPEG re-compression with a real encoder (libjpeg through torchvision) on the host, in the threads that read
+   uint8 batches from the cache ahead of the step. A JPEG codec on the device would stall every step (nvJPEG
+   round-trips through host memory) or cost more than the step (kornia's differentiable approximation), so
+   this op comes first rather than last; its draws come from a generator seeded per batch.
+2. On the model's device, from the float batch: random resized crop, rotation and both flips composed into one
+   affine matrix per sample and applied in one ``grid_sample`` (one resampling instead of two);
+3. brightness, contrast, saturation and hue (torchvision's ColorJitter factors) on the samples drawn;
+4. Gaussian blur (kornia, per-sample sigma) and Gaussian noise on the samples drawn.
+
+The same code runs on CPU and GPU.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from streetvision.config.schema import AugmentConfig
 
-JPEG_QUALITY_LEVELS = 5  # evenly spaced qualities in [jpeg_quality_min, 95]
 _BLUR_KERNEL = (5, 5)
 _BLUR_SIGMA = (0.1, 1.5)
+_JPEG_STREAM = 0x4A504547  # keeps the JPEG draws apart from other generators seeded with the same numbers
 
 
-def build_augmentation(img_size: int, cfg: AugmentConfig) -> nn.Module:
-    """The augmentation for float images in [0, 1] (N, 3, S, S); identity when strength is 0."""
-    if cfg.strength <= 0:
-        return nn.Identity()
+def build_augmentation(img_size: int, cfg: AugmentConfig) -> BatchAugment:
+    """The augmentation for training batches; it changes nothing when strength is 0."""
     return BatchAugment(img_size, cfg)
 
 
 class BatchAugment(nn.Module):
-    """Per-sample challenge augmentation of a float batch (N, 3, S, S) in [0, 1], to (N, 3, img_size, img_size).
+    """Per-sample challenge augmentation: ``recompress`` on uint8 host batches, then the module itself on the
+    float batch (N, 3, S, S) in [0, 1] on the device, to (N, 3, img_size, img_size).
 
-    Draws come from torch's generators (choices and magnitudes on the host, noise on the batch's device), a
-    fixed number per batch, so a seeded or resumed run augments identically.
+    Device-side draws come from torch's generators (choices and magnitudes on the host, noise on the batch's
+    device), a fixed number per batch, so a seeded or resumed run augments identically.
     """
 
     def __init__(self, img_size: int, cfg: AugmentConfig):
         super().__init__()
         s = cfg.strength
+        self.enabled = s > 0
         self.img_size = img_size
         self.hflip_p = cfg.hflip_p
         self.vflip_p = min(1.0, cfg.vflip_p * s)
@@ -59,14 +62,33 @@ class BatchAugment(nn.Module):
         self.noise_p = min(1.0, cfg.noise_p * s) if cfg.noise_std > 0 else 0.0
         self.noise_std = cfg.noise_std * s
         self.jpeg_p = min(1.0, cfg.jpeg_p * s)
-        self.jpeg_qualities = sorted({round(cfg.jpeg_quality_min + (95 - cfg.jpeg_quality_min) * i
-                                            / (JPEG_QUALITY_LEVELS - 1)) for i in range(JPEG_QUALITY_LEVELS)})
+        self.jpeg_quality_min = round(cfg.jpeg_quality_min)
+
+    def recompress(self, batch: torch.Tensor, seed: list[int]) -> torch.Tensor:
+        """JPEG-encode and decode, in place, the samples of a uint8 host batch (N, H, W, 3) drawn with
+        probability jpeg_p, each at a quality drawn from [jpeg_quality_min, 95]; `seed` names the batch (run
+        seed, epoch, batch, process), so the draws do not depend on which thread reads which batch."""
+        if self.jpeg_p <= 0:
+            return batch
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        rng = np.random.default_rng([*seed, _JPEG_STREAM])
+        picked = rng.random(len(batch)) < self.jpeg_p
+        qualities = rng.integers(self.jpeg_quality_min, 96, len(batch))
+        # torchvision's codecs (deprecated in 0.29 for TorchCodec, which needs a system FFmpeg; pytest is told to
+        # ignore that) release the GIL, so the reader threads encode in parallel.
+        for i in np.flatnonzero(picked):
+            encoded = encode_jpeg(batch[i].permute(2, 0, 1).contiguous(), quality=int(qualities[i]))
+            batch[i] = decode_jpeg(encoded).permute(1, 2, 0)
+        return batch
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
         # Every choice and magnitude is drawn on the host (torch's CPU generator), so which samples an op
         # touches is known without waiting for the device; only the noise itself is drawn on the device.
-        draws = torch.rand(x.shape[0], 18)
+        draws = torch.rand(x.shape[0], 16)
         x = self.geometry(x, draws[:, :8])
         if self.jitter_p > 0:
             x = self.colour(x, draws[:, 8:13])
@@ -81,10 +103,7 @@ class BatchAugment(nn.Module):
             chosen = _indices(draws[:, 15] < self.noise_p, x.device)
             if chosen is not None:
                 x[chosen] += torch.randn((len(chosen), *x.shape[1:]), device=x.device, dtype=x.dtype) * self.noise_std
-        x = x.clamp_(0.0, 1.0)  # noise and jitter can leave [0, 1]; deployed images are uint8
-        if self.jpeg_p > 0:
-            x = self.jpeg(x, draws[:, 16:18])
-        return x
+        return x.clamp_(0.0, 1.0)  # noise and jitter can leave [0, 1]; deployed images are uint8
 
     def affine(self, draws: torch.Tensor) -> torch.Tensor:
         """(n, 2, 3) matrices mapping output to input coordinates in [-1, 1] from (n, 8) uniform draws: crop,
@@ -130,29 +149,6 @@ class BatchAugment(nn.Module):
 
             y = adjust_hue(y, _to((2 * draws[:, 4] - 1) * (self.hue * 2 * math.pi), x)[chosen])
         x[chosen] = y
-        return x
-
-    def jpeg(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-        """Encode and decode the samples drawn at their drawn quality (x must already be in [0, 1])."""
-        from torchvision.io import decode_jpeg, encode_jpeg
-
-        picked = draws[:, 0] < self.jpeg_p
-        level = (draws[:, 1] * len(self.jpeg_qualities)).long().clamp_(max=len(self.jpeg_qualities) - 1)
-        if not bool(picked.any()):
-            return x
-        for i, quality in enumerate(self.jpeg_qualities):
-            chosen = _indices(picked & (level == i), x.device)
-            if chosen is None:
-                continue
-            pixels = x[chosen].mul_(255.0).round_().to(torch.uint8)
-            with warnings.catch_warnings():
-                # torchvision 0.29 deprecates its codecs for TorchCodec, which needs a system FFmpeg; they
-                # still work, and they are the ones with a batched CUDA encoder.
-                warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
-                encoded = encode_jpeg(list(pixels.unbind(0)), quality=quality)
-                # The decoder reads its input from host memory whatever device it decodes on.
-                decoded = decode_jpeg([data.cpu() for data in encoded], device=x.device)
-            x[chosen] = torch.stack(decoded).to(x.dtype).div_(255.0)
         return x
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from streetvision.cluster_env import usable_cpus
 from streetvision.contracts.errors import ContractError
 
 
@@ -97,7 +98,7 @@ def launch(num_processes: int, target: str, kwargs: dict, job_dir: str | Path) -
     env = dict(os.environ)
     if not torch.cuda.is_available():
         # CPU workers share the cores instead of each taking all of them.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+        env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // num_processes)))
     result = subprocess.run(cmd, env=env, check=False)
     if result.returncode != 0:
         raise ContractError(
