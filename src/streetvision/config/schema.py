@@ -234,8 +234,8 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Per-sample training augmentation, applied to whole batches on the model's device
-    (``streetvision.training.augment``).
+    """Per-sample training augmentation (``streetvision.training.augment``): JPEG re-compression in the threads
+    that read batches, the rest on whole batches on the model's device.
 
     The defaults are the deployment challenges (the validators rotate, crop, flip, re-compress, blur, add
     noise and change colours). ``strength`` scales every probability and magnitude at once: 0 turns
@@ -252,7 +252,7 @@ class AugmentConfig:
     color_jitter: float = 0.2  # brightness, contrast and saturation factor
     color_jitter_hue: float = 0.0  # hue costs as much as the rest of the jitter on CPU
     jpeg_p: float = 0.3
-    jpeg_quality_min: float = 50.0  # JPEG re-compression quality: 5 levels evenly spaced in [jpeg_quality_min, 95]
+    jpeg_quality_min: float = 50.0  # JPEG re-compression quality is drawn per sample from [jpeg_quality_min, 95]
     blur_p: float = 0.2
     noise_p: float = 0.2
     noise_std: float = 0.03
