@@ -63,3 +63,14 @@ def trained(ingested, tmp_path_factory):
     run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], out["checkpoint"],
                out["val_select_logits"], out["val_calib_logits"])
     return cfg, dirs, out
+
+
+def build_bundle(cfg, dirs, out, root: Path, fit_policy=None) -> Path:
+    """A policy fitted on the `trained` fixture's VAL_CALIB logits (phase 2's threshold unless `fit_policy` is
+    another policy phase) in root/policy, and phase 6's bundle of it in root/bundle; returns the bundle."""
+    from streetvision.phases.phase2 import run_phase2
+    from streetvision.phases.phase6 import run_phase6
+
+    (fit_policy or run_phase2)(cfg, out["val_calib_logits"], root / "policy")
+    run_phase6(cfg, out["checkpoint"], root / "policy", dirs[Split.VAL_CALIB], root / "bundle")
+    return root / "bundle"

@@ -31,6 +31,8 @@ from streetvision.contracts.validators import (
     validate_policy,
 )
 
+from conftest import build_bundle
+
 
 @pytest.mark.parametrize(
     "role,allowed_splits",
@@ -145,13 +147,9 @@ def test_policy_validator():
 
 def test_bundle_validator_refuses_tampering_and_second_policy(trained, tmp_path):
     from streetvision.contracts.validators import validate_bundle
-    from streetvision.phases.phase2 import run_phase2
-    from streetvision.phases.phase6 import run_phase6
 
     cfg, dirs, out = trained
-    run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
-    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
-    bundle = tmp_path / "bundle"
+    bundle = build_bundle(cfg, dirs, out, tmp_path)
     validate_bundle(bundle)
     (bundle / "gate_policy.json").write_text(json.dumps(_policy()))
     with pytest.raises(BundleError, match="exactly one policy"):

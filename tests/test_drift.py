@@ -14,6 +14,8 @@ from streetvision.drift import (
     save_reference,
 )
 
+from conftest import build_bundle
+
 
 def _features(rng, n, shift=0.0, dim=8):
     return rng.normal(shift, 1.0, (n, dim))
@@ -76,12 +78,9 @@ def test_drift_command_on_a_real_bundle(trained, tmp_path, capsys):
     from streetvision.cli import main
     from streetvision.contracts import Role, Split
     from streetvision.data.shards import load_split
-    from streetvision.phases.phase2 import run_phase2
-    from streetvision.phases.phase6 import run_phase6
 
     cfg, dirs, out = trained
-    run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
-    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
+    build_bundle(cfg, dirs, out, tmp_path)
     calib = load_split(dirs[Split.VAL_CALIB], split=Split.VAL_CALIB, role=Role.PREDICTION, phase="t", input_name="x")
     for name, transform in (("same", lambda a: a), ("inverted", lambda a: 255 - a)):
         (tmp_path / name).mkdir()

@@ -13,8 +13,8 @@ from streetvision.cli import main
 from streetvision.config import load_config
 from streetvision.contracts import Split
 from streetvision.phases.evaluate import bless, run_evaluate
-from streetvision.phases.phase2 import run_phase2
-from streetvision.phases.phase6 import run_phase6
+
+from conftest import build_bundle
 
 
 def _images(n=6, size=32, seed=0):
@@ -51,8 +51,7 @@ def test_evaluate_writes_intervals_challenge_blessing_and_the_report_command_fin
     cfg, dirs, out = trained
     cfg = copy.deepcopy(cfg)  # the fixture's config is shared
     cfg.evaluation.blessing.min_accuracy = 1.01  # unreachable: the verdict must say FAILED
-    run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
-    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
+    build_bundle(cfg, dirs, out, tmp_path)
     result = run_evaluate(cfg, tmp_path / "bundle", dirs[Split.VAL_TEST], tmp_path / "eval", tmp_path / "r.html")
     assert result["blessed"] is False
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -8,22 +8,20 @@ import pytest
 
 from streetvision.calibration import prob_roadwork
 from streetvision.cli import main
-from streetvision.contracts import Split
 from streetvision.contracts.errors import BundleError
 from streetvision.contracts.validators import sha256_file
 from streetvision.export import export_onnx, export_triton, onnx_logits
 from streetvision.inference import Bundle
 from streetvision.phases.phase5 import run_phase5
-from streetvision.phases.phase6 import run_phase6
+
+from conftest import build_bundle
 
 
 @pytest.fixture(scope="module")
 def bundle(trained, tmp_path_factory):
     cfg, dirs, out = trained
     root = tmp_path_factory.mktemp("onnx")
-    run_phase5(cfg, out["val_calib_logits"], root / "policy")
-    run_phase6(cfg, out["checkpoint"], root / "policy", dirs[Split.VAL_CALIB], root / "bundle")
-    return root / "bundle"
+    return build_bundle(cfg, dirs, out, root, fit_policy=run_phase5)
 
 
 @pytest.fixture(scope="module")

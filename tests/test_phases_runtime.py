@@ -13,6 +13,8 @@ from streetvision.phases.phase1 import run_phase1
 from streetvision.phases.phase2 import run_phase2
 from streetvision.phases.phase6 import run_phase6
 
+from conftest import build_bundle
+
 
 def test_phase2_refuses_val_select_logits(trained, tmp_path):
     cfg, _, out = trained
@@ -56,8 +58,7 @@ def test_edited_split_is_refused(ingested, tmp_path):
 
 def test_evaluate_refuses_a_bundle_touched_by_val_test(trained, ingested, tmp_path):
     cfg, dirs, out = trained
-    run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
-    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
+    build_bundle(cfg, dirs, out, tmp_path)
     # Forge a lineage in which VAL_TEST was used upstream (as a hand-assembled artifact might).
     record = tmp_path / "bundle" / METADATA_FILE
     meta = json.loads(record.read_text())
@@ -81,8 +82,7 @@ def test_phases_refuse_inputs_from_another_partition(trained, tmp_path):
 
 def test_end_to_end_phase_functions_record_lineage(trained, tmp_path):
     cfg, dirs, out = trained
-    run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
-    run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
+    build_bundle(cfg, dirs, out, tmp_path)
     run_evaluate(cfg, tmp_path / "bundle", dirs[Split.VAL_TEST], tmp_path / "eval", tmp_path / "report.html")
     lineage = [(e.phase, e.role, e.split) for e in read_metadata(tmp_path / "eval", "t").lineage]
     assert lineage == [

@@ -10,16 +10,15 @@ from streetvision.cli import main
 from streetvision.contracts import Role, Split
 from streetvision.data.shards import load_split
 from streetvision.inference import Bundle, predict
-from streetvision.phases.phase2 import run_phase2
-from streetvision.phases.phase6 import run_phase6
+
+from conftest import build_bundle
 
 
 @pytest.fixture(scope="module")
 def bundle_and_images(trained, tmp_path_factory):
     cfg, dirs, out = trained
     root = tmp_path_factory.mktemp("predict")
-    run_phase2(cfg, out["val_calib_logits"], root / "policy")
-    run_phase6(cfg, out["checkpoint"], root / "policy", dirs[Split.VAL_CALIB], root / "bundle")
+    build_bundle(cfg, dirs, out, root)
     calib = load_split(dirs[Split.VAL_CALIB], split=Split.VAL_CALIB, role=Role.PREDICTION, phase="test", input_name="x")
     pixels = np.asarray(calib.images[:6])
     folder = root / "images" / "nested"
