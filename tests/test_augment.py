@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from streetvision.config.schema import AugmentConfig
-from streetvision.training.augment import BatchAugment, build_augmentation
+from streetvision.training.augment import BatchAugment
 
 # Everything off and the crop the whole image: each test turns on what it checks.
 OFF = dict(rotation_degrees=0.0, crop_scale_min=1.0, crop_ratio_max=1.0, hflip_p=0.0, vflip_p=0.0,
@@ -125,7 +125,7 @@ def test_ops_touch_about_their_share_of_samples_and_leave_the_rest_exact(op):
 
 def test_draws_follow_the_seed_and_strength_scales_them():
     x = torch.rand(8, 3, 16, 16)
-    aug = build_augmentation(16, AugmentConfig())
+    aug = BatchAugment(16, AugmentConfig())
     torch.manual_seed(3)
     first = aug(x.clone())
     torch.manual_seed(3)
@@ -134,5 +134,5 @@ def test_draws_follow_the_seed_and_strength_scales_them():
     half = BatchAugment(16, AugmentConfig(strength=0.5))
     assert half.rotation_rad == pytest.approx(math.radians(10)) and half.crop_scale_min == pytest.approx(0.6)
     assert half.jpeg_p == pytest.approx(0.15) and half.noise_std == pytest.approx(0.015)
-    off = build_augmentation(16, AugmentConfig(strength=0.0))
+    off = BatchAugment(16, AugmentConfig(strength=0.0))
     assert off(x) is x and off.jpeg_p == 0

@@ -14,7 +14,7 @@ from streetvision.contracts.splits import Role
 from streetvision.data.shards import load_split
 from streetvision.models import create_model, load_model_dir, normalization, predict_logits
 from streetvision.models.multiview import MultiViewClassifier, aggregate, make_views
-from streetvision.training.augment import BatchAugment, build_augmentation
+from streetvision.training.augment import BatchAugment
 from streetvision.training.loop import (
     Trainer, TrainingDivergedError, _Batches, autocast_dtype, epoch_batches, train_classifier,
 )
@@ -52,12 +52,12 @@ def test_challenge_augmentation_is_per_sample_and_off_at_strength_zero():
     assert cfg.rotation_degrees == 20 and cfg.crop_scale_min == 0.2 and cfg.vflip_p == 0.5 and cfg.jpeg_p > 0
     torch.manual_seed(0)
     x = torch.rand(1, 3, 32, 32).repeat(16, 1, 1, 1)  # one image, 16 times
-    out = build_augmentation(32, cfg)(x.clone())
+    out = BatchAugment(32, cfg)(x.clone())
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     distinct = {tuple(o.flatten()[:64].tolist()) for o in out}
     assert len(distinct) > 8, "augmentation parameters must be drawn per sample"
     cfg.strength = 0.0
-    assert torch.equal(build_augmentation(32, cfg)(x.clone()), x)
+    assert torch.equal(BatchAugment(32, cfg)(x.clone()), x)
 
 
 def test_layer_decay_groups_and_frozen_backbone_warm_start():

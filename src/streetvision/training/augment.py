@@ -31,14 +31,9 @@ _BLUR_SIGMA = (0.1, 1.5)
 _JPEG_STREAM = 0x4A504547  # keeps the JPEG draws apart from other generators seeded with the same numbers
 
 
-def build_augmentation(img_size: int, cfg: AugmentConfig) -> BatchAugment:
-    """The augmentation for training batches; it changes nothing when strength is 0."""
-    return BatchAugment(img_size, cfg)
-
-
 class BatchAugment(nn.Module):
     """Per-sample challenge augmentation: ``recompress`` on uint8 host batches, then the module itself on the
-    float batch (N, 3, S, S) in [0, 1] on the device, to (N, 3, img_size, img_size).
+    float batch (N, 3, S, S) in [0, 1] on the device, to (N, 3, img_size, img_size). Strength 0 changes nothing.
 
     Device-side draws come from torch's generators (choices and magnitudes on the host, noise on the batch's
     device), a fixed number per batch, so a seeded or resumed run augments identically.

@@ -30,7 +30,7 @@ from streetvision.metrics.classification import selection_score
 from streetvision.models import predict_logits
 from streetvision.progress import log
 from streetvision.training import distributed as dist_utils
-from streetvision.training.augment import build_augmentation
+from streetvision.training.augment import BatchAugment
 from streetvision.training.storage import Store
 
 STATE_FILE = "train_state.pt"
@@ -168,7 +168,7 @@ class Trainer:
             self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         self.net = dist_utils.wrap_ddp(model, device) if self.world > 1 else model
         self.step_fn = torch.compile(self.net) if cfg.compile else self.net
-        self.augment = build_augmentation(img_size, cfg.augment).to(device)
+        self.augment = BatchAugment(img_size, cfg.augment)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32, device=device)
