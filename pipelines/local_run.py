@@ -119,15 +119,29 @@ def prepare_run(cfg: Config | None, output_dir: str | Path, resume: str | Path |
     return run_dir, cfg
 
 
-def run_local(cfg: Config, run_dir: Path) -> LocalRun:
+# How tasks run locally: in this Python environment, or each in its phase's image (cluster.gpu_image /
+# cluster.cpu_image, which must exist in the local Docker engine) with no network, as on a cluster node.
+RUNNERS = ("subprocess", "docker")
+
+
+def make_runner(runner: str, pipeline_root: Path):
+    if runner == "subprocess":
+        return local.SubprocessRunner(use_venv=False)
+    if runner == "docker":
+        # The images run as UID 1000, which must be able to write task outputs under the pipeline root that
+        # the runner mounts into each container at the same path.
+        pipeline_root.mkdir(parents=True, exist_ok=True)
+        pipeline_root.chmod(0o777)
+        return local.DockerRunner(network_mode="none")
+    raise ValueError(f"unknown runner {runner!r}; choose one of {RUNNERS}")
+
+
+def run_local(cfg: Config, run_dir: Path, runner: str = "subprocess") -> LocalRun:
     """Run every selected phase locally; a rerun on the same folder resumes from the first unfinished phase."""
     phases, _ = resolve_phases(cfg.pipeline.phases)
     compile_pipeline(cfg, run_dir / "pipeline.yaml")
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(run_dir / PIPELINE_ROOT),
-        enable_caching=True,
-    )
+    pipeline_root = (run_dir / PIPELINE_ROOT).resolve()
+    local.init(runner=make_runner(runner, pipeline_root), pipeline_root=str(pipeline_root), enable_caching=True)
     started = time.time()
     error = None
     with open(run_dir / RUN_LOG, "a") as log_file, warnings.catch_warnings():

@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = None if args.resume else _resolve_config(args)[0]
     run_dir, cfg = prepare_run(cfg, args.output_dir, args.resume)
     print(f"run folder: {run_dir}  (phases: {' -> '.join(cfg.pipeline.phases)})", flush=True)
-    result = run_local(cfg, run_dir)
+    result = run_local(cfg, run_dir, runner=args.runner)
     _print_table(f"run summary ({'succeeded' if result.succeeded else 'FAILED'}, {result.seconds:.0f} s)",
                  ["phase", "status", "output", "numbers"], result.summary.rows())
     evaluation = result.summary.evaluation
@@ -314,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", default="outputs", metavar="DIR",
                      help="where run folders are created (default: outputs)")
     run.add_argument("--resume", metavar="RUN_DIR", help="rerun a run folder; finished phases are reused")
+    run.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
+                     help="subprocess (default): tasks run in this Python environment; docker: each task runs in "
+                          "its phase's image (cluster.gpu_image/cpu_image, in the local Docker engine) without "
+                          "network, as on a cluster node (needs the docker Python package)")
     run.set_defaults(func=cmd_run)
 
     plan = sub.add_parser("plan", help="dry run: phases in order, typed inputs/outputs with splits, resources")
