@@ -42,16 +42,6 @@ class SSLDivergedError(ContractError):
     """The self-supervised loss became NaN or infinite."""
 
 
-def resolve_device(name: str) -> torch.device:
-    # Same rule as phase 1 (training.device); kept here so phase 4 does not depend on phase 1's internals.
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ContractError("training.device=cuda but no CUDA device is visible", "phase4",
-                            "set training.device=auto (or cpu), or run on a GPU node")
-    return torch.device(name)
-
-
 class Student(nn.Module):
     """What the student trains: the adapted backbone, the projection head and iBOT's mask token."""
 

@@ -29,11 +29,11 @@ from streetvision.contracts.metadata import (
 )
 from streetvision.contracts.splits import PHASE_READS, Role, Split
 from streetvision.data.shards import class_counts, load_split
+from streetvision.devices import task_device
 from streetvision.inference import Bundle, Predictions
 from streetvision.metrics.evaluation import bootstrap_intervals, evaluation_metrics, risk_coverage_curve
 from streetvision.progress import log
 from streetvision.report import write_html_report
-from streetvision.training.loop import resolve_device
 
 PHASE = "evaluate"
 REPORT_FILE = "report.html"
@@ -123,7 +123,7 @@ def run_evaluate(
     evaluation_dir = prepare_output_dir(evaluation_dir)
 
     bundle = Bundle.load(bundle_dir)
-    device = str(resolve_device(cfg.training.device))
+    device = str(task_device(cfg, PHASE))
     target = 1.0 - bundle.policy["target_risk"]
     images = np.asarray(test.images)
     preds, point = _scored(bundle, images, test.labels, cfg, device)

@@ -32,13 +32,14 @@ from streetvision.contracts.metadata import (
 from streetvision.contracts.splits import PHASE_READS, Role, Split
 from streetvision.contracts.validators import sha256_file
 from streetvision.data.shards import SplitData, class_counts, load_split, write_predictions
+from streetvision.devices import task_device
 from streetvision.metrics.classification import classification_metrics, probabilities, selection_score
 from streetvision.models import create_model, model_spec, normalization, predict_logits, save_model_dir
 from streetvision.models.multiview import MultiViewClassifier, multiview_cost
 from streetvision.progress import log
 from streetvision.training import distributed
 from streetvision.training.curves import curve_metrics, write_curves_html
-from streetvision.training.loop import autocast_dtype, resolve_device, train_classifier
+from streetvision.training.loop import autocast_dtype, train_classifier
 from streetvision.training.storage import open_store
 
 PHASE = "phase1"
@@ -78,6 +79,8 @@ def run_phase1(
     """Returns the outputs' metadata by name, plus "training_metrics" (scalars for a KFP Metrics artifact)."""
     inputs = _load_inputs(train_dir, val_select_dir, val_calib_dir)  # checks roles and completeness first
     check_same_partition({k: v.meta for k, v in inputs.items()}, PHASE)
+    # Resolved before anything is written or any worker starts: a GPU task without a visible GPU fails here.
+    device = task_device(cfg, PHASE)
     for path in (checkpoint_dir, val_select_logits_dir, val_calib_logits_dir):
         prepare_output_dir(path)
     job = {
@@ -86,7 +89,7 @@ def run_phase1(
                                   val_calib_logits_dir)],
         "curves_html": str(curves_html) if curves_html else None,
     }
-    processes = distributed.resolve_num_processes(cfg.training.num_processes, cfg.training.device)
+    processes = distributed.resolve_num_processes(cfg.training.num_processes, device.type)
     if processes == 1:
         return _train_and_write(**job)
     with tempfile.TemporaryDirectory(prefix="streetvision-phase1-") as scratch:
@@ -120,13 +123,13 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
         log(f"model {cfg.model.name} ({n_params / 1e6:.2f}M parameters, {cfg.model.img_size}px), "
             f"TRAIN {train.meta.count} images, VAL_SELECT {select.meta.count}, "
             f"{distributed.world_size()} process(es)")
+    device = task_device(cfg, PHASE, distributed.local_rank())
     result = train_classifier(model, train.images, train.labels, train.sample_ids, select.images, select.labels,
-                              mean, std, cfg.training, store)
+                              mean, std, cfg.training, store, device)
     distributed.barrier()
     if rank != 0:
         return {}
 
-    device = resolve_device(cfg.training.device, distributed.local_rank())
     amp = autocast_dtype(cfg.training.precision)
     model.to(device)
     prior = _correct_prior(model, cfg, train.labels, select, mean, std, device, amp)

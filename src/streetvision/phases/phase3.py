@@ -31,6 +31,7 @@ from streetvision.contracts.metadata import (
 from streetvision.contracts.splits import PHASE_READS, Role
 from streetvision.contracts.validators import sha256_file, validate_checkpoint
 from streetvision.data.shards import SplitData, load_split
+from streetvision.devices import task_device
 from streetvision.metrics.evaluation import aurc_scores
 from streetvision.models import load_model_dir, predict_logits, save_model_dir, to_model_input
 from streetvision.phases.phase2 import fit_threshold_policy, policy_summary, write_policy
@@ -66,12 +67,6 @@ def _trainable(model: torch.nn.Module, unfreeze_blocks: int) -> list[torch.nn.Pa
     return params
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _select_aurc(model, data: SplitData, mean, std, batch_size, device) -> float:
     logits = predict_logits(model, data.images, mean, std, batch_size, device)
     return aurc_scores(logits.max(axis=1) - logits.min(axis=1), logits.argmax(axis=1) == data.labels)[0]
@@ -101,7 +96,7 @@ def run_phase3(
     gate_checkpoint_dir, policy_dir = prepare_output_dir(gate_checkpoint_dir), prepare_output_dir(policy_dir)
 
     torch.manual_seed(g.seed)
-    device = _device(cfg.training.device)
+    device = task_device(cfg, PHASE)
     model = load_model_dir(checkpoint_dir).to(device)
     preprocessing = json.loads((checkpoint_dir / "preprocessing.json").read_text())
     mean, std = preprocessing["mean"], preprocessing["std"]

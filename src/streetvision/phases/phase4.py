@@ -43,7 +43,8 @@ from streetvision.data.shards import load_split
 from streetvision.explora.adapters import apply_adapters, merge_adapters, save_adapter
 from streetvision.explora.pool import load_pool, pixel_hashes
 from streetvision.explora.probe import extract_features, probe_scores
-from streetvision.explora.train import ExploraTrainer, ImagePool, resolve_device, run_fingerprint, train_ssl
+from streetvision.devices import task_device
+from streetvision.explora.train import ExploraTrainer, ImagePool, run_fingerprint, train_ssl
 from streetvision.models import build_from_spec, create_model, model_spec, normalization
 from streetvision.progress import log
 
@@ -151,7 +152,7 @@ def run_phase4(
 
     if cfg.training.num_threads > 0:
         torch.set_num_threads(cfg.training.num_threads)
-    device = resolve_device(cfg.training.device)
+    device = task_device(cfg, PHASE)
     amp = torch.bfloat16 if cfg.training.precision == "bf16" else None
     torch.manual_seed(ecfg.seed)
     backbone = build_backbone(cfg)

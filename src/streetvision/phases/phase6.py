@@ -56,11 +56,11 @@ def _drift_reference(cfg: Config, checkpoint_dir: Path, calibrator: dict, data: 
     from streetvision.calibration import calibrated_probabilities
     from streetvision.drift import build_reference, embeddings
     from streetvision.models import load_model_dir, predict_logits
-    from streetvision.training.loop import resolve_device
+    from streetvision.devices import task_device
 
     model = load_model_dir(checkpoint_dir)
     preprocessing = json.loads((checkpoint_dir / "preprocessing.json").read_text())
-    device = str(resolve_device(cfg.training.device))
+    device = str(task_device(cfg, PHASE))  # CPU unless cluster.phase6.gpus > 0
     images = np.asarray(data.images)
     model.to(device)
     logits = predict_logits(model, images, preprocessing["mean"], preprocessing["std"], cfg.evaluation.batch_size,

@@ -26,6 +26,7 @@ from torch import nn
 from streetvision.cluster_env import usable_cpus
 from streetvision.config.schema import TrainingConfig
 from streetvision.contracts.errors import ContractError
+from streetvision.devices import resolve_device
 from streetvision.metrics.classification import selection_score
 from streetvision.models import predict_logits
 from streetvision.progress import log
@@ -49,20 +50,6 @@ class TrainResult:
     images_per_second: float = 0.0
     resumed_from: dict | None = None  # {"epoch", "step_in_epoch"} when this run continued a saved state
     last_state: dict[str, torch.Tensor] | None = None  # weights after the last epoch (the "last" checkpoint)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ContractError(
-                "training.device=cuda but no CUDA device is visible",
-                "phase1",
-                "set training.device=auto (or cpu), or run on a GPU node",
-            )
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -269,16 +256,19 @@ def train_classifier(
     std: list[float],
     cfg: TrainingConfig,
     store: Store | None = None,
+    device: torch.device | None = None,
 ) -> TrainResult:
     """Train on TRAIN, pick the best epoch by cfg.selection_metric on VAL_SELECT; leaves the best weights loaded
-    into `model`. With a `store`, training state is saved there and a saved state is resumed."""
+    into `model`. With a `store`, training state is saved there and a saved state is resumed. `device`: where to
+    train (phase 1 passes its task's device, `streetvision.devices.task_device`); None: cfg.device."""
     rank, world = dist_utils.rank(), dist_utils.world_size()
     torch.manual_seed(cfg.seed + rank)  # augmentation and dropout differ per process, as they should
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    device = resolve_device(cfg.device, dist_utils.local_rank())
+    if device is None:
+        device = resolve_device(cfg.device, dist_utils.local_rank())
     img_size = int(train_images.shape[1])
     counts = np.bincount(train_labels, minlength=2).astype(np.float64)
     weights = counts.sum() / (2.0 * np.maximum(counts, 1.0)) if cfg.balance_classes else np.ones(2)
@@ -420,5 +410,4 @@ def _checked(pending: tuple, last_good: str, train_ids: list[str]) -> float:
     return value * len(gidx)
 
 
-__all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "autocast_dtype", "epoch_batches",
-           "resolve_device", "train_classifier"]
+__all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "autocast_dtype", "epoch_batches", "train_classifier"]
