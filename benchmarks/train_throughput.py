@@ -31,14 +31,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from streetvision.config import load_config  # noqa: E402
 from streetvision.config.schema import AugmentConfig, ModelConfig, TrainingConfig  # noqa: E402
 from streetvision.models import create_model, normalization  # noqa: E402
 from streetvision.training.loop import Trainer, _Batches, epoch_batches  # noqa: E402
 
-# The deployment challenges (the `training=gpu` preset) and the demo's light recipe.
+# The deployment challenges (the `training=gpu` preset) and the demo's light recipe (the defaults).
 AUGMENTS = {
-    "challenge": AugmentConfig(),
-    "light": AugmentConfig(rotation_degrees=0.0, crop_scale_min=0.6, vflip_p=0.0, jpeg_p=0.0, blur_p=0.0, noise_p=0.0),
+    "challenge": load_config(["training=gpu"]).training.augment,
+    "light": AugmentConfig(),
     "none": AugmentConfig(strength=0.0),
 }
 
@@ -183,7 +184,9 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    tiny = dict(patch_size=8, depth=4, embed_dim=192, num_heads=3) if args.tiny else {}
+    # The model defaults are the demo's shrunk ViT; None keeps the architecture's own size.
+    tiny = dict(patch_size=8, depth=4, embed_dim=192, num_heads=3) if args.tiny else dict(
+        patch_size=None, depth=None, embed_dim=None, num_heads=None)
     model_cfg = ModelConfig(name=args.model, weights="none", img_size=args.img_size, **tiny)
     n_cache = max(args.cache_images, args.batch_size)
     rows = []

@@ -131,7 +131,8 @@ def test_draws_follow_the_seed_and_strength_scales_them():
     torch.manual_seed(3)
     assert torch.equal(aug(x.clone()), first)
     assert not torch.equal(aug(x.clone()), first)
-    half = BatchAugment(16, AugmentConfig(strength=0.5))
+    challenge = dict(rotation_degrees=20.0, crop_scale_min=0.2, jpeg_p=0.3, noise_p=0.2)  # as `training=gpu`
+    half = BatchAugment(16, AugmentConfig(strength=0.5, **challenge))
     assert half.rotation_rad == pytest.approx(math.radians(10)) and half.crop_scale_min == pytest.approx(0.6)
     assert half.jpeg_p == pytest.approx(0.15) and half.noise_std == pytest.approx(0.015)
     off = BatchAugment(16, AugmentConfig(strength=0.0))

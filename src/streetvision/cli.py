@@ -94,7 +94,12 @@ def cmd_config(args: argparse.Namespace) -> int:
         for group, names in preset_groups().items():
             print(f"{group}: {', '.join(names)}")
         return 0
+    from streetvision.config.loader import selected_presets
+
     cfg, _ = _resolve_config(args)
+    overrides = list(args.overrides) + [p for p in args.phases or [] if "=" in p]  # as _resolve_config reads them
+    presets = selected_presets(overrides, args.config)
+    print(f"# presets: {', '.join(f'{group}={name}' for group, name in presets.items())}")
     print(config_to_yaml(cfg), end="")
     return 0
 
@@ -365,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("pipelines", nargs="+", metavar="PIPELINE.yaml", help="compiled pipeline file(s)")
     lint.set_defaults(func=cmd_lint)
 
-    conf = sub.add_parser("config", help="print the resolved config (defaults + overrides)")
+    conf = sub.add_parser("config", help="print the resolved config (defaults, presets, --config file, overrides)")
     _add_config_args(conf)
     conf.add_argument("--presets", action="store_true", help="list the presets of each config group")
     conf.set_defaults(func=cmd_config)

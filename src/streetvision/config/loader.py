@@ -1,9 +1,11 @@
 """Load, override and validate the typed config.
 
-Override syntax follows the seed (Hydra style): ``group=preset`` picks a preset file for a group that has
+Defaults live once, in the dataclasses of ``schema.py``. A preset (``defaults/<group>/<name>.yaml``) holds
+only what it changes. Override syntax follows Hydra: ``group=preset`` picks a preset for a group that has
 them (``model=vit_small``), ``a.b.c=value`` sets one key (the value is parsed as YAML, so ``1``, ``true``,
-``[a, b]`` and ``null`` mean what they say). Every problem — unknown keys, wrong types, bad values — is
-collected and raised once as :class:`ConfigError`.
+``[a, b]`` and ``null`` mean what they say), and a ``--config`` file may pick presets in a ``defaults:`` key.
+The order of the layers is in :func:`load_config`. Every problem — unknown keys, wrong types, bad values,
+unknown presets — is collected and raised once as :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -72,6 +74,17 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
+def _check_preset(group: str, preset, where: str, problems: list[str]) -> bool:
+    groups = preset_groups()
+    if group not in groups:
+        problems.append(f"{where}: {group!r} has no presets; groups with presets: {sorted(groups)}")
+        return False
+    if preset not in groups[group]:
+        problems.append(f"{where}: unknown {group} preset {preset!r}; available: {groups[group]}")
+        return False
+    return True
+
+
 def _split_overrides(overrides: list[str], problems: list[str]) -> tuple[dict[str, str], list[tuple[str, Any]]]:
     groups = preset_groups()
     selections: dict[str, str] = {}
@@ -83,9 +96,7 @@ def _split_overrides(overrides: list[str], problems: list[str]) -> tuple[dict[st
             problems.append(f"override {item!r}: expected key=value, e.g. training.epochs=1 or model=vit_small")
             continue
         if key in groups and "." not in key:
-            if raw not in groups[key]:
-                problems.append(f"override {item!r}: unknown {key} preset {raw!r}; available: {groups[key]}")
-            else:
+            if _check_preset(key, raw, f"override {item!r}", problems):
                 selections[key] = raw
             continue
         try:
@@ -94,6 +105,33 @@ def _split_overrides(overrides: list[str], problems: list[str]) -> tuple[dict[st
             value = raw
         assignments.append((key, value))
     return selections, assignments
+
+
+def _file_selections(data: dict, source: str, problems: list[str]) -> dict[str, str]:
+    """Remove and return a config file's preset choices, its `defaults:` as Hydra writes them: a mapping
+    ``{training: gpu}`` or a list ``[{training: gpu}, {model: vit_small}]`` (``_self_`` may end the list: the
+    file's own keys always apply after its presets)."""
+    raw = data.pop("defaults", None)
+    if raw is None:
+        return {}
+    where = f"{source}: defaults"
+    if isinstance(raw, list):
+        if raw and raw[-1] == "_self_":
+            raw = raw[:-1]
+        entries = []
+        for item in raw:
+            if not (isinstance(item, dict) and len(item) == 1):
+                problems.append(f"{where}: expected one {{group: preset}} per list item (with _self_ only last), "
+                                f"got {item!r}")
+                continue
+            entries += item.items()
+    elif isinstance(raw, dict):
+        entries = list(raw.items())
+    else:
+        problems.append(f"{where}: expected a mapping like {{training: gpu}} or a list like [{{training: gpu}}], "
+                        f"got {type(raw).__name__} {raw!r}")
+        return {}
+    return {group: preset for group, preset in entries if _check_preset(group, preset, where, problems)}
 
 
 def _set_dotted(data: dict, dotted: str, value: Any, problems: list[str]) -> None:
@@ -198,32 +236,49 @@ def config_from_dict(data: dict, source: str = "config", problems: list[str] | N
     return cfg
 
 
-def default_tree(selections: dict[str, str] | None = None) -> dict:
-    """The default config as a plain dict, with preset groups resolved."""
-    base = _read_yaml(_defaults_dir().joinpath("config.yaml").read_text(), "defaults/config.yaml")
-    chosen = dict(base.pop("defaults", {}) or {})
-    chosen.update(selections or {})
-    for group, preset in chosen.items():
-        text = _defaults_dir().joinpath(group, f"{preset}.yaml").read_text()
-        base[group] = _deep_merge(base.get(group, {}), _read_yaml(text, f"defaults/{group}/{preset}.yaml"))
-    # Fill keys the YAML leaves out from the dataclass defaults, so overrides can address every key.
-    return _deep_merge(dataclasses.asdict(Config()), base)
-
-
-def load_config(overrides: list[str] | None = None, config_file: str | Path | None = None) -> Config:
-    """Defaults <- preset selections <- optional YAML file <- dotted overrides; validated as a whole."""
+def _compose(overrides: list[str] | None, config_file: str | Path | None) -> tuple[dict, dict[str, str], list[str]]:
+    """The config tree before validation, the preset chosen for each group, and the problems found so far."""
     problems: list[str] = []
-    selections, assignments = _split_overrides(list(overrides or []), problems)
-    tree = default_tree(selections)
+    cli_selections, assignments = _split_overrides(list(overrides or []), problems)
+    package_file = f"{DEFAULTS_PACKAGE}/defaults/config.yaml"
+    package = _read_yaml(_defaults_dir().joinpath("config.yaml").read_text(), package_file)
+    selections = _file_selections(package, package_file, problems)
+    user: dict = {}
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             problems.append(f"--config {path}: file not found")
         else:
-            tree = _deep_merge(tree, _read_yaml(path.read_text(), str(path)))
+            user = _read_yaml(path.read_text(), str(path))
+            selections.update(_file_selections(user, str(path), problems))
+    selections.update(cli_selections)  # a group has one preset: the command line's choice replaces the file's
+
+    tree = _deep_merge(dataclasses.asdict(Config()), package)
+    for group, preset in selections.items():
+        text = _defaults_dir().joinpath(group, f"{preset}.yaml").read_text()
+        tree[group] = _deep_merge(tree.get(group, {}), _read_yaml(text, f"defaults/{group}/{preset}.yaml"))
+    tree = _deep_merge(tree, user)
     for key, value in assignments:
         _set_dotted(tree, key, value, problems)
+    return tree, selections, problems
+
+
+def load_config(overrides: list[str] | None = None, config_file: str | Path | None = None) -> Config:
+    """The typed config, validated as a whole. Layers, each over the one before:
+
+    1. the schema's defaults (``Config()``; the package's ``defaults/config.yaml`` picks the default presets),
+    2. the presets a ``--config`` file picks in its ``defaults:`` (``defaults: {training: gpu}``),
+    3. the presets picked on the command line (``training=cpu``; each replaces the file's pick for its group),
+    4. the ``--config`` file's own keys,
+    5. dotted overrides (``training.epochs=1``).
+    """
+    tree, _, problems = _compose(overrides, config_file)
     return config_from_dict(tree, "config and overrides", problems)
+
+
+def selected_presets(overrides: list[str] | None = None, config_file: str | Path | None = None) -> dict[str, str]:
+    """The preset each group ends up with for these overrides and config file, e.g. {'model': 'demo_tiny'}."""
+    return _compose(overrides, config_file)[1]
 
 
 def config_to_dict(cfg: Config) -> dict:

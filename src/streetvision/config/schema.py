@@ -1,8 +1,10 @@
 """Typed configuration: one dataclass per group, validated as a whole.
 
-Defaults live in YAML files shipped with the package (``defaults/``); the dataclass defaults below mirror
-them so a config can be built in code too. A group's optional ``check()`` returns its own value problems,
-named relative to the group (the loader prefixes the path), so every problem can be reported at once.
+The dataclass defaults below are the config's defaults, and the only place they are written: ``Config()``
+is what ``load_config()`` returns without overrides (the bundled demo, sized for a 2-core laptop). Presets
+(``defaults/<group>/<name>.yaml``, e.g. ``training=gpu``) hold only what they change. A group's optional
+``check()`` returns its own value problems, named relative to the group (the loader prefixes the path), so
+every problem can be reported at once.
 """
 
 from __future__ import annotations
@@ -19,17 +21,22 @@ DEFAULT_PHASES = ("ingest", "phase1", "phase2", "phase6", "evaluate")
 
 @dataclass
 class ModelConfig:
-    """A timm architecture, optionally shrunk (depth/width) for CPU demos and tests."""
+    """A timm architecture, optionally shrunk (depth/width) for CPU demos and tests.
+
+    The defaults are the demo's DINOv2-architecture ViT shrunk for CPU (random init, 64 px, 4 blocks of width
+    192: the `demo_tiny` preset); `model=vit_small` and `model=vit_base` pick the real backbones at 224 px.
+    """
 
     name: str = "vit_small_patch14_dinov2"
     # "none": random init; "hub": timm's pretrained weights for `name` (needs network);
     # anything else: a local .safetensors/.pt file with a state dict for this architecture.
     weights: str = "none"
-    img_size: int = 224
-    patch_size: int | None = None
-    depth: int | None = None
-    embed_dim: int | None = None
-    num_heads: int | None = None
+    img_size: int = 64
+    # Shrinking the architecture; null (None) keeps the architecture's own value.
+    patch_size: int | None = 8
+    depth: int | None = 4
+    embed_dim: int | None = 192
+    num_heads: int | None = 3
     head_dropout: float = 0.3
 
     def check(self) -> list[str]:
@@ -53,7 +60,7 @@ class ModelConfig:
 class DemoConfig:
     """Procedural street scenes generated at ingest (deterministic for a given seed)."""
 
-    num_sequences: int = 420
+    num_sequences: int = 420  # dashcam sequences; the frames of one sequence share a group id
     frames_min: int = 2
     frames_max: int = 6
     roadwork_fraction: float = 0.8
@@ -171,11 +178,11 @@ class DataConfig:
     # One source: "demo" (generated scenes), "manifest" (data.manifest), "folder" or "parquet" (data.path).
     # Several sources: "sources", listed in data.sources (each record is tagged with its source).
     source: Literal["demo", "manifest", "folder", "parquet", "sources"] = "demo"
-    manifest: str = ""
-    path: str = ""
-    sources: list[SourceConfig] = field(default_factory=list)
+    manifest: str = ""  # CSV/JSONL with path,label[,group_id,source] (local or gs://)
+    path: str = ""  # the folder or parquet location (local or gs://bucket/prefix)
+    sources: list[SourceConfig] = field(default_factory=list)  # [{kind: parquet, path: gs://b/natix, name: natix}, ...]
     label_names: list[str] = field(default_factory=lambda: ["no_roadwork", "roadwork"])
-    min_image_size: int = 32
+    min_image_size: int = 32  # smaller images are quarantined
     # Share of input records that may be quarantined before ingest fails the run.
     max_quarantine_fraction: float = 0.05
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
@@ -237,24 +244,25 @@ class AugmentConfig:
     """Per-sample training augmentation (``streetvision.training.augment``): JPEG re-compression in the threads
     that read batches, the rest on whole batches on the model's device.
 
-    The defaults are the deployment challenges (the validators rotate, crop, flip, re-compress, blur, add
-    noise and change colours). ``strength`` scales every probability and magnitude at once: 0 turns
+    The defaults are the demo's light, CPU-cheap recipe (crops, horizontal flips, colour jitter); the
+    `training=gpu` preset turns on the deployment challenges (the validators rotate, crop, flip, re-compress,
+    blur, add noise and change colours). ``strength`` scales every probability and magnitude at once: 0 turns
     augmentation off, 1 uses the values below as written.
     """
 
     strength: float = 1.0
-    rotation_degrees: float = 20.0
-    crop_scale_min: float = 0.2  # RandomResizedCrop scale range is [crop_scale_min, 1]
-    crop_ratio_max: float = 4 / 3  # ... and aspect-ratio range [1 / crop_ratio_max, crop_ratio_max]
+    rotation_degrees: float = 0.0
+    crop_scale_min: float = 0.6  # RandomResizedCrop scale range is [crop_scale_min, 1]
+    crop_ratio_max: float = 1.25  # ... and aspect-ratio range [1 / crop_ratio_max, crop_ratio_max]
     hflip_p: float = 0.5
-    vflip_p: float = 0.5
+    vflip_p: float = 0.0
     color_jitter_p: float = 0.5
     color_jitter: float = 0.2  # brightness, contrast and saturation factor
-    color_jitter_hue: float = 0.0  # hue costs as much as the rest of the jitter on CPU
-    jpeg_p: float = 0.3
+    color_jitter_hue: float = 0.02  # hue costs as much as the rest of the jitter on CPU
+    jpeg_p: float = 0.0
     jpeg_quality_min: float = 50.0  # JPEG re-compression quality is drawn per sample from [jpeg_quality_min, 95]
-    blur_p: float = 0.2
-    noise_p: float = 0.2
+    blur_p: float = 0.0
+    noise_p: float = 0.0
     noise_std: float = 0.03
 
     def check(self) -> list[str]:
@@ -293,8 +301,10 @@ class TrainingConfig:
     selection_metric: Literal["mcc", "balanced_accuracy", "accuracy", "auroc"] = "mcc"
     # Weight the loss so both classes count equally (the data is ~4:1, deployment is 50/50).
     balance_classes: bool = True
+    # Where tasks with GPUs (cluster.<phase>.gpus > 0) compute: auto = CUDA when visible, else CPU; cuda = fail
+    # without a visible GPU. Tasks without GPUs (ingest, phase 2, 5, 6 by default) always run on CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 on GPU; fp16 is refused (DINOv2 overflows it)
     num_threads: int = 0  # 0: let torch decide
     seed: int = 0
     # Learning rate of block i (of n) is lr * layer_decay ** (n - i); 1.0 turns it off (random init), 0.65-0.75
@@ -302,7 +312,8 @@ class TrainingConfig:
     layer_decay: float = 1.0
     # Train only the head for this many epochs first (a warm start for pretrained backbones).
     freeze_backbone_epochs: int = 0
-    # Exponential moving average of the weights; 0 turns it off. When on, selection and outputs use the EMA.
+    # Exponential moving average of the weights; 0 turns it off (e.g. 0.999 for long GPU runs). When on,
+    # selection and outputs use the EMA.
     ema_decay: float = 0.0
     compile: bool = False  # torch.compile the model (GPU; compile time is paid once per run)
     # Bit-identical results on CPU (and a resumed run equal to an uninterrupted one); slower on GPU.
@@ -435,6 +446,7 @@ class BlessingConfig:
 class EvaluationConfig:
     ece_bins: int = 15
     batch_size: int = 128
+    # Confidence intervals on every VAL_TEST metric (scipy.stats.bootstrap).
     bootstrap_resamples: int = 1000
     bootstrap_method: Literal["BCa", "percentile", "basic"] = "BCa"
     confidence_level: float = 0.95
