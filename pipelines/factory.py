@@ -5,6 +5,7 @@ compiled YAML that shows exactly what runs is easier to review. Tasks are wired 
 mis-wired split fails here, when the pipeline is defined.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
@@ -36,7 +37,20 @@ def make_component(phase: str, cfg: Config, function=None):
     return dsl.component(function or PHASE_FUNCTIONS[phase], base_image=image, install_kfp_package=False)
 
 
-def configure_task(task: dsl.PipelineTask, phase: str, cfg: Config) -> dsl.PipelineTask:
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failed task is retried, and the wait before the first retry (doubling for each next one)."""
+
+    retries: int
+    backoff: str = "0s"  # a duration such as "120s"; "0s" retries at once
+
+    @classmethod
+    def for_cluster(cls, cfg: Config) -> "RetryPolicy":
+        return cls(cfg.cluster.retries, cfg.cluster.retry_backoff)
+
+
+def configure_task(task: dsl.PipelineTask, phase: str, cfg: Config, retry: RetryPolicy | None = None
+                   ) -> dsl.PipelineTask:
     """Requests/limits from config; GPU phases get the accelerator, its node selector and toleration."""
     res = cfg.cluster.resources_for(phase)
     task.set_display_name(phase)
@@ -53,18 +67,22 @@ def configure_task(task: dsl.PipelineTask, phase: str, cfg: Config) -> dsl.Pipel
         # Data workers and NCCL share memory through /dev/shm; a container gets only 64 MiB by default.
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                    size_limit=cfg.cluster.shm_size)
-    configure_storage(task, phase, cfg)
+    configure_storage(task, phase, cfg, retry)
     return task
 
 
-def configure_storage(task: dsl.PipelineTask, phase: str, cfg: Config) -> dsl.PipelineTask:
-    """Retries, the checkpoint location of resumable phases, and (optionally) mounted GCP credentials.
+def configure_storage(task: dsl.PipelineTask, phase: str, cfg: Config, retry: RetryPolicy | None = None
+                      ) -> dsl.PipelineTask:
+    """Retries (the cluster's unless `retry` is given), the checkpoint location of resumable phases, and
+    (optionally) mounted GCP credentials.
 
     Nothing secret is written into the YAML: only the names of a PVC and a secret, and a downward-API
     reference to the run id. Bucket access normally comes from the pod's service account (Workload Identity).
     """
-    if cfg.cluster.retries:
-        task.set_retry(cfg.cluster.retries, backoff_duration=cfg.cluster.retry_backoff, backoff_factor=2.0)
+    if retry is None:
+        retry = RetryPolicy.for_cluster(cfg)
+    if retry.retries:
+        task.set_retry(retry.retries, backoff_duration=retry.backoff, backoff_factor=2.0)
     if phase in CHECKPOINTING_PHASES:
         if cfg.cluster.checkpoint_pvc:
             kubernetes.mount_pvc(task, pvc_name=cfg.cluster.checkpoint_pvc, mount_path=cfg.cluster.checkpoint_root)
@@ -76,8 +94,12 @@ def configure_storage(task: dsl.PipelineTask, phase: str, cfg: Config) -> dsl.Pi
     return task
 
 
-def build_pipeline(cfg: Config):
-    """A KFP pipeline for `cfg`; its `config` parameter defaults to the resolved config (as JSON)."""
+def build_pipeline(cfg: Config, retry: RetryPolicy | None = None):
+    """A KFP pipeline for `cfg`; its `config` parameter defaults to the resolved config (as JSON).
+
+    Every task gets `retry`, by default the cluster's (cluster.retries, first waiting cluster.retry_backoff);
+    local runs pass their own, since a local failure is rarely a preemption worth waiting out.
+    """
     phases, _ = resolve_phases(cfg.pipeline.phases)
     ops = {phase: make_component(phase, cfg) for phase in phases}
     if "phase4" in ops and "phase1" in ops:  # phase 1 trains from the adapted backbone
@@ -91,13 +113,14 @@ def build_pipeline(cfg: Config):
     )
     def stage1(config: str = default_config):
         common = {"config": config}
-        ingest = configure_task(ops["ingest"](**common), "ingest", cfg)
+        ingest = configure_task(ops["ingest"](**common), "ingest", cfg, retry)
         adapted = {}
         if "phase4" in ops:
             phase4 = configure_task(
                 ops["phase4"](**common, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"]),
                 "phase4",
                 cfg,
+                retry,
             )
             adapted = {"backbone": phase4.outputs["backbone"]}
         if "phase1" not in ops:
@@ -112,12 +135,13 @@ def build_pipeline(cfg: Config):
             ),
             "phase1",
             cfg,
+            retry,
         )
         # Each selected policy phase; resolve_phases guarantees exactly one when a bundle is built.
         checkpoint, policy = phase1.outputs["checkpoint"], None
         if "phase2" in ops:
             phase2 = configure_task(
-                ops["phase2"](**common, val_calib_logits=phase1.outputs["val_calib_logits"]), "phase2", cfg
+                ops["phase2"](**common, val_calib_logits=phase1.outputs["val_calib_logits"]), "phase2", cfg, retry
             )
             policy = phase2.outputs["policy"]
         if "phase3" in ops:
@@ -131,12 +155,13 @@ def build_pipeline(cfg: Config):
                 ),
                 "phase3",
                 cfg,
+                retry,
             )
             # The gate policy was fitted on the tuned weights, so the bundle takes those weights.
             checkpoint, policy = phase3.outputs["gate_checkpoint"], phase3.outputs["policy"]
         if "phase5" in ops:
             phase5 = configure_task(
-                ops["phase5"](**common, val_calib_logits=phase1.outputs["val_calib_logits"]), "phase5", cfg
+                ops["phase5"](**common, val_calib_logits=phase1.outputs["val_calib_logits"]), "phase5", cfg, retry
             )
             policy = phase5.outputs["policy"]
         if "phase6" not in ops:
@@ -145,19 +170,21 @@ def build_pipeline(cfg: Config):
             ops["phase6"](**common, checkpoint=checkpoint, policy=policy, val_calib=ingest.outputs["val_calib"]),
             "phase6",
             cfg,
+            retry,
         )
         if "evaluate" in ops:
             configure_task(
                 ops["evaluate"](**common, bundle=phase6.outputs["bundle"], val_test=ingest.outputs["val_test"]),
                 "evaluate",
                 cfg,
+                retry,
             )
 
     return stage1
 
 
-def compile_pipeline(cfg: Config, path: str | Path) -> Path:
+def compile_pipeline(cfg: Config, path: str | Path, retry: RetryPolicy | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(cfg), str(path))
+    compiler.Compiler().compile(build_pipeline(cfg, retry), str(path))
     return path

@@ -6,6 +6,12 @@ Layout of a run folder (under --output-dir):
   run.json      status, timings, and where the bundle and report are
   run.log       the complete log of every task (the console shows the readable part)
   kfp/          the KFP pipeline root: task outputs and the local cache (.kfp_cache) that makes resume work
+
+A failed task is reported at its first attempt unless retries are asked for (`--retries N`: N more attempts,
+at once). The cluster's policy (cluster.retries, waiting cluster.retry_backoff, doubling) stays in the YAML
+compiled for a cluster: it is there to ride out preemptions, which a local run does not have. The retry setting
+is not part of any task's cache key (the local cache keys on image, command, arguments and env), so
+`--resume` reuses finished phases whatever `--retries` either run had.
 """
 
 import contextlib
@@ -26,10 +32,13 @@ from kfp import local
 from streetvision.config import Config, config_from_yaml_file, config_to_json, config_to_yaml
 from streetvision.phase_graph import resolve_phases
 from streetvision.run_summary import PIPELINE_ROOT, RUN_CONFIG, RUN_RECORD, RunSummary, summarize_run
-from streetvision_pipelines.factory import build_pipeline, compile_pipeline
+from streetvision_pipelines.factory import RetryPolicy, build_pipeline, compile_pipeline
 
 
 RUN_LOG = "run.log"
+# What the local runner's own log lines say when it reuses a cached task or retries a failed one
+# (kfp.local.orchestrator.task_executor: "Task X cache hit ...", "Task X failed (attempt i/n). Retrying in ...").
+TASK_EVENTS = ("cache hit", "Retrying in")
 # Local-runner chatter that buries the phases' own output: the executor's input JSON, its bookkeeping lines,
 # and the repr of every output artifact. run.log keeps all of it.
 _QUIET = re.compile(
@@ -81,12 +90,12 @@ class LocalRun:
 
 
 @contextlib.contextmanager
-def _show_cache_hits():
-    """The local runner logs a reused (cached) task at INFO outside its own log setup, where it is dropped;
-    a resumed run should say which phases it reused."""
+def _show_task_events():
+    """The local runner logs a reused (cached) task and a retried one at INFO outside its own log setup, where
+    they are dropped; a resumed run should say which phases it reused, and any run which task it retried."""
     root = logging.getLogger()
-    handler = logging.StreamHandler(sys.stdout)
-    handler.addFilter(lambda record: "cache hit" in record.getMessage())
+    handler = logging.StreamHandler(sys.stdout)  # the console filter: console and run.log
+    handler.addFilter(lambda record: any(event in record.getMessage() for event in TASK_EVENTS))
     handler.setFormatter(logging.Formatter("%(message)s"))
     level = root.level
     root.addHandler(handler)
@@ -136,10 +145,12 @@ def make_runner(runner: str, pipeline_root: Path):
     raise ValueError(f"unknown runner {runner!r}; choose one of {RUNNERS}")
 
 
-def run_local(cfg: Config, run_dir: Path, runner: str = "subprocess") -> LocalRun:
-    """Run every selected phase locally; a rerun on the same folder resumes from the first unfinished phase."""
+def run_local(cfg: Config, run_dir: Path, runner: str = "subprocess", retries: int = 0) -> LocalRun:
+    """Run every selected phase locally; a rerun on the same folder resumes from the first unfinished phase.
+    A failed task is tried `retries` more times, at once."""
     phases, _ = resolve_phases(cfg.pipeline.phases)
-    compile_pipeline(cfg, run_dir / "pipeline.yaml")
+    retry = RetryPolicy(retries)  # no backoff: nothing local is worth waiting out
+    compile_pipeline(cfg, run_dir / "pipeline.yaml", retry)
     pipeline_root = (run_dir / PIPELINE_ROOT).resolve()
     local.init(runner=make_runner(runner, pipeline_root), pipeline_root=str(pipeline_root), enable_caching=True)
     started = time.time()
@@ -149,9 +160,9 @@ def run_local(cfg: Config, run_dir: Path, runner: str = "subprocess") -> LocalRu
         warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
         # The local runner uses this environment, not the image; it warns that the image is not "python".
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        with contextlib.redirect_stdout(ConsoleFilter(sys.stdout, log_file)), _show_cache_hits():
+        with contextlib.redirect_stdout(ConsoleFilter(sys.stdout, log_file)), _show_task_events():
             try:
-                build_pipeline(cfg)(config=config_to_json(cfg))
+                build_pipeline(cfg, retry)(config=config_to_json(cfg))
             except RuntimeError as exc:  # the local runner reports a failed task this way
                 error = str(exc)
     seconds = time.time() - started
@@ -162,6 +173,7 @@ def run_local(cfg: Config, run_dir: Path, runner: str = "subprocess") -> LocalRu
         "error": error,
         "phases": {p: summary.status(p) for p in phases},
         "seconds": round(seconds, 1),
+        "retries": retries,
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bundle": str(summary.bundle) if summary.bundle else None,
         "report": str(summary.report) if summary.report else None,

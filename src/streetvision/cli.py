@@ -137,15 +137,26 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from streetvision.preflight import check_local_inputs
     from streetvision_pipelines.local_run import prepare_run, run_local
 
     if args.resume and (args.overrides or args.phases or args.config):
         raise ConfigError(["--resume reruns a run with its saved config; drop the overrides, or start a new run"],
                           "command line")
-    cfg = None if args.resume else _resolve_config(args)[0]
-    run_dir, cfg = prepare_run(cfg, args.output_dir, args.resume)
+    if args.retries < 0:
+        raise ConfigError([f"--retries: must be >= 0, got {args.retries}"], "command line")
+    if args.resume:
+        run_dir, cfg = prepare_run(None, args.output_dir, args.resume)
+    else:
+        run_dir, cfg = None, _resolve_config(args)[0]
+    # An input path that cannot be read fails every attempt alike: say so before any task starts, and before a
+    # new run's folder exists. Docker-run tasks read the image's files, not this machine's.
+    if args.runner == "subprocess":
+        check_local_inputs(cfg)
+    if run_dir is None:
+        run_dir, cfg = prepare_run(cfg, args.output_dir, None)
     print(f"run folder: {run_dir}  (phases: {' -> '.join(cfg.pipeline.phases)})", flush=True)
-    result = run_local(cfg, run_dir, runner=args.runner)
+    result = run_local(cfg, run_dir, runner=args.runner, retries=args.retries)
     _print_table(f"run summary ({'succeeded' if result.succeeded else 'FAILED'}, {result.seconds:.0f} s)",
                  ["phase", "status", "output", "numbers"], result.summary.rows())
     evaluation = result.summary.evaluation
@@ -164,8 +175,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.summary.report:
         print(f"report: {result.summary.report}")
     if not result.succeeded:
+        attempts = (f"the failed task was tried {args.retries + 1} times" if args.retries
+                    else "a failed task is not retried locally unless --retries N is given")
         print(f"\n{result.error or 'some phases did not finish'}\nThe task log above (and {run_dir}/run.log) shows "
-              f"the cause. If it was transient (killed, out of memory) or fixed in code, resume "
+              f"the cause ({attempts}). If it was transient (killed, out of memory) or fixed in code, resume "
               f"and finished phases are reused:\n  streetvision run --resume {run_dir}\nIf it needs another config, "
               "start a new run with the changed overrides.", file=sys.stderr)
         return 1
@@ -319,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", default="outputs", metavar="DIR",
                      help="where run folders are created (default: outputs)")
     run.add_argument("--resume", metavar="RUN_DIR", help="rerun a run folder; finished phases are reused")
+    run.add_argument("--retries", type=int, default=0, metavar="N",
+                     help="try a failed task N more times, at once (default 0: report a failure at its first "
+                          "attempt); the YAML compiled for a cluster keeps cluster.retries and cluster.retry_backoff")
     run.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
                      help="subprocess (default): tasks run in this Python environment; docker: each task runs in "
                           "its phase's image (cluster.gpu_image/cpu_image, in the local Docker engine) without "
