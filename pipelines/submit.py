@@ -6,6 +6,11 @@ parameters, pipeline root, the service account pods run as, caching — and `--d
 without contacting the server. Authentication: a bearer token read from an environment variable (never a
 command-line argument, which other users can see in the process list), or, inside a cluster, the pod's
 projected KFP service-account token.
+
+A config sent with a compiled YAML (`--param config=...`) is checked against what the YAML was compiled
+with, read from the YAML itself: a task reads the config at run time, but its phases, images, checkpoint
+volume and retries were fixed at compile time, so a config that says otherwise would run other code than it
+names, or write checkpoints off the volume a retry looks for them on.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from streetvision.config import Config, ConfigError, config_from_json, config_to_json
+from streetvision.config.schema import PHASE_NAMES
 from streetvision.contracts.errors import ContractError
+from streetvision.phase_graph import resolve_phases
+from streetvision_pipelines.factory import CHECKPOINTING_PHASES, RetryPolicy, make_component
 from streetvision_pipelines.inspect_spec import load_documents
 
 TOKEN_ENV = "KFP_TOKEN"
@@ -166,3 +174,124 @@ def submit(sub: Submission, client=None) -> str:
 def config_argument(cfg: Config) -> dict[str, str]:
     """The run's `config` argument: the resolved config, sent explicitly so the run records it."""
     return {"config": config_to_json(cfg)}
+
+
+@dataclass(frozen=True)
+class CompiledTask:
+    """What a compiled YAML fixed for one phase's task, as a cluster reads it."""
+
+    image: str
+    checkpoint_pvc: str  # the PVC mounted for checkpoints, "" when none
+    checkpoint_mount: str  # where it is mounted, "" when none
+    retries: int  # retryPolicy.maxRetryCount (0: none)
+    retry_backoff: str  # retryPolicy.backoffDuration ("" without retries)
+
+
+def compiled_tasks(documents: list[dict]) -> dict[str, CompiledTask]:
+    """Phase (the task's display name) -> its image (the executor's container), checkpoint mount (the
+    Kubernetes platform spec) and retry policy (the task)."""
+    spec = documents[0]
+    platform = next((d for d in documents[1:] if "platforms" in d), {})
+    k8s = platform.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
+    tasks = {}
+    for name, task in spec.get("root", {}).get("dag", {}).get("tasks", {}).items():
+        label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        mounts = k8s.get(label, {}).get("pvcMount", [])  # the factory mounts one PVC: the checkpoints'
+        mount = mounts[0] if mounts else {}
+        # kfp-kubernetes writes the PVC's name as `constant` and again under pvcNameParameter.
+        pvc = mount.get("constant") or mount.get("pvcNameParameter", {}).get("runtimeValue", {}).get("constant")
+        tasks[task.get("taskInfo", {}).get("name", name)] = CompiledTask(
+            image=spec["deploymentSpec"]["executors"][label].get("container", {}).get("image", ""),
+            checkpoint_pvc=pvc or "",
+            checkpoint_mount=mount.get("mountPath", ""),
+            retries=int(task.get("retryPolicy", {}).get("maxRetryCount", 0)),
+            retry_backoff=task.get("retryPolicy", {}).get("backoffDuration", ""),
+        )
+    # In pipeline order (PHASE_NAMES), anything else after it.
+    order = [p for p in PHASE_NAMES if p in tasks] + sorted(p for p in tasks if p not in PHASE_NAMES)
+    return {p: tasks[p] for p in order}
+
+
+@dataclass(frozen=True)
+class Contradiction:
+    key: str  # the config key
+    compiled: str  # what the YAML has
+    runtime: str  # what the runtime config says (or resolves to)
+
+    def __str__(self) -> str:
+        return f"{self.key}: the YAML has {self.compiled}, the config says {self.runtime}"
+
+
+def _shown(value: str) -> str:
+    return value if value else '"" (none)'
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _seconds(duration: str) -> float:
+    """'120s', '2m', '1h' (cluster.retry_backoff; the compiler writes every duration in seconds)."""
+    return float(duration[:-1]) * _DURATION_UNITS[duration[-1]]
+
+
+def runtime_contradictions(documents: list[dict], cfg: Config) -> list[Contradiction]:
+    """The compile-time settings (phases, images, checkpoint PVC and root, retries) where `cfg` and the YAML
+    differ."""
+    tasks = compiled_tasks(documents)
+    phases, _ = resolve_phases(cfg.pipeline.phases)
+    found = []
+    if set(tasks) != set(phases):
+        found.append(Contradiction("pipeline.phases", f"[{', '.join(tasks)}]", f"[{', '.join(phases)}]"))
+    # Images: what the factory resolves the config to, per phase, against each task's executor image.
+    differing: dict[tuple[str, str, str], list[str]] = {}
+    for phase in [p for p in phases if p in tasks]:
+        image = make_component(phase, cfg).component_spec.implementation.container.image
+        if image != tasks[phase].image:
+            key = "cluster.gpu_image" if cfg.cluster.resources_for(phase).gpus > 0 else "cluster.cpu_image"
+            differing.setdefault((key, tasks[phase].image, image), []).append(phase)
+    for (key, compiled, runtime), on in differing.items():
+        if not getattr(cfg.cluster, key.split(".")[1]):  # "": the factory named the images built from this checkout
+            runtime += f' ({key} is "": the image of this checkout)'
+        found.append(Contradiction(key, f"{compiled} ({', '.join(on)})", runtime))
+    # Checkpoints: the phases that resume read cluster.checkpoint_root at run time; with a PVC it must be where
+    # the YAML mounts it, or a retried task writes to (and looks in) the container's own disk.
+    resumable = [p for p in tasks if p in CHECKPOINTING_PHASES]
+    mounts = {(tasks[p].checkpoint_pvc, tasks[p].checkpoint_mount) for p in resumable}
+    for pvc, mount in sorted(mounts):
+        on = ", ".join(p for p in resumable if (tasks[p].checkpoint_pvc, tasks[p].checkpoint_mount) == (pvc, mount))
+        if pvc != cfg.cluster.checkpoint_pvc:
+            found.append(Contradiction("cluster.checkpoint_pvc", f"{_shown(pvc)} ({on})",
+                                       _shown(cfg.cluster.checkpoint_pvc)))
+        if pvc and mount.rstrip("/") != cfg.cluster.checkpoint_root.rstrip("/"):
+            found.append(Contradiction("cluster.checkpoint_root", f"{mount} (the PVC's mount path in {on})",
+                                       _shown(cfg.cluster.checkpoint_root)))
+    # Retries: not read at run time, but a config naming other retries than the YAML's would mislead (e.g. one
+    # that lowers them for debugging, which takes a recompile).
+    retry = RetryPolicy.for_cluster(cfg)
+    for retries, backoff in sorted({(t.retries, t.retry_backoff) for t in tasks.values()}):
+        on = ", ".join(p for p, t in tasks.items() if (t.retries, t.retry_backoff) == (retries, backoff))
+        if retries != retry.retries:
+            found.append(Contradiction("cluster.retries", f"{retries} ({on})", str(retry.retries)))
+        elif retries and _seconds(backoff) != _seconds(retry.backoff):
+            found.append(Contradiction("cluster.retry_backoff", f"{backoff} ({on})", retry.backoff))
+    return found
+
+
+def check_runtime_config(pipeline_file: Path, cfg: Config, compiled_here: bool = False) -> None:
+    """Refuse a runtime config that contradicts the compile-time settings of `pipeline_file`, naming every
+    contradicting key with both values."""
+    found = runtime_contradictions(load_documents(pipeline_file.read_text()), cfg)
+    if not found:
+        return
+    listed = "\n".join(f"  - {c}" for c in found)
+    if compiled_here:
+        where, fix = ("--param config, against the pipeline compiled from the overrides",
+                      "leave out --param config (the config compiled from the overrides and --config is sent), or "
+                      "give these settings as overrides")
+    else:
+        where = f"--param config, against --pipeline-file {pipeline_file}"
+        fix = (f"compile the YAML from this config and submit that: save the config to a file (JSON is YAML) and "
+               f"run `streetvision compile --config FILE -o {pipeline_file}`; or set these keys in the config to "
+               "the YAML's values")
+    raise SubmitError(f"the runtime config contradicts what the YAML was compiled with "
+                      f"({len(found)} setting(s)):\n{listed}", where, fix)

@@ -216,3 +216,136 @@ def test_submit_and_lint_are_on_the_command_line(capsys):
     for flag in ("--dry-run", "--host", "--namespace", "--experiment", "--run-name", "--param", "--in-cluster",
                  "--token-env", "--pipeline-file", "KFP_TOKEN"):
         assert flag in out
+
+
+# --- a runtime config against the compile-time settings of the YAML it is submitted with
+
+# Pinned images keep these tests apart from the tags derived from the checkout (which change with every edit).
+PINNED = ["cluster.gpu_image=registry.test/stage1:1.0.0", "cluster.cpu_image=registry.test/stage1-cpu:1.0.0"]
+
+
+@pytest.fixture(scope="module")
+def compiled_default(tmp_path_factory):
+    """A YAML compiled from the default config, and what its executors and platform spec say, read plainly."""
+    path = tmp_path_factory.mktemp("compiled") / "stage1.yaml"
+    assert main(["compile", *PINNED, "-o", str(path)]) == 0
+    docs = load_documents(path.read_text())
+    images = {name: ex["container"]["image"] for name, ex in docs[0]["deploymentSpec"]["executors"].items()}
+    mount = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-phase1-train"]["pvcMount"][0]
+    return path, {"gpu": images["exec-phase1-train"], "cpu": images["exec-ingest"], "pvc": mount["constant"],
+                  "root": mount["mountPath"]}
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["pipeline.phases=[phase1, phase3, phase6, evaluate]"],
+     ["pipeline.phases: the YAML has [ingest, phase1, phase2, phase6, evaluate], "
+      "the config says [ingest, phase1, phase3, phase6, evaluate]"]),
+    (["cluster.checkpoint_root=/mnt/elsewhere"],
+     ["cluster.checkpoint_root: the YAML has {root} (the PVC's mount path in phase1), the config says /mnt/elsewhere"]),
+    (["cluster.checkpoint_pvc=other-claim"],
+     ["cluster.checkpoint_pvc: the YAML has {pvc} (phase1), the config says other-claim"]),
+    (["cluster.checkpoint_pvc=", "cluster.checkpoint_root=gs://sv/ckpt"],
+     ['cluster.checkpoint_pvc: the YAML has {pvc} (phase1), the config says "" (none)',
+      "cluster.checkpoint_root: the YAML has {root} (the PVC's mount path in phase1), the config says gs://sv/ckpt"]),
+    (["cluster.gpu_image=ghcr.io/other/stage1:9.9.9"],
+     ["cluster.gpu_image: the YAML has {gpu} (phase1, evaluate), the config says ghcr.io/other/stage1:9.9.9"]),
+    (["cluster.cpu_image=ghcr.io/other/stage1-cpu:9.9.9"],
+     ["cluster.cpu_image: the YAML has {cpu} (ingest, phase2, phase6), "
+      "the config says ghcr.io/other/stage1-cpu:9.9.9"]),
+    # phase 2 on a GPU node takes the GPU image: images are compared per task, as the factory resolves them
+    (["cluster.phase2.gpus=1"], ["cluster.gpu_image: the YAML has {cpu} (phase2), the config says {gpu}"]),
+])
+def test_submit_refuses_a_runtime_config_that_contradicts_the_yaml(compiled_default, overrides, expected, capsys,
+                                                                   monkeypatch):
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    path, compiled = compiled_default
+    runtime = config_to_json(load_config([*PINNED, "training.epochs=2", *overrides]))
+    for extra in ([], ["--dry-run"]):
+        with RecordingKfpServer() as server:
+            code = main(["submit", "--pipeline-file", str(path), "--param", f"config={runtime}", "--host", server.url,
+                         *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and server.requests == [], err  # refused before any request
+        assert f"({len(expected)} setting(s))" in err
+        for line in expected:
+            assert f"  - {line.format(**compiled)}" in err
+        assert f"streetvision compile --config FILE -o {path}" in err
+
+
+def test_submit_accepts_a_runtime_config_that_changes_only_run_time_settings(compiled_default, monkeypatch, capsys):
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    path, _ = compiled_default
+    runtime = load_config([*PINNED, "training.epochs=2", "data.source=manifest", "data.manifest=gs://sv/m.csv",
+                           "pipeline.phases=[all]"])  # the same phases, once resolved
+    with RecordingKfpServer(require_token=TOKEN) as server:
+        code = main(["submit", "--pipeline-file", str(path), "--param", f"config={config_to_json(runtime)}",
+                     "--host", server.url])
+    assert code == 0, capsys.readouterr().err
+    (run,) = server.find("POST", "/apis/v2beta1/runs")
+    assert json.loads(run["body"]["runtime_config"]["parameters"]["config"])["data"]["manifest"] == "gs://sv/m.csv"
+
+
+def test_a_yaml_without_the_pvc_takes_any_bucket_checkpoint_root_but_no_pvc(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    bucket = [*PINNED, "cluster.checkpoint_pvc=", "cluster.checkpoint_root=gs://sv/ckpt"]
+    path = tmp_path / "bucket.yaml"
+    assert main(["compile", *bucket, "-o", str(path)]) == 0
+    # The root is read only at run time when no volume is mounted: another bucket prefix is the run's choice.
+    elsewhere = config_to_json(load_config([*PINNED, "cluster.checkpoint_pvc=",
+                                            "cluster.checkpoint_root=gs://sv/other"]))
+    assert main(["submit", "--pipeline-file", str(path), "--param", f"config={elsewhere}", "--dry-run"]) == 0
+    # A PVC the YAML does not mount: the checkpoints would land on the container's own disk.
+    with RecordingKfpServer() as server:
+        code = main(["submit", "--pipeline-file", str(path), "--param", f"config={config_to_json(load_config(PINNED))}",
+                     "--host", server.url])
+    err = capsys.readouterr().err
+    assert code == 2 and server.requests == [] and "(1 setting(s))" in err
+    pvc = load_config().cluster.checkpoint_pvc
+    assert f'cluster.checkpoint_pvc: the YAML has "" (none) (phase1), the config says {pvc}' in err
+
+
+def test_images_are_compared_with_what_the_config_resolves_to(compiled_default, capsys):
+    from streetvision_pipelines.factory import make_component
+
+    path, compiled = compiled_default
+    default = load_config()  # the default images, as the factory names them
+    resolved = {kind: make_component(phase, default).component_spec.implementation.container.image
+                for kind, phase in (("gpu", "phase1"), ("cpu", "ingest"))}
+    argv = ["submit", "--pipeline-file", str(path), "--param", f"config={config_to_json(default)}", "--dry-run"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (f"cluster.gpu_image: the YAML has {compiled['gpu']} (phase1, evaluate), "
+            f"the config says {resolved['gpu']}") in err
+    assert (f"cluster.cpu_image: the YAML has {compiled['cpu']} (ingest, phase2, phase6), "
+            f"the config says {resolved['cpu']}") in err
+
+
+def test_a_runtime_config_against_the_pipeline_compiled_from_the_overrides(monkeypatch, capsys):
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    other = config_to_json(load_config(["pipeline.phases=[ingest]"]))
+    with RecordingKfpServer() as server:
+        code = main(["submit", "--phases", "phase1", "--param", f"config={other}", "--host", server.url])
+    err = capsys.readouterr().err
+    assert code == 2 and server.requests == []
+    assert "pipeline.phases: the YAML has [ingest, phase1], the config says [ingest]" in err
+    assert "leave out --param config" in err
+
+
+def test_retries_are_compile_time_too(compiled_default, tmp_path, capsys):
+    path, _ = compiled_default
+    compiled = load_config(PINNED).cluster
+    for overrides, line in [
+        (["cluster.retries=0"], f"cluster.retries: the YAML has {compiled.retries} (ingest, phase1, phase2, phase6, "
+                                "evaluate), the config says 0"),
+        (["cluster.retry_backoff=5s"], f"cluster.retry_backoff: the YAML has {compiled.retry_backoff} (ingest, "
+                                       "phase1, phase2, phase6, evaluate), the config says 5s"),
+    ]:
+        runtime = config_to_json(load_config([*PINNED, *overrides]))
+        assert main(["submit", "--pipeline-file", str(path), "--param", f"config={runtime}", "--dry-run"]) == 2
+        assert line in capsys.readouterr().err
+    # The compiler writes durations in seconds: a YAML compiled with 2m says 120s, and 2m is no contradiction.
+    minutes = tmp_path / "minutes.yaml"
+    assert main(["compile", *PINNED, "cluster.retry_backoff=2m", "--phases", "ingest", "-o", str(minutes)]) == 0
+    assert "backoffDuration: 120s" in minutes.read_text()
+    same = config_to_json(load_config([*PINNED, "cluster.retry_backoff=2m", "pipeline.phases=[ingest]"]))
+    assert main(["submit", "--pipeline-file", str(minutes), "--param", f"config={same}", "--dry-run"]) == 0

@@ -202,11 +202,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     import os
     import tempfile
 
-    from streetvision.config import load_config
+    from streetvision.config import config_from_json, load_config
     from streetvision_pipelines.factory import compile_pipeline
     from streetvision_pipelines.submit import (
-        HOST_ENV, IN_CLUSTER_HOST, IN_CLUSTER_TOKEN_PATH, Submission, SubmitError, config_argument,
-        default_run_name, embedded_config, parse_parameters, submit,
+        HOST_ENV, IN_CLUSTER_HOST, IN_CLUSTER_TOKEN_PATH, Submission, SubmitError, check_runtime_config,
+        config_argument, default_run_name, embedded_config, parse_parameters, submit,
     )
 
     with tempfile.TemporaryDirectory(prefix="streetvision-submit-") as tmp:
@@ -223,7 +223,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             cfg, _ = _resolve_config(args)
             pipeline_file = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
             arguments = config_argument(cfg)
-        arguments.update(parse_parameters(args.param or [], pipeline_file))
+        runtime_params = parse_parameters(args.param or [], pipeline_file)
+        if isinstance(runtime_params.get("config"), str):  # before any request, and before --dry-run shows it
+            check_runtime_config(pipeline_file, config_from_json(runtime_params["config"]),
+                                 compiled_here=not args.pipeline_file)
+        arguments.update(runtime_params)
         host = args.host or os.environ.get(HOST_ENV) or (IN_CLUSTER_HOST if args.in_cluster else None)
         if not host and not args.dry_run:
             raise SubmitError("no Kubeflow Pipelines host given", "streetvision submit",
