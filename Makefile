@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: demo test compile lock
+.PHONY: demo test e2e-containers compile lock
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Build both images and run the whole demo pipeline inside them (kfp.local.DockerRunner); see images/e2e.sh.
+e2e-containers: $(STAMP)
+	PY=$(BIN)/python bash images/e2e.sh
 
 # Refresh the committed default pipeline YAML after changing components or defaults.
 compile: $(STAMP)

@@ -14,6 +14,7 @@ from streetvision.cluster_env import RUN_ID_ENV, RUN_ID_FIELD_PATH
 from streetvision.config import Config, config_to_json
 from streetvision.phase_graph import resolve_phases
 from streetvision_components.phases import PHASE_FUNCTIONS, PHASE_VARIANTS
+from streetvision_pipelines import images
 
 # GKE node labels for each accelerator choice (cloud.google.com/gke-accelerator).
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -29,11 +30,20 @@ CHECKPOINTING_PHASES = {"phase1", "phase4"}
 GCP_CREDENTIALS_DIR = "/var/secrets/google"
 
 
+def component_images(cfg: Config) -> dict[str, str]:
+    """{"gpu": image, "cpu": image}: the configured ones, or ("") the tags of the images built from this
+    checkout (pipelines/images.py), so a compiled pipeline names exactly the images of its own source."""
+    gpu, cpu = cfg.cluster.gpu_image, cfg.cluster.cpu_image
+    if not (gpu and cpu):
+        tags = images.image_tags(cfg.cluster.image_registry)
+        gpu, cpu = gpu or tags[images.GPU_IMAGE], cpu or tags[images.CPU_IMAGE]
+    return {"gpu": gpu, "cpu": cpu}
+
+
 def make_component(phase: str, cfg: Config, function=None):
     """Wrap the phase's function (or a variant of it) as a lightweight component on the image its resources
     call for."""
-    uses_gpu = cfg.cluster.resources_for(phase).gpus > 0
-    image = cfg.cluster.gpu_image if uses_gpu else cfg.cluster.cpu_image
+    image = component_images(cfg)["gpu" if cfg.cluster.resources_for(phase).gpus > 0 else "cpu"]
     return dsl.component(function or PHASE_FUNCTIONS[phase], base_image=image, install_kfp_package=False)
 
 

@@ -15,6 +15,7 @@ is not part of any task's cache key (the local cache keys on image, command, arg
 """
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -145,9 +146,23 @@ def make_runner(runner: str, pipeline_root: Path):
     raise ValueError(f"unknown runner {runner!r}; choose one of {RUNNERS}")
 
 
+# The image a subprocess-run task names. Such tasks run in this environment, never in an image, and the image
+# is part of the local cache key: naming the checkout's image (whose tag hashes the library source) would make a
+# code fix invalidate every finished phase, so `--resume` could not reuse them.
+SUBPROCESS_IMAGE = "streetvision-local-environment:subprocess"
+
+
+def runner_config(cfg: Config, runner: str) -> Config:
+    if runner != "subprocess":
+        return cfg
+    cluster = dataclasses.replace(cfg.cluster, gpu_image=SUBPROCESS_IMAGE, cpu_image=SUBPROCESS_IMAGE)
+    return dataclasses.replace(cfg, cluster=cluster)
+
+
 def run_local(cfg: Config, run_dir: Path, runner: str = "subprocess", retries: int = 0) -> LocalRun:
     """Run every selected phase locally; a rerun on the same folder resumes from the first unfinished phase.
     A failed task is tried `retries` more times, at once."""
+    cfg = runner_config(cfg, runner)
     phases, _ = resolve_phases(cfg.pipeline.phases)
     retry = RetryPolicy(retries)  # no backoff: nothing local is worth waiting out
     compile_pipeline(cfg, run_dir / "pipeline.yaml", retry)

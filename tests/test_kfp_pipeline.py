@@ -9,7 +9,7 @@ from streetvision.contracts import PHASE_READS, ContractError, check_access
 from streetvision.phase_graph import resolve_phases
 from streetvision_components.phases import PHASE_FUNCTIONS
 from streetvision_components.types import split_of_type
-from streetvision_pipelines.factory import DEFAULT_PIPELINE_FILE, make_component
+from streetvision_pipelines.factory import DEFAULT_PIPELINE_FILE, component_images, make_component
 from streetvision_pipelines.inspect_spec import compile_to_documents, describe, load_documents
 from streetvision_pipelines.lint import lint_documents
 
@@ -99,7 +99,7 @@ def test_every_phase_selection_compiles(phases, accelerator):
             assert accel.get("resourceType") == "nvidia.com/gpu" and accel.get("resourceCount") == str(gpus)
             label = {"h100": "nvidia-h100-80gb", "a100": "nvidia-a100-80gb"}[accelerator]
             assert plan.node_selector == {"cloud.google.com/gke-accelerator": label}
-            assert plan.image == cfg.cluster.gpu_image
+            assert plan.image == component_images(cfg)["gpu"]
         else:
             assert not accel and not plan.node_selector
         assert plan.resources["resourceCpuLimit"] == cfg.cluster.resources_for(plan.display_name).cpu
@@ -134,7 +134,7 @@ def test_compiled_yaml_reads_as_the_cluster_needs(accelerator):
         assert ex["task"]["retryPolicy"]["maxRetryCount"] == cfg.cluster.retries
         assert ex["task"]["retryPolicy"]["backoffDuration"] == cfg.cluster.retry_backoff
         if res.gpus:
-            assert container["image"] == cfg.cluster.gpu_image
+            assert container["image"] == component_images(cfg)["gpu"]
             accel = resources["accelerator"]  # KFP writes the current and the legacy field names
             assert (accel["resourceType"], accel["resourceCount"]) == ("nvidia.com/gpu", str(res.gpus))
             assert k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": label}
@@ -142,7 +142,7 @@ def test_compiled_yaml_reads_as_the_cluster_needs(accelerator):
             assert k8s["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm",
                                               "sizeLimit": cfg.cluster.shm_size, "volumeName": "dshm"}]
         else:
-            assert container["image"] == cfg.cluster.cpu_image
+            assert container["image"] == component_images(cfg)["cpu"]
             assert "accelerator" not in resources and "nodeSelector" not in k8s and "tolerations" not in k8s
         if phase == "phase1":  # resumable: the checkpoint PVC and the run id (stable across retries)
             assert k8s["pvcMount"][0]["constant"] == cfg.cluster.checkpoint_pvc
@@ -219,7 +219,8 @@ def test_committed_default_pipeline_is_fresh(tmp_path):
     compile_pipeline(load_config(), fresh)
     assert DEFAULT_PIPELINE_FILE.is_file(), "run `make compile` to write the default pipeline YAML"
     assert _significant(DEFAULT_PIPELINE_FILE.read_text()) == _significant(fresh.read_text()), (
-        "pipelines/streetvision_stage1.yaml is stale: run `make compile` and commit it"
+        "pipelines/streetvision_stage1.yaml is stale: run `make compile` and commit it (it names the image tags, "
+        "which hash the library, the lock and the Dockerfile, so any change there needs it)"
     )
 
 

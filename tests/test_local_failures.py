@@ -172,3 +172,9 @@ def test_a_failing_task_is_tried_once_unless_retries_are_asked_for(tmp_path):
     log = (run_dir / "run.log").read_text()
     assert "Task ingest cache hit" in log
     assert json.loads((run_dir / "run.json").read_text())["status"] == "succeeded"
+    # Subprocess tasks name a fixed stand-in image, not the checkout's (whose tag hashes the library): the
+    # image is part of the cache key, so a code fix before a resume must not invalidate the finished phases.
+    from streetvision_pipelines.local_run import SUBPROCESS_IMAGE
+
+    executors = load_documents((run_dir / "pipeline.yaml").read_text())[0]["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {SUBPROCESS_IMAGE}

@@ -1,3 +1,6 @@
 """StreetVision Stage 1: a leakage-proof training pipeline for a selective roadwork classifier."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version as _installed_version
+
+# pyproject.toml holds the version; the installed distribution reports it.
+__version__ = _installed_version("streetvision")

@@ -593,8 +593,11 @@ class ClusterConfig:
     """Where compiled pipelines run. Ignored by the local runner."""
 
     accelerator: Literal["none", "h100", "a100"] = "h100"
-    gpu_image: str = "ghcr.io/streetvision/stage1:0.1.0"
-    cpu_image: str = "ghcr.io/streetvision/stage1-cpu:0.1.0"
+    # The component images. "": the images built from this checkout, <image_registry>/stage1[-cpu]:<version>-
+    # <content digest> (what `python images/build.py build` tags); set both to run other, pinned images.
+    image_registry: str = "ghcr.io/streetvision"
+    gpu_image: str = ""
+    cpu_image: str = ""
     # The Kubernetes service account pipeline pods run as (manifests/base creates it and annotates it for
     # Workload Identity, so bucket access needs no key in the YAML or the repo). Used by `streetvision submit`.
     service_account: str = "streetvision-pipeline"
@@ -632,8 +635,9 @@ class ClusterConfig:
         for name in ("gpu_image", "cpu_image"):
             image = getattr(self, name)
             tag = image.rsplit("/", 1)[-1].partition(":")[2] if "@" not in image else "digest"
-            if not tag or tag == "latest":
-                problems.append(f"{name}: pin a version tag or digest (e.g. ...:0.1.0), got {image!r}")
+            if image and (not tag or tag == "latest"):
+                problems.append(f"{name}: pin an immutable tag or digest (e.g. ...:0.1.0-<digest>), or \"\" for "
+                                f"the images built from this checkout; got {image!r}")
         if self.pipeline_root and not self.pipeline_root.startswith(OBJECT_STORE_SCHEMES):
             problems.append(
                 f"pipeline_root: must be an object-store URI ({', '.join(OBJECT_STORE_SCHEMES)}...) or \"\", "
