@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: demo test e2e-containers compile lock
+.PHONY: demo test lint e2e-containers compile lock
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Lint and format check (ruff; settings in pyproject.toml). `$(BIN)/ruff format .` applies the format.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Build both images and run the whole demo pipeline inside them (kfp.local.DockerRunner); see images/e2e.sh.
 e2e-containers: $(STAMP)

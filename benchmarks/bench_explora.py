@@ -32,8 +32,16 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model=vit_base explora.ibot=false")
     args = parser.parse_args()
 
-    cfg = load_config(["model=vit_small", "explora.prototypes=65536", "explora.hidden_dim=2048",
-                       "explora.bottleneck_dim=256", f"explora.batch_size={args.batch_size}", *args.overrides])
+    cfg = load_config(
+        [
+            "model=vit_small",
+            "explora.prototypes=65536",
+            "explora.hidden_dim=2048",
+            "explora.bottleneck_dim=256",
+            f"explora.batch_size={args.batch_size}",
+            *args.overrides,
+        ]
+    )
     device = torch.device(args.device)
     amp = torch.bfloat16 if args.precision == "bf16" else None
     import timm
@@ -60,11 +68,14 @@ def main() -> None:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    print(f"{cfg.model.name} {size}px {args.precision} batch {args.batch_size} "
-          f"local {cfg.explora.local_crops}x{trainer.local_size}px ibot={cfg.explora.ibot} koleo={cfg.explora.koleo} "
-          f"trainable {report['trainable_parameters']:,}/{report['backbone_parameters']:,}: "
-          f"{args.batch_size * args.steps / seconds:.0f} images/s ({seconds / args.steps * 1000:.0f} ms/step), "
-          f"peak {memory:.1f} GiB, loss {record['loss']:.3f}", flush=True)
+    print(
+        f"{cfg.model.name} {size}px {args.precision} batch {args.batch_size} "
+        f"local {cfg.explora.local_crops}x{trainer.local_size}px ibot={cfg.explora.ibot} koleo={cfg.explora.koleo} "
+        f"trainable {report['trainable_parameters']:,}/{report['backbone_parameters']:,}: "
+        f"{args.batch_size * args.steps / seconds:.0f} images/s ({seconds / args.steps * 1000:.0f} ms/step), "
+        f"peak {memory:.1f} GiB, loss {record['loss']:.3f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,10 @@ def main() -> None:
     print(f"target risk {args.target}, delta {args.delta}, {args.trials} draws of {args.n_calib} calibration samples")
     for name, values in rows.items():
         risks, coverage = np.array(values).T
-        print(f"{name:30s} feasible {len(values):4d}/{args.trials}  violations {np.mean(risks > args.target):.3f}  "
-              f"mean true risk {risks.mean():.4f}  mean calib coverage {coverage.mean():.3f}")
+        print(
+            f"{name:30s} feasible {len(values):4d}/{args.trials}  violations {np.mean(risks > args.target):.3f}  "
+            f"mean true risk {risks.mean():.4f}  mean calib coverage {coverage.mean():.3f}"
+        )
 
 
 if __name__ == "__main__":

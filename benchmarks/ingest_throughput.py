@@ -72,11 +72,20 @@ def per_image_rates(paths: list[Path], size: int, repeats: int = 3) -> tuple[flo
 
 
 def ingest_rate(root: Path, out: Path, size: int, workers: int) -> tuple[float, float, Path]:
-    cfg = load_config([
-        "data.source=folder", f"data.path={root}", f"model.img_size={size}", f"data.workers={workers}",
-        "model.patch_size=null", "data.max_quarantine_fraction=0.0", "data.split.train=0.4",
-        "data.split.val_select=0.2", "data.split.val_calib=0.2", "data.split.val_test=0.2",
-    ])
+    cfg = load_config(
+        [
+            "data.source=folder",
+            f"data.path={root}",
+            f"model.img_size={size}",
+            f"data.workers={workers}",
+            "model.patch_size=null",
+            "data.max_quarantine_fraction=0.0",
+            "data.split.train=0.4",
+            "data.split.val_select=0.2",
+            "data.split.val_calib=0.2",
+            "data.split.val_test=0.2",
+        ]
+    )
     n = sum(1 for _ in root.rglob("*.jpg"))
     start = time.perf_counter()
     meta = run_ingest(cfg, {s: out / s.value for s in Split}, out / "report")
@@ -100,39 +109,56 @@ def cache_read_rate(split_dir: Path, batch: int = 256, seconds: float = 3.0) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n-1080p", type=int, default=150, help="number of 1920x1080 JPEGs (default 150)")
     parser.add_argument("--n-224", type=int, default=400, help="number of 224x224 JPEGs (default 400)")
     parser.add_argument("--size", type=int, default=224, help="cache resolution (default 224)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, os.cpu_count() or 1],
-                        help="decode thread counts to measure (default: 1 and all cores)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, os.cpu_count() or 1],
+        help="decode thread counts to measure (default: 1 and all cores)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where to write data (default: a temp dir)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
-        print(f"cores: {os.cpu_count()}; writing {args.n_1080p} x 1080p and {args.n_224} x 224 px JPEGs ...",
-              flush=True)
-        sets = {"1080p": (write_dataset(tmp / "src1080", args.n_1080p, 1920, 1080), tmp / "src1080"),
-                "224px": (write_dataset(tmp / "src224", args.n_224, 224, 224), tmp / "src224")}
+        print(
+            f"cores: {os.cpu_count()}; writing {args.n_1080p} x 1080p and {args.n_224} x 224 px JPEGs ...", flush=True
+        )
+        sets = {
+            "1080p": (write_dataset(tmp / "src1080", args.n_1080p, 1920, 1080), tmp / "src1080"),
+            "224px": (write_dataset(tmp / "src224", args.n_224, 224, 224), tmp / "src224"),
+        }
         anchor, decode_rate = per_image_rates(sets["1080p"][0], args.size)
         print(f"anchor  PIL+draft 1080p->{args.size}, 1 core: {anchor:7.1f} images/s (best of 3)", flush=True)
-        print(f"decode  ingest's decode_image 1080p->{args.size}, 1 core: {decode_rate:7.1f} images/s (best of 3) "
-              f"= {100 * decode_rate / anchor:.0f} % of the anchor", flush=True)
+        print(
+            f"decode  ingest's decode_image 1080p->{args.size}, 1 core: {decode_rate:7.1f} images/s (best of 3) "
+            f"= {100 * decode_rate / anchor:.0f} % of the anchor",
+            flush=True,
+        )
         last_out = None
-        for name, (paths, root) in sets.items():
+        for name, (_paths, root) in sets.items():
             for workers in sorted(set(args.workers)):
                 out = tmp / f"out_{name}_{workers}"
                 rate, decode_rate, last_out = ingest_rate(root, out, args.size, workers)
-                line = (f"ingest  {name:>5} -> {args.size}, {workers:2d} thread(s): {rate:7.1f} images/s "
-                        f"({rate / workers:6.1f} per core; read+decode stage {decode_rate:7.1f} images/s)")
+                line = (
+                    f"ingest  {name:>5} -> {args.size}, {workers:2d} thread(s): {rate:7.1f} images/s "
+                    f"({rate / workers:6.1f} per core; read+decode stage {decode_rate:7.1f} images/s)"
+                )
                 if name == "1080p" and workers == 1:
                     line += f"  = {100 * rate / anchor:.0f} % of the anchor (goal >= 80 %)"
                 print(line, flush=True)
         random_rate, sequential_rate = cache_read_rate(last_out / "train")
-        print(f"cache   read {args.size}px uint8 shards: {random_rate:9.0f} images/s random batches of 256, "
-              f"{sequential_rate:9.0f} images/s sequential", flush=True)
+        print(
+            f"cache   read {args.size}px uint8 shards: {random_rate:9.0f} images/s random batches of 256, "
+            f"{sequential_rate:9.0f} images/s sequential",
+            flush=True,
+        )
     return 0
 
 

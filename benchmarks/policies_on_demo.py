@@ -47,8 +47,18 @@ def main() -> None:
     fits = {
         "threshold": lambda: (run_phase2(cfg, cal, root / "threshold"), ckpt),
         "scrc": lambda: (run_phase5(cfg, cal, root / "scrc"), ckpt),
-        "gate": lambda: (run_phase3(cfg, ckpt, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB],
-                                    root / "gate_checkpoint", root / "gate"), root / "gate_checkpoint"),
+        "gate": lambda: (
+            run_phase3(
+                cfg,
+                ckpt,
+                dirs[Split.TRAIN],
+                dirs[Split.VAL_SELECT],
+                dirs[Split.VAL_CALIB],
+                root / "gate_checkpoint",
+                root / "gate",
+            ),
+            root / "gate_checkpoint",
+        ),
     }
     rows = []
     for kind, fit in fits.items():
@@ -56,8 +66,13 @@ def main() -> None:
         _, weights = fit()
         seconds = time.time() - started
         run_phase6(cfg, weights, root / kind, dirs[Split.VAL_CALIB], root / f"bundle_{kind}")
-        result = run_evaluate(cfg, root / f"bundle_{kind}", dirs[Split.VAL_TEST], root / f"evaluation_{kind}",
-                              root / f"report_{kind}.html")
+        result = run_evaluate(
+            cfg,
+            root / f"bundle_{kind}",
+            dirs[Split.VAL_TEST],
+            root / f"evaluation_{kind}",
+            root / f"report_{kind}.html",
+        )
         policy = json.loads((root / kind / "policy.json").read_text())
         m = result["scalars"]
         rows.append((kind, policy, m, seconds))

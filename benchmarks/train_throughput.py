@@ -46,17 +46,28 @@ AUGMENTS = {
 
 def _parse(argv):
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("--device", default="cuda" if cuda else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--model", default="vit_small_patch14_dinov2", help="timm name (random init)")
     p.add_argument("--img-size", type=int, default=None, help="default 224 on GPU, 64 on CPU")
-    p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=None,
-                   help="shrink to 4 blocks of width 192, patch 8 (default: on for CPU, off for GPU)")
+    p.add_argument(
+        "--tiny",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="shrink to 4 blocks of width 192, patch 8 (default: on for CPU, off for GPU)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="default 256 on GPU, 32 on CPU")
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default bf16 on GPU, fp32 on CPU")
-    p.add_argument("--compile", choices=["off", "on", "both"], default=None,
-                   help="torch.compile the model (default: both on GPU, off on CPU)")
+    p.add_argument(
+        "--compile",
+        choices=["off", "on", "both"],
+        default=None,
+        help="torch.compile the model (default: both on GPU, off on CPU)",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels-last model and input (CNN backbones)")
     p.add_argument("--augment", choices=list(AUGMENTS), default="challenge", help="augmentation of the real path")
     p.add_argument("--steps", type=int, default=None, help="timed steps per row (default 30 GPU, 4 CPU)")
@@ -66,9 +77,16 @@ def _parse(argv):
     gpu = args.device == "cuda"
     if gpu and not cuda:
         p.error("--device cuda but no CUDA device is visible; use --device cpu")
-    defaults = dict(img_size=224 if gpu else 64, tiny=not gpu, batch_size=256 if gpu else 32,
-                    precision="bf16" if gpu else "fp32", compile="both" if gpu else "off", steps=30 if gpu else 4,
-                    warmup=8 if gpu else 1, cache_images=2048 if gpu else 256)
+    defaults = dict(
+        img_size=224 if gpu else 64,
+        tiny=not gpu,
+        batch_size=256 if gpu else 32,
+        precision="bf16" if gpu else "fp32",
+        compile="both" if gpu else "off",
+        steps=30 if gpu else 4,
+        warmup=8 if gpu else 1,
+        cache_images=2048 if gpu else 256,
+    )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -136,8 +154,9 @@ def _real(trainer: Trainer, images: np.ndarray, labels: np.ndarray, args, device
 
 def _readers_only(trainer: Trainer, images: np.ndarray, args, device) -> float:
     """Images/s of the batch readers alone (cache read, JPEG re-compression, pinning): what they can feed."""
-    batches = [np.arange(i * args.batch_size, (i + 1) * args.batch_size) % len(images)
-               for i in range(args.warmup + args.steps)]
+    batches = [
+        np.arange(i * args.batch_size, (i + 1) * args.batch_size) % len(images) for i in range(args.warmup + args.steps)
+    ]
     start = time.perf_counter()
     for _ in _Batches(images, batches, pin=device.type == "cuda", prepare=trainer.host_prepare(1, 0)):
         pass
@@ -146,8 +165,10 @@ def _readers_only(trainer: Trainer, images: np.ndarray, args, device) -> float:
 
 def _augment_only(trainer: Trainer, images: np.ndarray, args, device) -> float:
     """Images/s of the device side of augmentation alone, on batches already there: its share of each step."""
-    batches = [torch.from_numpy(np.array(images[i * args.batch_size : (i + 1) * args.batch_size])).to(device)
-               for i in range(min(4, len(images) // args.batch_size))]
+    batches = [
+        torch.from_numpy(np.array(images[i * args.batch_size : (i + 1) * args.batch_size])).to(device)
+        for i in range(min(4, len(images) // args.batch_size))
+    ]
     run = lambda u8: trainer.augment(u8.permute(0, 3, 1, 2).float().div_(255.0))  # noqa: E731
     for i in range(args.warmup):
         run(batches[i % len(batches)])
@@ -175,8 +196,11 @@ def main(argv=None) -> int:
         try:
             import kornia  # noqa: F401
         except ImportError:
-            print("kornia is not installed (the real path augments with it): `pip install kornia`, or pass "
-                  "--augment none to measure the data path without augmentation", file=sys.stderr)
+            print(
+                "kornia is not installed (the real path augments with it): `pip install kornia`, or pass "
+                "--augment none to measure the data path without augmentation",
+                file=sys.stderr,
+            )
             return 2
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -185,15 +209,20 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     # The model defaults are the demo's shrunk ViT; None keeps the architecture's own size.
-    tiny = dict(patch_size=8, depth=4, embed_dim=192, num_heads=3) if args.tiny else dict(
-        patch_size=None, depth=None, embed_dim=None, num_heads=None)
+    tiny = (
+        dict(patch_size=8, depth=4, embed_dim=192, num_heads=3)
+        if args.tiny
+        else dict(patch_size=None, depth=None, embed_dim=None, num_heads=None)
+    )
     model_cfg = ModelConfig(name=args.model, weights="none", img_size=args.img_size, **tiny)
     n_cache = max(args.cache_images, args.batch_size)
     rows = []
     with tempfile.TemporaryDirectory(prefix="sv-bench-") as tmp:
         # The uint8 cache as ingest writes it (N, S, S, 3), read back memory-mapped like a split artifact.
         path = os.path.join(tmp, "images.npy")
-        cache = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n_cache, args.img_size, args.img_size, 3))
+        cache = np.lib.format.open_memmap(
+            path, mode="w+", dtype=np.uint8, shape=(n_cache, args.img_size, args.img_size, 3)
+        )
         rng = np.random.default_rng(0)
         for start in range(0, n_cache, 256):
             cache[start : start + 256] = _photo_like(min(256, n_cache - start), args.img_size, rng)
@@ -207,8 +236,13 @@ def main(argv=None) -> int:
             if args.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             mean, std = normalization(model)
-            cfg = TrainingConfig(batch_size=args.batch_size, precision=args.precision, compile=compiled,
-                                 device=args.device, augment=AUGMENTS[args.augment])
+            cfg = TrainingConfig(
+                batch_size=args.batch_size,
+                precision=args.precision,
+                compile=compiled,
+                device=args.device,
+                augment=AUGMENTS[args.augment],
+            )
             trainer = Trainer(model, cfg, args.img_size, mean, std, 1000, np.ones(2), device)
             trainer.model.train()
             started = time.perf_counter()
@@ -216,23 +250,32 @@ def main(argv=None) -> int:
             real = _real(trainer, images, labels, args, device)
             readers = _readers_only(trainer, images, args, device)
             augment = _augment_only(trainer, images, args, device)
-            rows.append(("compiled" if compiled else "eager", synthetic, real, readers, augment,
-                         time.perf_counter() - started))
+            rows.append(
+                ("compiled" if compiled else "eager", synthetic, real, readers, augment, time.perf_counter() - started)
+            )
             del trainer, model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
     name = args.model + (" (tiny: 4x192, patch 8)" if args.tiny else "")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\n{name} @ {args.img_size}px, batch {args.batch_size}, {args.precision}, augment={args.augment}"
-          f"{', channels-last' if args.channels_last else ''} on {gpu}")
-    print(f"{'mode':<9} {'(a) synthetic img/s':>20} {'(b) real path img/s':>20} {'ratio b/a':>10} "
-          f"{'readers img/s':>14} {'device aug img/s':>17} {'row secs':>9}")
+    print(
+        f"\n{name} @ {args.img_size}px, batch {args.batch_size}, {args.precision}, augment={args.augment}"
+        f"{', channels-last' if args.channels_last else ''} on {gpu}"
+    )
+    print(
+        f"{'mode':<9} {'(a) synthetic img/s':>20} {'(b) real path img/s':>20} {'ratio b/a':>10} "
+        f"{'readers img/s':>14} {'device aug img/s':>17} {'row secs':>9}"
+    )
     for mode, synthetic, real, readers, augment, seconds in rows:
-        print(f"{mode:<9} {synthetic:>20,.0f} {real:>20,.0f} {real / synthetic:>10.2f} {readers:>14,.0f} "
-              f"{augment:>17,.0f} {seconds:>9.0f}")
-    print(f"readers: {_Batches(images, [], pin=False).ahead} threads reading the cache and re-compressing JPEGs "
-          "ahead of the step; device aug: the rest of augmentation, on batches already on the device")
+        print(
+            f"{mode:<9} {synthetic:>20,.0f} {real:>20,.0f} {real / synthetic:>10.2f} {readers:>14,.0f} "
+            f"{augment:>17,.0f} {seconds:>9.0f}"
+        )
+    print(
+        f"readers: {_Batches(images, [], pin=False).ahead} threads reading the cache and re-compressing JPEGs "
+        "ahead of the step; device aug: the rest of augmentation, on batches already on the device"
+    )
     return 0
 
 

@@ -10,7 +10,6 @@ config), not the library code: resuming after a fix in a failed phase reuses the
 from typing import NamedTuple
 
 from kfp.dsl import HTML, ClassificationMetrics, Input, Metrics, Output
-
 from streetvision_components.types import (
     AdaptedBackbone,
     Checkpoint,
@@ -42,8 +41,12 @@ def ingest(
     from streetvision.phases.ingest import run_ingest
 
     outs = {Split.TRAIN: train, Split.VAL_SELECT: val_select, Split.VAL_CALIB: val_calib, Split.VAL_TEST: val_test}
-    meta = run_ingest(config_from_json(config), {s: a.path for s, a in outs.items()}, data_report.path,
-                      html_path=data_report_html.path)
+    meta = run_ingest(
+        config_from_json(config),
+        {s: a.path for s, a in outs.items()},
+        data_report.path,
+        html_path=data_report_html.path,
+    )
     for split, artifact in outs.items():
         artifact.metadata.update(meta[split.value])
     data_report.metadata.update(meta["data_report"])
@@ -70,8 +73,16 @@ def phase1_train(
 
     cfg = config_from_json(config)
     cfg.training.resume_dir = cfg.training.resume_dir or task_checkpoint_dir(cfg, "phase1") or ""
-    meta = run_phase1(cfg, train.path, val_select.path, val_calib.path, checkpoint.path,
-                      val_select_logits.path, val_calib_logits.path, training_curves.path)
+    meta = run_phase1(
+        cfg,
+        train.path,
+        val_select.path,
+        val_calib.path,
+        checkpoint.path,
+        val_select_logits.path,
+        val_calib_logits.path,
+        training_curves.path,
+    )
     checkpoint.metadata.update(meta["checkpoint"])
     val_select_logits.metadata.update(meta["val_select_logits"])
     val_calib_logits.metadata.update(meta["val_calib_logits"])
@@ -131,11 +142,24 @@ def phase1_train_adapted(
 
     cfg = phase1_config_from_backbone(config_from_json(config), backbone.path, train.path)
     cfg.training.resume_dir = cfg.training.resume_dir or task_checkpoint_dir(cfg, "phase1") or ""
-    trained = run_phase1(cfg, train.path, val_select.path, val_calib.path, checkpoint.path,
-                         val_select_logits.path, val_calib_logits.path, training_curves.path)
-    meta = add_backbone_lineage(backbone.path, {"checkpoint": checkpoint.path,
-                                                "val_select_logits": val_select_logits.path,
-                                                "val_calib_logits": val_calib_logits.path})
+    trained = run_phase1(
+        cfg,
+        train.path,
+        val_select.path,
+        val_calib.path,
+        checkpoint.path,
+        val_select_logits.path,
+        val_calib_logits.path,
+        training_curves.path,
+    )
+    meta = add_backbone_lineage(
+        backbone.path,
+        {
+            "checkpoint": checkpoint.path,
+            "val_select_logits": val_select_logits.path,
+            "val_calib_logits": val_calib_logits.path,
+        },
+    )
     checkpoint.metadata.update(meta["checkpoint"])
     val_select_logits.metadata.update(meta["val_select_logits"])
     val_calib_logits.metadata.update(meta["val_calib_logits"])
@@ -171,8 +195,15 @@ def phase3_gate(
     from streetvision.config import config_from_json
     from streetvision.phases.phase3 import run_phase3
 
-    meta = run_phase3(config_from_json(config), checkpoint.path, train.path, val_select.path, val_calib.path,
-                      gate_checkpoint.path, policy.path)
+    meta = run_phase3(
+        config_from_json(config),
+        checkpoint.path,
+        train.path,
+        val_select.path,
+        val_calib.path,
+        gate_checkpoint.path,
+        policy.path,
+    )
     gate_checkpoint.metadata.update(meta["gate_checkpoint"])
     policy.metadata.update(meta["policy"])
 
@@ -219,8 +250,8 @@ def evaluate(
 
     `blessed` is the pass/fail verdict of `evaluation.blessing`; a cluster pipeline can gate publishing on it
     (`dsl.If(evaluate_task.outputs["blessed"] == True)`)."""
-    from collections import namedtuple
     import json
+    from collections import namedtuple
 
     from streetvision.config import config_from_json
     from streetvision.phases.evaluate import run_evaluate

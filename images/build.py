@@ -57,8 +57,13 @@ def build_commands(registry: str, push: bool, cpu_torch_index: str, platform: st
     version, revision = images.package_version(), git_revision()
     commands = []
     for name, tag in tags.items():
-        build_args = {**images.image_build_args(name, cpu_torch_index), "VERSION": version, "REVISION": revision,
-                      "IMAGE_TITLE": TITLES[name][0], "IMAGE_DESCRIPTION": TITLES[name][1]}
+        build_args = {
+            **images.image_build_args(name, cpu_torch_index),
+            "VERSION": version,
+            "REVISION": revision,
+            "IMAGE_TITLE": TITLES[name][0],
+            "IMAGE_DESCRIPTION": TITLES[name][1],
+        }
         command = ["docker", "build", "--file", images.DOCKERFILE, "--tag", tag, "--network", "host"]
         if platform:
             command += ["--platform", platform]
@@ -115,8 +120,17 @@ def verify_image(tag: str) -> dict:
     config = json.loads(_docker("image", "inspect", tag))[0]
     user = config["Config"].get("User") or "root"
     freeze = _docker("run", "--rm", "--network", "none", "--entrypoint", "pip", tag, "freeze")
-    torch = _docker("run", "--rm", "--network", "none", "--entrypoint", "python", tag, "-c",
-                    "import torch, torchvision; print(torch.__version__, torchvision.__version__)").split()
+    torch = _docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "python",
+        tag,
+        "-c",
+        "import torch, torchvision; print(torch.__version__, torchvision.__version__)",
+    ).split()
     problems = [f"runs as {user}, not as a non-root user"] if user.split(":")[0] in ("", "0", "root") else []
     problems += freeze_drift(freeze, LOCK.read_text())
     return {"tag": tag, "user": user, "size_gb": config["Size"] / 1e9, "torch": torch, "problems": problems}
@@ -142,8 +156,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         print("(dry run: nothing was built)")
     elif images.image_tags(args.registry, args.cpu_torch_index) != tags:
         # A tag must name what it was built from: sources edited mid-build may be in one layer and not another.
-        print("the sources changed while the images were built, so their tags may not match their content: "
-              "build again from an unchanging checkout", file=sys.stderr)
+        print(
+            "the sources changed while the images were built, so their tags may not match their content: "
+            "build again from an unchanging checkout",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -152,13 +169,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     failed = False
     for tag in images.image_tags(args.registry, args.cpu_torch_index).values():
         result = verify_image(tag)
-        print(f"{result['tag']}: user {result['user']}, {result['size_gb']:.2f} GB, torch {' / torchvision '.join(result['torch'])}")
+        print(
+            f"{result['tag']}: user {result['user']}, {result['size_gb']:.2f} GB, "
+            f"torch {' / torchvision '.join(result['torch'])}"
+        )
         for problem in result["problems"]:
             print(f"  FAIL: {problem}")
         failed |= bool(result["problems"])
     if failed:
-        print("The images must run the lock CI tests (requirements/lock.txt) as a non-root user: rebuild them "
-              "with `python images/build.py build` after `make lock`.", file=sys.stderr)
+        print(
+            "The images must run the lock CI tests (requirements/lock.txt) as a non-root user: rebuild them "
+            "with `python images/build.py build` after `make lock`.",
+            file=sys.stderr,
+        )
         return 1
     print("images verified: non-root, pip freeze matches requirements/lock.txt")
     return 0
@@ -167,24 +190,36 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", default=images.DEFAULT_REGISTRY,
-                        help=f"registry and repository prefix (default: {images.DEFAULT_REGISTRY})")
-    common.add_argument("--cpu-torch-index", default=images.CPU_TORCH_INDEX, metavar="URL",
-                        help="index the CPU image takes torch from (default: PyTorch's CPU index); '' takes the "
-                             "default index's CUDA build, which runs on CPU, where that index is unreachable. "
-                             "It is part of the CPU image's tag.")
+    common.add_argument(
+        "--registry",
+        default=images.DEFAULT_REGISTRY,
+        help=f"registry and repository prefix (default: {images.DEFAULT_REGISTRY})",
+    )
+    common.add_argument(
+        "--cpu-torch-index",
+        default=images.CPU_TORCH_INDEX,
+        metavar="URL",
+        help="index the CPU image takes torch from (default: PyTorch's CPU index); '' takes the "
+        "default index's CUDA build, which runs on CPU, where that index is unreachable. "
+        "It is part of the CPU image's tag.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     tags = sub.add_parser("tags", parents=[common], help="print the image tags of this checkout")
-    tags.add_argument("--format", choices=["lines", "overrides"], default="lines",
-                      help="lines: name and tag; overrides: as config overrides for compile/run/submit")
+    tags.add_argument(
+        "--format",
+        choices=["lines", "overrides"],
+        default="lines",
+        help="lines: name and tag; overrides: as config overrides for compile/run/submit",
+    )
     tags.set_defaults(func=cmd_tags)
     build = sub.add_parser("build", parents=[common], help="build both images with `docker build`")
     build.add_argument("--push", action="store_true", help="push the images after building them")
     build.add_argument("--platform", help="target platform, e.g. linux/amd64 (default: the engine's own)")
     build.add_argument("--dry-run", action="store_true", help="print the commands and run nothing")
     build.set_defaults(func=cmd_build)
-    verify = sub.add_parser("verify", parents=[common],
-                            help="check the built images: non-root user, pip freeze equal to the lock")
+    verify = sub.add_parser(
+        "verify", parents=[common], help="check the built images: non-root user, pip freeze equal to the lock"
+    )
     verify.set_defaults(func=cmd_verify)
     args = parser.parse_args(argv)
     return args.func(args)

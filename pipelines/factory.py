@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
+from streetvision_components.phases import PHASE_FUNCTIONS, PHASE_VARIANTS
+from streetvision_pipelines import images
 
 from streetvision.cluster_env import RUN_ID_ENV, RUN_ID_FIELD_PATH
 from streetvision.config import Config, config_to_json
 from streetvision.phase_graph import resolve_phases
-from streetvision_components.phases import PHASE_FUNCTIONS, PHASE_VARIANTS
-from streetvision_pipelines import images
 
 # GKE node labels for each accelerator choice (cloud.google.com/gke-accelerator).
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -59,8 +59,9 @@ class RetryPolicy:
         return cls(cfg.cluster.retries, cfg.cluster.retry_backoff)
 
 
-def configure_task(task: dsl.PipelineTask, phase: str, cfg: Config, retry: RetryPolicy | None = None
-                   ) -> dsl.PipelineTask:
+def configure_task(
+    task: dsl.PipelineTask, phase: str, cfg: Config, retry: RetryPolicy | None = None
+) -> dsl.PipelineTask:
     """Requests/limits from config; GPU phases get the accelerator, its node selector and toleration."""
     res = cfg.cluster.resources_for(phase)
     task.set_display_name(phase)
@@ -75,14 +76,16 @@ def configure_task(task: dsl.PipelineTask, phase: str, cfg: Config, retry: Retry
             kubernetes.add_toleration(task, key=GKE_SPOT_LABEL, operator="Equal", value="true", effect="NoSchedule")
     if res.gpus > 0:
         # Data workers and NCCL share memory through /dev/shm; a container gets only 64 MiB by default.
-        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                                   size_limit=cfg.cluster.shm_size)
+        kubernetes.empty_dir_mount(
+            task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=cfg.cluster.shm_size
+        )
     configure_storage(task, phase, cfg, retry)
     return task
 
 
-def configure_storage(task: dsl.PipelineTask, phase: str, cfg: Config, retry: RetryPolicy | None = None
-                      ) -> dsl.PipelineTask:
+def configure_storage(
+    task: dsl.PipelineTask, phase: str, cfg: Config, retry: RetryPolicy | None = None
+) -> dsl.PipelineTask:
     """Retries (the cluster's unless `retry` is given), the checkpoint location of resumable phases, and
     (optionally) mounted GCP credentials.
 
@@ -98,8 +101,9 @@ def configure_storage(task: dsl.PipelineTask, phase: str, cfg: Config, retry: Re
             kubernetes.mount_pvc(task, pvc_name=cfg.cluster.checkpoint_pvc, mount_path=cfg.cluster.checkpoint_root)
         kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=RUN_ID_FIELD_PATH)
     if cfg.cluster.gcp_credentials_secret:
-        kubernetes.use_secret_as_volume(task, secret_name=cfg.cluster.gcp_credentials_secret,
-                                        mount_path=GCP_CREDENTIALS_DIR)
+        kubernetes.use_secret_as_volume(
+            task, secret_name=cfg.cluster.gcp_credentials_secret, mount_path=GCP_CREDENTIALS_DIR
+        )
         task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCP_CREDENTIALS_DIR}/key.json")
     return task
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 # The source checkout this module belongs to (its parent folder); absent when the package is installed
 # from a wheel, where images cannot be tagged from source.
@@ -116,8 +117,9 @@ def image_build_args(name: str, cpu_torch_index: str = CPU_TORCH_INDEX) -> dict[
     return args
 
 
-def image_tags(registry: str = DEFAULT_REGISTRY, cpu_torch_index: str = CPU_TORCH_INDEX,
-               root: Path = SOURCE_ROOT) -> dict[str, str]:
+def image_tags(
+    registry: str = DEFAULT_REGISTRY, cpu_torch_index: str = CPU_TORCH_INDEX, root: Path = SOURCE_ROOT
+) -> dict[str, str]:
     """Image name -> `<registry>/<name>:<version>-<digest>`, the tag `images/build.py` gives what it builds."""
     version = package_version(root)
     return {

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import yaml
 from kfp import compiler
-
-from streetvision.config import Config
 from streetvision_components.types import split_of_type
 from streetvision_pipelines.factory import build_pipeline
+
+from streetvision.config import Config
 
 
 @dataclass

@@ -18,10 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from streetvision.contracts import PHASE_READS, ContractError, LeakageViolationError, Split, check_access
 from streetvision_components.phases import PHASE_FUNCTIONS, PHASE_VARIANTS
 from streetvision_components.types import split_of_type
 from streetvision_pipelines.inspect_spec import load_documents
+
+from streetvision.contracts import PHASE_READS, ContractError, LeakageViolationError, Split, check_access
 
 # Function the executor runs (`--function_to_execute`) -> phase name in the split policy.
 PHASE_BY_FUNCTION = {func.__name__: phase for phase, func in PHASE_FUNCTIONS.items()}
@@ -92,9 +93,15 @@ def lint_documents(documents: list[dict], path: str = "<pipeline>") -> LintRepor
         wired_inputs = task.get("inputs", {}).get("artifacts", {})
         if phase is None:
             if declared_inputs:
-                findings.append(Finding(name, None, f"runs {function!r}, which is not a known phase, so what it "
-                                        "reads cannot be checked against the split policy",
-                                        f"use the components in components/phases.py ({', '.join(PHASE_BY_FUNCTION)})"))
+                findings.append(
+                    Finding(
+                        name,
+                        None,
+                        f"runs {function!r}, which is not a known phase, so what it "
+                        "reads cannot be checked against the split policy",
+                        f"use the components in components/phases.py ({', '.join(PHASE_BY_FUNCTION)})",
+                    )
+                )
             continue
         reads = PHASE_READS.get(phase, {})
         for input_name in sorted(set(declared_inputs) | set(wired_inputs)):
@@ -110,44 +117,89 @@ def lint_documents(documents: list[dict], path: str = "<pipeline>") -> LintRepor
             role, expected = reads.get(input_name, (None, None))
             if role is not None:
                 if declared_split != expected:
-                    findings.append(Finding(name, input_name, f"declared as {declared_title}, but {phase} reads "
-                                            f"{expected.name} here (role {role.value})",
-                                            f"declare it as the {expected.name} type, as components/phases.py does"))
+                    findings.append(
+                        Finding(
+                            name,
+                            input_name,
+                            f"declared as {declared_title}, but {phase} reads {expected.name} here (role {role.value})",
+                            f"declare it as the {expected.name} type, as components/phases.py does",
+                        )
+                    )
                 if declared_split is not None and (problem := _violation(role, declared_split, where)):
                     findings.append(Finding(name, input_name, problem, "restore the component's input type"))
             elif declared_split is not None:
-                findings.append(Finding(name, input_name, f"reads {declared_split.name} data ({declared_title}), "
-                                        f"which {phase} has no declared role for",
-                                        "remove the input, or declare its role in contracts.splits.PHASE_READS"))
+                findings.append(
+                    Finding(
+                        name,
+                        input_name,
+                        f"reads {declared_split.name} data ({declared_title}), which {phase} has no declared role for",
+                        "remove the input, or declare its role in contracts.splits.PHASE_READS",
+                    )
+                )
 
             if producer:
                 if wired_title is None:
-                    findings.append(Finding(name, input_name, f"wired to {producer['producerTask']}."
-                                            f"{producer['outputArtifactKey']}, which does not exist",
-                                            "wire it to an output of the producing task"))
+                    findings.append(
+                        Finding(
+                            name,
+                            input_name,
+                            f"wired to {producer['producerTask']}."
+                            f"{producer['outputArtifactKey']}, which does not exist",
+                            "wire it to an output of the producing task",
+                        )
+                    )
                 elif declared_title and wired_title != declared_title:
-                    findings.append(Finding(name, input_name, f"declared {declared_title} but wired to "
-                                            f"{producer['producerTask']}.{producer['outputArtifactKey']} "
-                                            f"({wired_title}): the type check KFP does at definition was bypassed",
-                                            "wire an output of the declared type"))
+                    findings.append(
+                        Finding(
+                            name,
+                            input_name,
+                            f"declared {declared_title} but wired to "
+                            f"{producer['producerTask']}.{producer['outputArtifactKey']} "
+                            f"({wired_title}): the type check KFP does at definition was bypassed",
+                            "wire an output of the declared type",
+                        )
+                    )
                 if wired_split is not None:
                     if role is not None and (problem := _violation(role, wired_split, where)):
-                        findings.append(Finding(name, input_name, f"receives {wired_split.name} data: {problem}",
-                                                f"wire the {expected.name} output of the producing task"))
+                        findings.append(
+                            Finding(
+                                name,
+                                input_name,
+                                f"receives {wired_split.name} data: {problem}",
+                                f"wire the {expected.name} output of the producing task",
+                            )
+                        )
                     elif role is None and declared_split is None:
-                        findings.append(Finding(name, input_name, f"receives {wired_split.name} data through an "
-                                                f"input of type {declared_title} that carries no split",
-                                                "split data must enter a phase through its split-typed inputs"))
+                        findings.append(
+                            Finding(
+                                name,
+                                input_name,
+                                f"receives {wired_split.name} data through an "
+                                f"input of type {declared_title} that carries no split",
+                                "split data must enter a phase through its split-typed inputs",
+                            )
+                        )
                     if wired_split == Split.VAL_TEST:
                         test_readers.append(name)
             elif declared_split is not None and input_name in wired_inputs:
-                findings.append(Finding(name, input_name, f"{declared_split.name} data arrives from outside the "
-                                        "pipeline (not from a task output), so its provenance cannot be checked",
-                                        "produce split data with the ingest task of the same pipeline"))
+                findings.append(
+                    Finding(
+                        name,
+                        input_name,
+                        f"{declared_split.name} data arrives from outside the "
+                        "pipeline (not from a task output), so its provenance cannot be checked",
+                        "produce split data with the ingest task of the same pipeline",
+                    )
+                )
     if len(test_readers) > 1:
-        findings.append(Finding(", ".join(test_readers), None, f"VAL_TEST is read by {len(test_readers)} tasks; "
-                                "it may be touched once, by the final evaluation",
-                                "keep a single evaluate task reading VAL_TEST"))
+        findings.append(
+            Finding(
+                ", ".join(test_readers),
+                None,
+                f"VAL_TEST is read by {len(test_readers)} tasks; it may be touched once, by the final evaluation",
+                "keep a single evaluate task reading VAL_TEST",
+            )
+        )
     return LintReport(path, len(tasks), checked, findings)
 
 
@@ -158,9 +210,13 @@ def lint_file(path: str | Path) -> LintReport:
     try:
         documents = load_documents(path.read_text())
     except Exception as exc:  # yaml errors come in many classes
-        raise ContractError(f"cannot read {path} as YAML: {exc}", str(path),
-                            "pass a pipeline compiled by `streetvision compile`") from exc
+        raise ContractError(
+            f"cannot read {path} as YAML: {exc}", str(path), "pass a pipeline compiled by `streetvision compile`"
+        ) from exc
     if not documents or "root" not in documents[0] or "components" not in documents[0]:
-        raise ContractError(f"{path} is not a compiled KFP pipeline (no root DAG / components)", str(path),
-                            "pass a pipeline compiled by `streetvision compile`")
+        raise ContractError(
+            f"{path} is not a compiled KFP pipeline (no root DAG / components)",
+            str(path),
+            "pass a pipeline compiled by `streetvision compile`",
+        )
     return lint_documents(documents, str(path))

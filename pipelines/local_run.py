@@ -29,12 +29,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kfp import local
+from streetvision_pipelines.factory import RetryPolicy, build_pipeline, compile_pipeline
 
 from streetvision.config import Config, config_from_yaml_file, config_to_json, config_to_yaml
 from streetvision.phase_graph import resolve_phases
 from streetvision.run_summary import PIPELINE_ROOT, RUN_CONFIG, RUN_RECORD, RunSummary, summarize_run
-from streetvision_pipelines.factory import RetryPolicy, build_pipeline, compile_pipeline
-
 
 RUN_LOG = "run.log"
 # What the local runner's own log lines say when it reuses a cached task or retries a failed one

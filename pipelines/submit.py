@@ -23,12 +23,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from streetvision_pipelines.factory import CHECKPOINTING_PHASES, RetryPolicy, make_component
+from streetvision_pipelines.inspect_spec import load_documents
+
 from streetvision.config import Config, ConfigError, config_from_json, config_to_json
 from streetvision.config.schema import PHASE_NAMES
 from streetvision.contracts.errors import ContractError
 from streetvision.phase_graph import resolve_phases
-from streetvision_pipelines.factory import CHECKPOINTING_PHASES, RetryPolicy, make_component
-from streetvision_pipelines.inspect_spec import load_documents
 
 TOKEN_ENV = "KFP_TOKEN"
 HOST_ENV = "KF_PIPELINES_ENDPOINT"  # the variable kfp.Client itself reads
@@ -130,8 +131,11 @@ def parse_parameters(items: list[str], pipeline_file: Path) -> dict[str, Any]:
         except ConfigError as exc:
             problems += [f"--param config: {p}" for p in exc.problems]
     if problems:
-        raise SubmitError("; ".join(problems), f"pipeline parameters of {pipeline_file}",
-                          "pass --param NAME=VALUE with the names and types the compiled YAML declares")
+        raise SubmitError(
+            "; ".join(problems),
+            f"pipeline parameters of {pipeline_file}",
+            "pass --param NAME=VALUE with the names and types the compiled YAML declares",
+        )
     return values
 
 
@@ -146,9 +150,11 @@ def make_client(sub: Submission):
 
     if sub.in_cluster_token:
         if not Path(sub.in_cluster_token).is_file():
-            raise SubmitError(f"no service-account token at {sub.in_cluster_token}", "--in-cluster",
-                              "run inside a Kubeflow pod with the pipelines token projected, or use a token in "
-                              f"${TOKEN_ENV}")
+            raise SubmitError(
+                f"no service-account token at {sub.in_cluster_token}",
+                "--in-cluster",
+                f"run inside a Kubeflow pod with the pipelines token projected, or use a token in ${TOKEN_ENV}",
+            )
         credentials = ServiceAccountTokenVolumeCredentials(path=sub.in_cluster_token)
         return kfp.Client(host=sub.host, namespace=sub.namespace, credentials=credentials)
     token = os.environ.get(sub.token_env or "") or None
@@ -260,11 +266,17 @@ def runtime_contradictions(documents: list[dict], cfg: Config) -> list[Contradic
     for pvc, mount in sorted(mounts):
         on = ", ".join(p for p in resumable if (tasks[p].checkpoint_pvc, tasks[p].checkpoint_mount) == (pvc, mount))
         if pvc != cfg.cluster.checkpoint_pvc:
-            found.append(Contradiction("cluster.checkpoint_pvc", f"{_shown(pvc)} ({on})",
-                                       _shown(cfg.cluster.checkpoint_pvc)))
+            found.append(
+                Contradiction("cluster.checkpoint_pvc", f"{_shown(pvc)} ({on})", _shown(cfg.cluster.checkpoint_pvc))
+            )
         if pvc and mount.rstrip("/") != cfg.cluster.checkpoint_root.rstrip("/"):
-            found.append(Contradiction("cluster.checkpoint_root", f"{mount} (the PVC's mount path in {on})",
-                                       _shown(cfg.cluster.checkpoint_root)))
+            found.append(
+                Contradiction(
+                    "cluster.checkpoint_root",
+                    f"{mount} (the PVC's mount path in {on})",
+                    _shown(cfg.cluster.checkpoint_root),
+                )
+            )
     # Retries: not read at run time, but a config naming other retries than the YAML's would mislead (e.g. one
     # that lowers them for debugging, which takes a recompile).
     retry = RetryPolicy.for_cluster(cfg)
@@ -285,13 +297,20 @@ def check_runtime_config(pipeline_file: Path, cfg: Config, compiled_here: bool =
         return
     listed = "\n".join(f"  - {c}" for c in found)
     if compiled_here:
-        where, fix = ("--param config, against the pipeline compiled from the overrides",
-                      "leave out --param config (the config compiled from the overrides and --config is sent), or "
-                      "give these settings as overrides")
+        where, fix = (
+            "--param config, against the pipeline compiled from the overrides",
+            "leave out --param config (the config compiled from the overrides and --config is sent), or "
+            "give these settings as overrides",
+        )
     else:
         where = f"--param config, against --pipeline-file {pipeline_file}"
-        fix = (f"compile the YAML from this config and submit that: save the config to a file (JSON is YAML) and "
-               f"run `streetvision compile --config FILE -o {pipeline_file}`; or set these keys in the config to "
-               "the YAML's values")
-    raise SubmitError(f"the runtime config contradicts what the YAML was compiled with "
-                      f"({len(found)} setting(s)):\n{listed}", where, fix)
+        fix = (
+            f"compile the YAML from this config and submit that: save the config to a file (JSON is YAML) and "
+            f"run `streetvision compile --config FILE -o {pipeline_file}`; or set these keys in the config to "
+            "the YAML's values"
+        )
+    raise SubmitError(
+        f"the runtime config contradicts what the YAML was compiled with ({len(found)} setting(s)):\n{listed}",
+        where,
+        fix,
+    )

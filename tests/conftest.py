@@ -60,8 +60,15 @@ def trained(ingested, tmp_path_factory):
     cfg, dirs, _, _ = ingested
     root = tmp_path_factory.mktemp("trained")
     out = {name: root / name for name in ("checkpoint", "val_select_logits", "val_calib_logits")}
-    run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], out["checkpoint"],
-               out["val_select_logits"], out["val_calib_logits"])
+    run_phase1(
+        cfg,
+        dirs[Split.TRAIN],
+        dirs[Split.VAL_SELECT],
+        dirs[Split.VAL_CALIB],
+        out["checkpoint"],
+        out["val_select_logits"],
+        out["val_calib_logits"],
+    )
     return cfg, dirs, out
 
 

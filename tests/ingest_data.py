@@ -22,7 +22,8 @@ LABELS = ("no_roadwork", "roadwork")
 def scene(seed: int, size=(96, 72), brighten: int = 0, shift: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     base = Image.fromarray((rng.random((9, 12, 3)) * 255).astype(np.uint8)).resize(
-        (size[0] + 8, size[1] + 8), Image.BICUBIC)
+        (size[0] + 8, size[1] + 8), Image.BICUBIC
+    )
     arr = np.asarray(base, dtype=np.int16)[4 + shift : 4 + shift + size[1], 4 : 4 + size[0]] + brighten
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
@@ -103,8 +104,14 @@ def write_manifest(root: Path, n: int = 60, fmt: str = "jsonl") -> dict[str, str
     (root / "img").mkdir(parents=True, exist_ok=True)
     for k, (name, label, data, seq) in enumerate(good_images(n, seed=1)):
         (root / "img" / name).write_bytes(data)
-        rows.append({"path": f"img/{name}", "label": LABELS[label] if k % 3 else str(label), "group_id": seq,
-                     "source": "synthetic" if k % 4 == 0 else "real"})
+        rows.append(
+            {
+                "path": f"img/{name}",
+                "label": LABELS[label] if k % 3 else str(label),
+                "group_id": seq,
+                "source": "synthetic" if k % 4 == 0 else "real",
+            }
+        )
         expect[f"img/{name}"] = "ok"
     rows.append({"path": "img/missing.jpg", "label": "1", "group_id": "", "source": "real"})
     expect["img/missing.jpg"] = "unreadable"
@@ -114,8 +121,9 @@ def write_manifest(root: Path, n: int = 60, fmt: str = "jsonl") -> dict[str, str
     if fmt == "jsonl":
         (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     else:
-        lines = ["path,label,group_id,source"] + [f"{r['path']},{r['label']},{r['group_id']},{r['source']}"
-                                                 for r in rows]
+        lines = ["path,label,group_id,source"] + [
+            f"{r['path']},{r['label']},{r['group_id']},{r['source']}" for r in rows
+        ]
         (root / "manifest.csv").write_text("\n".join(lines) + "\n")
     return expect
 
@@ -130,12 +138,21 @@ def write_parquet(root: Path, n: int = 60, files: int = 2, row_group_size: int =
     for f in range(files):
         part = images[f::files]
         rows = [{"image": {"bytes": data, "path": name}, "label": label, "city": "x"} for name, label, data, _ in part]
-        rows += [{"image": {"bytes": data, "path": name}, "label": 1, "city": "y"} for name, data in bad_items[f::files]]
+        rows += [
+            {"image": {"bytes": data, "path": name}, "label": 1, "city": "y"} for name, data in bad_items[f::files]
+        ]
         rows.append({"image": None, "label": 0, "city": "z"})  # a null image
         rows.append({"image": {"bytes": encode(scene(40_000 + f)), "path": "two.jpg"}, "label": 2, "city": "z"})
-        table = pa.Table.from_pylist(rows, schema=pa.schema([
-            ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-            ("label", pa.int64()), ("city", pa.string())]))
+        table = pa.Table.from_pylist(
+            rows,
+            schema=pa.schema(
+                [
+                    ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                    ("label", pa.int64()),
+                    ("city", pa.string()),
+                ]
+            ),
+        )
         name = f"train-{f:05d}.parquet"
         pq.write_table(table, root / name, row_group_size=row_group_size)
         for r, row in enumerate(rows):
@@ -159,5 +176,7 @@ def rows_of(out):
 
 def outcomes(out, prefix):
     """{sample id without the source prefix: 'ok' or the quarantine code}."""
-    return {r["sample_id"].removeprefix(prefix): "ok" if r["placement"] != "quarantine" else r["reason"].split(":")[0]
-            for r in rows_of(out)}
+    return {
+        r["sample_id"].removeprefix(prefix): "ok" if r["placement"] != "quarantine" else r["reason"].split(":")[0]
+        for r in rows_of(out)
+    }

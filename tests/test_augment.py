@@ -15,8 +15,17 @@ from streetvision.config.schema import AugmentConfig
 from streetvision.training.augment import BatchAugment
 
 # Everything off and the crop the whole image: each test turns on what it checks.
-OFF = dict(rotation_degrees=0.0, crop_scale_min=1.0, crop_ratio_max=1.0, hflip_p=0.0, vflip_p=0.0,
-           color_jitter_p=0.0, jpeg_p=0.0, blur_p=0.0, noise_p=0.0)
+OFF = dict(
+    rotation_degrees=0.0,
+    crop_scale_min=1.0,
+    crop_ratio_max=1.0,
+    hflip_p=0.0,
+    vflip_p=0.0,
+    color_jitter_p=0.0,
+    jpeg_p=0.0,
+    blur_p=0.0,
+    noise_p=0.0,
+)
 
 
 def _augment(size=16, **changes):
@@ -42,8 +51,20 @@ def test_crop_matches_torchvision_resized_crop():
     # Draws that put the crop box at rows 10-24, columns 6-24 of a 32 px image.
     half_w, half_h = 18 / 32, 14 / 32
     centre_x, centre_y = (6 + 9) / 16 - 1, (10 + 7) / 16 - 1
-    draws = torch.tensor([[(half_w * half_h - 0.2) / 0.8, (math.log(half_w / half_h) / math.log(4 / 3) + 1) / 2,
-                           (centre_x / (1 - half_w) + 1) / 2, (centre_y / (1 - half_h) + 1) / 2, 0.5, 1.0, 1.0, 1.0]])
+    draws = torch.tensor(
+        [
+            [
+                (half_w * half_h - 0.2) / 0.8,
+                (math.log(half_w / half_h) / math.log(4 / 3) + 1) / 2,
+                (centre_x / (1 - half_w) + 1) / 2,
+                (centre_y / (1 - half_h) + 1) / 2,
+                0.5,
+                1.0,
+                1.0,
+                1.0,
+            ]
+        ]
+    )
     x = torch.rand(1, 3, 32, 32)
     ours = aug.geometry(x, draws)
     reference = TF.resized_crop(x, 10, 6, 14, 18, [16, 16], antialias=False)

@@ -25,8 +25,15 @@ def policies(trained, tmp_path_factory):
     root = tmp_path_factory.mktemp("policies")
     run_phase2(cfg, out["val_calib_logits"], root / "threshold")
     run_phase5(cfg, out["val_calib_logits"], root / "scrc")
-    run_phase3(cfg, out["checkpoint"], dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB],
-               root / "gate_checkpoint", root / "gate")
+    run_phase3(
+        cfg,
+        out["checkpoint"],
+        dirs[Split.TRAIN],
+        dirs[Split.VAL_SELECT],
+        dirs[Split.VAL_CALIB],
+        root / "gate_checkpoint",
+        root / "gate",
+    )
     run_phase6(cfg, out["checkpoint"], root / "threshold", dirs[Split.VAL_CALIB], root / "bundle_threshold")
     run_phase6(cfg, out["checkpoint"], root / "scrc", dirs[Split.VAL_CALIB], root / "bundle_scrc")
     run_phase6(cfg, root / "gate_checkpoint", root / "gate", dirs[Split.VAL_CALIB], root / "bundle_gate")
@@ -92,8 +99,9 @@ def test_swapped_weights_in_a_bundle_fail_loading(policies, tmp_path):
         Bundle.load(bundle)
 
 
-@pytest.mark.parametrize("damage", ["truncate_weights", "edit_policy", "truncate_manifest", "second_policy",
-                                    "no_policy", "edit_calibrator"])
+@pytest.mark.parametrize(
+    "damage", ["truncate_weights", "edit_policy", "truncate_manifest", "second_policy", "no_policy", "edit_calibrator"]
+)
 def test_tampered_bundle_fails_with_a_clear_error(policies, tmp_path, damage):
     _, _, _, root = policies
     bundle = tmp_path / "b"
@@ -149,17 +157,19 @@ def test_gatekeeper_loss_matches_its_definition():
     kl = sum((p[i] * torch.log(p[i] / 0.5)).sum() for i in (1, 2)) / 2
     assert float(gatekeeper_loss(logits, labels, 0.3)) == pytest.approx(float(0.3 * ce + 0.7 * kl), rel=1e-6)
     # The KL term pushes wrong predictions toward uniform: zero at the uniform prediction.
-    assert float(gatekeeper_loss(torch.zeros(2, 2) + torch.tensor([[0.0, 1e-9]]), torch.tensor([0, 0]), 0.0)) == \
-        pytest.approx(0.0, abs=1e-6)
+    assert float(
+        gatekeeper_loss(torch.zeros(2, 2) + torch.tensor([[0.0, 1e-9]]), torch.tensor([0, 0]), 0.0)
+    ) == pytest.approx(0.0, abs=1e-6)
 
 
 # --- KFP wiring: one policy type, one required policy input on phase 6 ---
 
 
 def _ops():
-    from streetvision.config import load_config
     from streetvision_components.phases import PHASE_FUNCTIONS
     from streetvision_pipelines.factory import make_component
+
+    from streetvision.config import load_config
 
     cfg = load_config()
     return {p: make_component(p, cfg) for p in PHASE_FUNCTIONS}
@@ -174,8 +184,12 @@ def test_phase6_without_a_policy_cannot_be_defined():
         @dsl.pipeline(name="no-policy")
         def no_policy(config: str = "{}"):
             ingest = ops["ingest"](config=config)
-            p1 = ops["phase1"](config=config, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"],
-                               val_calib=ingest.outputs["val_calib"])
+            p1 = ops["phase1"](
+                config=config,
+                train=ingest.outputs["train"],
+                val_select=ingest.outputs["val_select"],
+                val_calib=ingest.outputs["val_calib"],
+            )
             ops["phase6"](config=config, checkpoint=p1.outputs["checkpoint"])
 
 
@@ -188,12 +202,20 @@ def test_phase6_with_two_policies_cannot_be_defined():
         @dsl.pipeline(name="two-policies")
         def two_policies(config: str = "{}"):
             ingest = ops["ingest"](config=config)
-            p1 = ops["phase1"](config=config, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"],
-                               val_calib=ingest.outputs["val_calib"])
+            p1 = ops["phase1"](
+                config=config,
+                train=ingest.outputs["train"],
+                val_select=ingest.outputs["val_select"],
+                val_calib=ingest.outputs["val_calib"],
+            )
             p2 = ops["phase2"](config=config, val_calib_logits=p1.outputs["val_calib_logits"])
             p5 = ops["phase5"](config=config, val_calib_logits=p1.outputs["val_calib_logits"])
-            ops["phase6"](config=config, checkpoint=p1.outputs["checkpoint"], policy=p2.outputs["policy"],
-                          second_policy=p5.outputs["policy"])
+            ops["phase6"](
+                config=config,
+                checkpoint=p1.outputs["checkpoint"],
+                policy=p2.outputs["policy"],
+                second_policy=p5.outputs["policy"],
+            )
 
 
 def test_a_checkpoint_cannot_be_wired_as_the_policy():
@@ -206,16 +228,25 @@ def test_a_checkpoint_cannot_be_wired_as_the_policy():
         @dsl.pipeline(name="checkpoint-as-policy")
         def wrong(config: str = "{}"):
             ingest = ops["ingest"](config=config)
-            p1 = ops["phase1"](config=config, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"],
-                               val_calib=ingest.outputs["val_calib"])
-            ops["phase6"](config=config, checkpoint=p1.outputs["checkpoint"], policy=p1.outputs["checkpoint"],
-                          val_calib=ingest.outputs["val_calib"])
+            p1 = ops["phase1"](
+                config=config,
+                train=ingest.outputs["train"],
+                val_select=ingest.outputs["val_select"],
+                val_calib=ingest.outputs["val_calib"],
+            )
+            ops["phase6"](
+                config=config,
+                checkpoint=p1.outputs["checkpoint"],
+                policy=p1.outputs["checkpoint"],
+                val_calib=ingest.outputs["val_calib"],
+            )
 
 
 @pytest.mark.parametrize("policy_phase", ["phase2", "phase3", "phase5"])
 def test_each_policy_phase_compiles_and_feeds_phase6(policy_phase):
-    from streetvision.config import load_config
     from streetvision_pipelines.inspect_spec import compile_to_documents, describe
+
+    from streetvision.config import load_config
 
     cfg = load_config([f"pipeline.phases=[{policy_phase}, phase6, evaluate]"])
     plans = {p.display_name: p for p in describe(compile_to_documents(cfg))}

@@ -114,8 +114,15 @@ def test_calibration_and_gate_config_are_checked_in_one_error():
 
     assert load_config(["calibration.method=beta"]).calibration.method == "beta"
     with pytest.raises(ConfigError) as err:
-        load_config(["calibration.method=spline", "calibration.scrc_selection_rate=1.5", "gate.correct_weight=2",
-                     "gate.unfreeze_blocks=-1", "gate.epochs=0"])
+        load_config(
+            [
+                "calibration.method=spline",
+                "calibration.scrc_selection_rate=1.5",
+                "gate.correct_weight=2",
+                "gate.unfreeze_blocks=-1",
+                "gate.epochs=0",
+            ]
+        )
     text = str(err.value)
     for expected in ("calibration.method", "scrc_selection_rate", "correct_weight", "unfreeze_blocks", "epochs"):
         assert expected in text

@@ -41,19 +41,24 @@ def test_a_config_file_picks_presets_in_the_documented_order(tmp_path):
 
 
 def test_a_config_file_may_list_presets_as_hydra_does(tmp_path):
-    path = _gpu_file(tmp_path, "defaults:\n  - training: gpu\n  - model: vit_small\n  - _self_\nmodel: {img_size: 112}\n")
+    path = _gpu_file(
+        tmp_path, "defaults:\n  - training: gpu\n  - model: vit_small\n  - _self_\nmodel: {img_size: 112}\n"
+    )
     cfg = load_config(config_file=path)
     assert cfg.training.compile and cfg.model.weights == "hub" and cfg.model.depth is None
     assert cfg.model.img_size == 112
     assert load_config(["model=vit_base"], path).model.name == "vit_base_patch14_dinov2"
 
 
-@pytest.mark.parametrize("defaults, message", [
-    ("{training: gpux}", "defaults: unknown training preset 'gpux'; available: ['cpu', 'gpu']"),
-    ("{data: big}", "defaults: 'data' has no presets; groups with presets: ['model', 'training']"),
-    ("gpu", "defaults: expected a mapping like {training: gpu}"),
-    ("[_self_, {training: gpu}]", "with _self_ only last"),
-])
+@pytest.mark.parametrize(
+    "defaults, message",
+    [
+        ("{training: gpux}", "defaults: unknown training preset 'gpux'; available: ['cpu', 'gpu']"),
+        ("{data: big}", "defaults: 'data' has no presets; groups with presets: ['model', 'training']"),
+        ("gpu", "defaults: expected a mapping like {training: gpu}"),
+        ("[_self_, {training: gpu}]", "with _self_ only last"),
+    ],
+)
 def test_a_config_files_bad_preset_choice_is_a_clear_error(tmp_path, defaults, message):
     path = _gpu_file(tmp_path, f"defaults: {defaults}\n")
     with pytest.raises(ConfigError) as info:
@@ -86,14 +91,16 @@ def test_dotted_overrides_and_presets():
 
 def test_one_error_lists_every_problem():
     with pytest.raises(ConfigError) as info:
-        load_config([
-            "training.epohcs=1",  # unknown key, with a suggestion
-            "model=nope",  # unknown preset
-            "data.demo.width=wide",  # wrong type
-            "training.precision=fp16",  # refused value
-            "data.split.train=0.5",  # fractions no longer sum to 1
-            "nosuchgroup.x=1",
-        ])
+        load_config(
+            [
+                "training.epohcs=1",  # unknown key, with a suggestion
+                "model=nope",  # unknown preset
+                "data.demo.width=wide",  # wrong type
+                "training.precision=fp16",  # refused value
+                "data.split.train=0.5",  # fractions no longer sum to 1
+                "nosuchgroup.x=1",
+            ]
+        )
     problems = info.value.problems
     assert len(problems) == 6, problems
     text = str(info.value)

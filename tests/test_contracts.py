@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import build_bundle
 
 from streetvision.contracts import (
     PHASE_READS,
@@ -31,8 +32,6 @@ from streetvision.contracts.validators import (
     validate_policy,
 )
 
-from conftest import build_bundle
-
 
 @pytest.mark.parametrize(
     "role,allowed_splits",
@@ -54,8 +53,12 @@ def test_policy_table(role, allowed_splits):
 
 
 def test_only_evaluate_reads_val_test():
-    readers = [(phase, name) for phase, reads in PHASE_READS.items() for name, (_, split) in reads.items()
-               if split is Split.VAL_TEST]
+    readers = [
+        (phase, name)
+        for phase, reads in PHASE_READS.items()
+        for name, (_, split) in reads.items()
+        if split is Split.VAL_TEST
+    ]
     assert readers == [("evaluate", "val_test")]
 
 
@@ -73,8 +76,15 @@ def test_leakage_error_says_what_where_and_how_to_fix():
 def test_metadata_round_trip_and_incomplete_artifacts(tmp_path):
     with pytest.raises(IncompleteArtifactError, match="no completion record"):
         read_metadata(tmp_path, "somewhere")
-    meta = ArtifactMetadata(kind="split", phase="ingest", split="train", count=2, fingerprint=fingerprint_ids(["a", "b"]),
-                            partition="p1", summary={"nan": float("nan")})
+    meta = ArtifactMetadata(
+        kind="split",
+        phase="ingest",
+        split="train",
+        count=2,
+        fingerprint=fingerprint_ids(["a", "b"]),
+        partition="p1",
+        summary={"nan": float("nan")},
+    )
     write_metadata(tmp_path, meta)
     back = read_metadata(tmp_path, "x")
     assert back.fingerprint == meta.fingerprint and back.partition == "p1"
@@ -125,8 +135,18 @@ def test_labels_validator():
 
 
 def _policy(**over):
-    base = {"kind": "threshold", "target_risk": 0.05, "delta": 0.05, "threshold": 0.9, "feasible": True,
-            "calib_coverage": 0.8, "risk_bound": 0.04, "n_calib": 100, "guarantee": "text", "weights_sha256": "0" * 64}
+    base = {
+        "kind": "threshold",
+        "target_risk": 0.05,
+        "delta": 0.05,
+        "threshold": 0.9,
+        "feasible": True,
+        "calib_coverage": 0.8,
+        "risk_bound": 0.04,
+        "n_calib": 100,
+        "guarantee": "text",
+        "weights_sha256": "0" * 64,
+    }
     base.update(over)
     return base
 

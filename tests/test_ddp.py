@@ -4,19 +4,17 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
+from conftest import TINY
 from safetensors.torch import load_file
 
 from streetvision.config import load_config
 from streetvision.contracts import Split
 from streetvision.phases.phase1 import run_phase1
 
-from conftest import TINY
-
 # Augmentation and dropout draw different random numbers in each process, so they are off here: then the
 # 2-process run computes the same gradients as the 1-process run up to float summation order. Tolerance:
 # weights within 1e-4 (lr is 1e-3 per step) and logits within 1e-3.
-SAME_MATH = ["training.augment.strength=0", "model.head_dropout=0.0", "training.multiview=single",
-             "training.epochs=2"]
+SAME_MATH = ["training.augment.strength=0", "model.head_dropout=0.0", "training.multiview=single", "training.epochs=2"]
 
 
 def _phase1(ingested, root, overrides):

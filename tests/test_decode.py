@@ -20,8 +20,11 @@ def _code(data: bytes, size=32, min_size=16) -> str:
 
 
 def test_good_images_decode_to_the_training_size():
-    for img, fmt in [(Image.new("RGB", (80, 60), (200, 10, 10)), "JPEG"), (Image.new("L", (40, 40), 128), "PNG"),
-                     (Image.new("RGB", (50, 50)).convert("P"), "PNG")]:
+    for img, fmt in [
+        (Image.new("RGB", (80, 60), (200, 10, 10)), "JPEG"),
+        (Image.new("L", (40, 40), 128), "PNG"),
+        (Image.new("RGB", (50, 50)).convert("P"), "PNG"),
+    ]:
         out = decode_image(_encode(img, fmt), 32, 16)
         assert out.pixels.shape == (32, 32, 3) and out.pixels.dtype == np.uint8
         assert (out.width, out.height) == img.size

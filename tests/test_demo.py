@@ -9,7 +9,6 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from PIL import Image
-
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -131,8 +130,15 @@ def test_frames_of_a_sequence_are_near_duplicates(
 
 def test_label_share_follows_roadwork_fraction(tmp_path: pathlib.Path) -> None:
     for fraction in (0.8, 0.3):
-        cfg = small(num_sequences=200, frames_min=1, frames_max=1, width=64, height=48,
-                    roadwork_fraction=fraction, label_noise=0.0)
+        cfg = small(
+            num_sequences=200,
+            frames_min=1,
+            frames_max=1,
+            width=64,
+            height=48,
+            roadwork_fraction=fraction,
+            label_noise=0.0,
+        )
         share = np.mean([r.label for r in generate_demo_dataset(tmp_path / str(fraction), cfg)])
         # Binomial sd is <= 0.035 for 200 sequences; allow 3 sd.
         assert abs(share - fraction) < 0.1, (fraction, share)
@@ -198,7 +204,10 @@ def colour_baseline(root: pathlib.Path) -> float:
     return max(
         cross_val_score(
             make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000)),
-            x, y, cv=folds, scoring="balanced_accuracy",
+            x,
+            y,
+            cv=folds,
+            scoring="balanced_accuracy",
         ).mean()
         for c in (0.01, 0.1, 1.0, 10.0)
     )
@@ -217,9 +226,7 @@ def test_colour_alone_does_not_predict_the_label(tmp_path: pathlib.Path) -> None
     assert score < COLOUR_BOUND, f"colour histogram alone reaches balanced accuracy {score:.3f}"
 
 
-def test_colour_baseline_catches_a_colour_leak(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_colour_baseline_catches_a_colour_leak(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The bound has teeth: without the stand-ins roadwork adds orange and white, and the baseline sees it."""
     monkeypatch.setattr(demo, "_add_stand_in", lambda *args, **kwargs: None)
     score = colour_baseline(tmp_path)

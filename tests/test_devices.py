@@ -3,6 +3,7 @@ setting says. CUDA visibility is set explicitly in each test, so the tests mean 
 
 import pytest
 import torch
+from conftest import TINY, build_bundle
 
 from streetvision.config import load_config
 from streetvision.config.schema import PHASE_NAMES
@@ -10,8 +11,6 @@ from streetvision.contracts import ContractError, Split
 from streetvision.devices import task_device
 from streetvision.drift import REFERENCE_FILE
 from streetvision.phases.phase1 import run_phase1
-
-from conftest import TINY, build_bundle
 
 
 @pytest.fixture
@@ -67,7 +66,14 @@ def test_phase1_with_training_device_cuda_fails_clearly_before_writing(ingested,
     _, dirs, _, _ = ingested
     cfg = load_config(TINY + ["training.device=cuda"])
     with pytest.raises(ContractError, match="no CUDA device is visible") as info:
-        run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB],
-                   tmp_path / "c", tmp_path / "s", tmp_path / "l")
+        run_phase1(
+            cfg,
+            dirs[Split.TRAIN],
+            dirs[Split.VAL_SELECT],
+            dirs[Split.VAL_CALIB],
+            tmp_path / "c",
+            tmp_path / "s",
+            tmp_path / "l",
+        )
     assert "phase1" in info.value.where
     assert not (tmp_path / "c").exists()

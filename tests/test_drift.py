@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import timm
+from conftest import build_bundle
 
 from streetvision.contracts.errors import DataError
 from streetvision.drift import (
@@ -13,8 +14,6 @@ from streetvision.drift import (
     load_reference,
     save_reference,
 )
-
-from conftest import build_bundle
 
 
 def _features(rng, n, shift=0.0, dim=8):
@@ -48,8 +47,16 @@ def test_frechet_distance_closed_form():
 
 
 def test_embeddings_are_the_pooled_features_the_head_reads():
-    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=32, patch_size=8, depth=1,
-                              embed_dim=48, num_heads=2, num_classes=2)
+    model = timm.create_model(
+        "vit_small_patch14_dinov2",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=1,
+        embed_dim=48,
+        num_heads=2,
+        num_classes=2,
+    )
     images = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     features = embeddings(model, images, [0.5] * 3, [0.25] * 3, batch_size=2)
     assert features.shape == (5, 48)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import build_bundle
 from PIL import Image
 
 from streetvision.challenge import render_challenge
@@ -13,8 +14,6 @@ from streetvision.cli import main
 from streetvision.config import load_config
 from streetvision.contracts import Split
 from streetvision.phases.evaluate import bless, run_evaluate
-
-from conftest import build_bundle
 
 
 def _images(n=6, size=32, seed=0):

@@ -50,8 +50,10 @@ def test_metrics_agree_with_scikit_learn(seed, ties):
     assert m["roadwork_recall"] == pytest.approx(recall_score(labels, pred))
     # The deployment score at a 50/50 prior: every image weighted 0.5 / (its class's share).
     weights = np.where(labels == 1, 0.5 / labels.mean(), 0.5 / (1 - labels.mean()))
-    expected = (0.5 * matthews_corrcoef(labels, pred, sample_weight=weights)
-                + 0.5 * accuracy_score(labels, pred, sample_weight=weights)) ** 3
+    expected = (
+        0.5 * matthews_corrcoef(labels, pred, sample_weight=weights)
+        + 0.5 * accuracy_score(labels, pred, sample_weight=weights)
+    ) ** 3
     assert m["deployment_score"] == pytest.approx(expected)
     assert m["coverage"] == pytest.approx(accept.mean())
     assert m["selective_accuracy"] == pytest.approx((pred == labels)[accept].mean())
@@ -63,15 +65,16 @@ def test_deployment_score_ignores_the_class_imbalance():
     labels = np.array([1] * 80 + [0] * 20)
     m = evaluation_metrics(labels, np.full(100, 0.9), np.zeros(100, bool), 0.95)
     assert m["accuracy"] == pytest.approx(0.8)
-    assert m["deployment_score"] == pytest.approx(0.25 ** 3)
+    assert m["deployment_score"] == pytest.approx(0.25**3)
 
 
 def test_ece_matches_scikit_learn_calibration_curve():
     labels, prob, _ = _sample(3, n=2000)
     confidence = np.maximum(prob, 1 - prob) * 0.999 + 1e-4  # off the bin edges, where conventions differ
     correct = ((prob >= 0.5) == labels).astype(int)
-    m = evaluation_metrics(labels, np.where(prob >= 0.5, confidence, 1 - confidence), np.zeros(2000, bool), 0.9,
-                           ece_bins=10)
+    m = evaluation_metrics(
+        labels, np.where(prob >= 0.5, confidence, 1 - confidence), np.zeros(2000, bool), 0.9, ece_bins=10
+    )
     prob_true, prob_pred = calibration_curve(correct, confidence, n_bins=10, strategy="uniform")
     counts = np.histogram(confidence, bins=np.linspace(0, 1, 11))[0]
     expected = np.sum(counts[counts > 0] / len(confidence) * np.abs(prob_true - prob_pred))
@@ -81,8 +84,12 @@ def test_ece_matches_scikit_learn_calibration_curve():
 def test_adaptive_ece_extremes():
     rng = np.random.default_rng(4)
     confidence, correct = rng.uniform(0.5, 1, 500), rng.random(500) < 0.8
-    assert adaptive_calibration_error(confidence, correct, bins=1) == pytest.approx(abs(correct.mean() - confidence.mean()))
-    assert adaptive_calibration_error(confidence, correct, bins=500) == pytest.approx(np.mean(np.abs(correct - confidence)))
+    assert adaptive_calibration_error(confidence, correct, bins=1) == pytest.approx(
+        abs(correct.mean() - confidence.mean())
+    )
+    assert adaptive_calibration_error(confidence, correct, bins=500) == pytest.approx(
+        np.mean(np.abs(correct - confidence))
+    )
 
 
 def test_aurc_and_coverage_at_accuracy_by_brute_force():

@@ -8,17 +8,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 from safetensors.torch import load_file
 from scipy.spatial import cKDTree
 from scipy.special import log_softmax, softmax
 
-from conftest import TINY
 from streetvision.config import ConfigError, load_config
 from streetvision.contracts import LeakageViolationError, Role, Split
 from streetvision.contracts.metadata import read_metadata
 from streetvision.data.shards import load_split
-from streetvision.explora import objective, train as explora_train
+from streetvision.explora import objective
+from streetvision.explora import train as explora_train
 from streetvision.explora.adapters import apply_adapters, merge_adapters
 from streetvision.explora.train import CHECKPOINT_FILE, ExploraTrainer, ImagePool, train_ssl
 from streetvision.models import build_from_spec, create_model, normalization
@@ -64,23 +65,30 @@ def test_adapter_recipe_trains_only_lora_last_block_and_norms():
     cfg = small_cfg("model.depth=3", "explora.unfreeze_last_blocks=1")
     backbone = build_backbone(cfg)
     expected_full = sum(p.numel() for p in backbone.blocks[2].parameters())
-    expected_full += sum(p.numel() for i in (0, 1) for n in ("norm1", "norm2")
-                         for p in getattr(backbone.blocks[i], n).parameters())
+    expected_full += sum(
+        p.numel() for i in (0, 1) for n in ("norm1", "norm2") for p in getattr(backbone.blocks[i], n).parameters()
+    )
     expected_full += sum(p.numel() for p in backbone.norm.parameters())
     peft_model, report = apply_adapters(backbone, cfg.explora)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     lora = [n for n in trainable if ".lora_" in n]
     assert sorted({n.split(".lora_")[0].removeprefix("base_model.model.") for n in lora}) == [
-        "blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+        "blocks.0.attn.qkv",
+        "blocks.1.attn.qkv",
+    ]
     others = [n for n in trainable if ".lora_" not in n]
     assert all(".modules_to_save." in n for n in others)  # copies PEFT trains; the originals stay frozen
-    assert not any("patch_embed" in n or "pos_embed" in n or "cls_token" in n or "mlp" in n and "blocks.2" not in n
-                   for n in trainable)
+    assert not any(
+        "patch_embed" in n or "pos_embed" in n or "cls_token" in n or "mlp" in n and "blocks.2" not in n
+        for n in trainable
+    )
     assert report["trainable_full"] == expected_full
     assert report["trainable_lora"] == 2 * 4 * (48 + 3 * 48)  # A (r x in) + B (out x r) per adapted qkv
     assert report["unfrozen_blocks"] == ["blocks.2"]
     with pytest.raises(Exception, match="unfreeze fewer blocks"):
-        apply_adapters(build_backbone(cfg), load_config(SMALL + ["model.depth=3", "explora.unfreeze_last_blocks=3"]).explora)
+        apply_adapters(
+            build_backbone(cfg), load_config(SMALL + ["model.depth=3", "explora.unfreeze_last_blocks=3"]).explora
+        )
 
 
 @pytest.mark.parametrize("adapter", ["lora", "dora"])
@@ -156,8 +164,9 @@ def test_resume_after_interruption_repeats_the_uninterrupted_run(ingested, tmp_p
     _, dirs, _, _ = ingested
     train = load_split(dirs[Split.TRAIN], split=Split.TRAIN, role=Role.FIT, phase="test", input_name="train")
     pool = ImagePool([train.images])
-    cfg = small_cfg("explora.steps=3", "explora.checkpoint_every=2", "explora.batch_size=4",
-                    "explora.ibot_mask_probability=1.0")
+    cfg = small_cfg(
+        "explora.steps=3", "explora.checkpoint_every=2", "explora.batch_size=4", "explora.ibot_mask_probability=1.0"
+    )
 
     straight, _ = trainer_for(cfg)
     train_ssl(straight, pool, tmp_path / "straight", "fp")
@@ -205,10 +214,12 @@ def test_phase4_refuses_val_splits_at_run_time(ingested, tmp_path):
     # The unlabelled pool: a split artifact must be TRAIN; a VAL_SELECT image among pool files is found.
     for bad in (Split.VAL_SELECT, Split.VAL_TEST):
         with pytest.raises(LeakageViolationError):
-            run_phase4(small_cfg(f"explora.pool_source={dirs[bad]}"), dirs[Split.TRAIN], dirs[Split.VAL_SELECT],
-                       tmp_path / "b")
-    select = load_split(dirs[Split.VAL_SELECT], split=Split.VAL_SELECT, role=Role.MODEL_SELECTION, phase="test",
-                        input_name="val_select")
+            run_phase4(
+                small_cfg(f"explora.pool_source={dirs[bad]}"), dirs[Split.TRAIN], dirs[Split.VAL_SELECT], tmp_path / "b"
+            )
+    select = load_split(
+        dirs[Split.VAL_SELECT], split=Split.VAL_SELECT, role=Role.MODEL_SELECTION, phase="test", input_name="val_select"
+    )
     pool = tmp_path / "pool"
     pool.mkdir()
     Image.fromarray(np.array(select.images[0])).save(pool / "street_0001.png")
@@ -220,8 +231,15 @@ def test_phase4_refuses_val_splits_at_run_time(ingested, tmp_path):
 
 def test_config_rejects_bad_explora_values():
     with pytest.raises(ConfigError) as info:
-        load_config(["explora.adapter=ia3", "explora.rank=0", "explora.local_crop_scale=[0.5, 0.1]",
-                     "explora.pool_source=s3://bucket/pool", "explora.ema_momentum=1.5"])
+        load_config(
+            [
+                "explora.adapter=ia3",
+                "explora.rank=0",
+                "explora.local_crop_scale=[0.5, 0.1]",
+                "explora.pool_source=s3://bucket/pool",
+                "explora.ema_momentum=1.5",
+            ]
+        )
     text = str(info.value)
     for key in ("adapter", "rank", "local_crop_scale", "pool_source", "ema_momentum"):
         assert f"explora.{key}" in text
@@ -244,11 +262,19 @@ def test_phase4_end_to_end_then_phase1_trains_from_it(ingested, tmp_path):
     out = tmp_path / "backbone"
     meta = read_metadata(out, "test")
     assert meta.kind == "backbone" and meta.phase == "phase4"
-    assert [(e.phase, e.role, e.split) for e in meta.lineage] == [("phase4", "fit", "train"),
-                                                                  ("phase4", "model_selection", "val_select")]
+    assert [(e.phase, e.role, e.split) for e in meta.lineage] == [
+        ("phase4", "fit", "train"),
+        ("phase4", "model_selection", "val_select"),
+    ]
     summary = meta.summary
-    for key in ("knn_accuracy_before", "knn_accuracy_after", "linear_accuracy_before", "linear_accuracy_after",
-                "trainable_parameters", "images_per_second"):
+    for key in (
+        "knn_accuracy_before",
+        "knn_accuracy_after",
+        "linear_accuracy_before",
+        "linear_accuracy_after",
+        "trainable_parameters",
+        "images_per_second",
+    ):
         assert summary[key] is not None, key
     assert summary["pool_images"] == 4 and summary["steps"] == 3
     assert summary["merge_max_abs_error"] <= 1e-5

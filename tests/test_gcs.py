@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import split_dirs
 from ingest_data import outcomes, rows_of, write_folder, write_manifest, write_parquet
+
 from streetvision import storage
 from streetvision.config import load_config
 from streetvision.contracts import Split
@@ -29,8 +29,16 @@ from streetvision.data.shards import open_shards
 from streetvision.phases.ingest import run_ingest
 
 BUCKET = "streetvision-test"
-SMALL = ["model.img_size=32", "data.split.train=0.4", "data.split.val_select=0.2", "data.split.val_calib=0.2",
-         "data.split.val_test=0.2", "data.max_quarantine_fraction=0.5", "data.split.seed=1", "data.io_workers=8"]
+SMALL = [
+    "model.img_size=32",
+    "data.split.train=0.4",
+    "data.split.val_select=0.2",
+    "data.split.val_calib=0.2",
+    "data.split.val_test=0.2",
+    "data.max_quarantine_fraction=0.5",
+    "data.split.seed=1",
+    "data.io_workers=8",
+]
 
 
 def _free_port() -> int:
@@ -49,14 +57,29 @@ class Emulator:
         self.binary, self.root, self.port = _get_binary_path(), root, _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
-        self.log = open(root.parent / "fake-gcs-server.log", "ab")
+        self.log = open(root.parent / "fake-gcs-server.log", "ab")  # noqa: SIM115 (open while the server runs)
         self.restarts = 0
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [str(self.binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), "-backend",
-             "filesystem", "-filesystem-root", str(self.root), "-external-url", self.url],
-            stdout=self.log, stderr=self.log)
+            [
+                str(self.binary),
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.port),
+                "-backend",
+                "filesystem",
+                "-filesystem-root",
+                str(self.root),
+                "-external-url",
+                self.url,
+            ],
+            stdout=self.log,
+            stderr=self.log,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -208,7 +231,9 @@ def test_storage_round_trip_paged_listing_and_atomic_local_writes(endpoint, tmp_
     assert got[f"{base}/f1.bin"] == b"\x01\x01"
     assert type(got[f"{base}/missing"]).__name__ == "NotFound" and isinstance(got[str(tmp_path / "none")], OSError)
     storage.write_bytes(str(tmp_path / "a" / "b.bin"), b"xyz")
-    assert (tmp_path / "a" / "b.bin").read_bytes() == b"xyz" and [p.name for p in (tmp_path / "a").iterdir()] == ["b.bin"]
+    assert (tmp_path / "a" / "b.bin").read_bytes() == b"xyz" and [p.name for p in (tmp_path / "a").iterdir()] == [
+        "b.bin"
+    ]
 
 
 def test_gcs_sources_match_the_same_data_read_locally(endpoint, tmp_path):
@@ -225,15 +250,19 @@ def test_gcs_sources_match_the_same_data_read_locally(endpoint, tmp_path):
     manifest_expect["img/gone.jpg"] = "unreadable"
 
     def sources(root_of):
-        return (f"data.sources=[{{kind: folder, path: '{root_of('folder')}', name: bucket}}, "
-                f"{{kind: manifest, path: '{root_of('team')}/manifest.csv', name: team}}, "
-                f"{{kind: parquet, path: '{root_of('natix')}', name: natix}}]")
+        return (
+            f"data.sources=[{{kind: folder, path: '{root_of('folder')}', name: bucket}}, "
+            f"{{kind: manifest, path: '{root_of('team')}/manifest.csv', name: team}}, "
+            f"{{kind: parquet, path: '{root_of('natix')}', name: natix}}]"
+        )
 
     remote = ingest(tmp_path / "remote", "data.source=sources", sources(lambda n: uris[n]))
     got = outcomes(tmp_path / "remote", "")
-    expected = {**{f"bucket/{k}": v for k, v in folder_expect.items()},
-                **{f"team/{k}": v for k, v in manifest_expect.items()},
-                **{f"natix/{k}": v for k, v in parquet_expect.items()}}
+    expected = {
+        **{f"bucket/{k}": v for k, v in folder_expect.items()},
+        **{f"team/{k}": v for k, v in manifest_expect.items()},
+        **{f"natix/{k}": v for k, v in parquet_expect.items()},
+    }
     assert got == expected
     gone = next(r for r in rows_of(tmp_path / "remote") if r["sample_id"] == "team/img/gone.jpg")
     assert "NotFound" in gone["reason"] and gone["uri"] == uris["team"] + "/img/gone.jpg"
@@ -242,16 +271,20 @@ def test_gcs_sources_match_the_same_data_read_locally(endpoint, tmp_path):
     local = ingest(tmp_path / "local", "data.source=sources", sources(lambda n: tmp_path / n))
     for split in Split:
         assert remote[split.value]["fingerprint"] == local[split.value]["fingerprint"]
-        assert np.array_equal(np.asarray(open_shards(tmp_path / "remote" / split.value)),
-                              np.asarray(open_shards(tmp_path / "local" / split.value)))
+        assert np.array_equal(
+            np.asarray(open_shards(tmp_path / "remote" / split.value)),
+            np.asarray(open_shards(tmp_path / "local" / split.value)),
+        )
 
 
 def test_ingest_survives_503s_and_an_emulator_restart(endpoint, tmp_path, monkeypatch):
     expect = write_folder(tmp_path / "folder", n=100, with_bad=False)
     parquet_expect = write_parquet(tmp_path / "natix", n=30, row_group_size=4)
     uris = {name: upload_tree(tmp_path / name, f"flaky/{name}") for name in ("folder", "natix")}
-    sources = (f"data.sources=[{{kind: folder, path: '{uris['folder']}', name: bucket}}, "
-               f"{{kind: parquet, path: '{uris['natix']}', name: natix}}]")
+    sources = (
+        f"data.sources=[{{kind: folder, path: '{uris['folder']}', name: bucket}}, "
+        f"{{kind: parquet, path: '{uris['natix']}', name: natix}}]"
+    )
     clean = ingest(tmp_path / "clean", "data.source=sources", sources)
 
     proxy = FaultyProxy(endpoint, fail_every=4, restart_at=40)

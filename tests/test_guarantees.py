@@ -65,7 +65,7 @@ def _allowed_violations(delta: float) -> int:
 def test_clopper_pearson_matches_an_independent_binomial_tail_inversion():
     """SGR's B*(k, m, delta): the b where P(Binomial(m, b) <= k) = delta, found by root finding."""
     for k, m, d in [(0, 50, 0.05), (3, 100, 0.05), (17, 400, 0.01), (40, 60, 0.2)]:
-        reference = brentq(lambda b: binom.cdf(k, m, b) - d, 1e-12, 1 - 1e-12, xtol=1e-14)
+        reference = brentq(lambda b, k=k, m=m, d=d: binom.cdf(k, m, b) - d, 1e-12, 1 - 1e-12, xtol=1e-14)
         assert clopper_pearson_upper(k, m, d) == pytest.approx(reference, abs=1e-9)
 
 
@@ -161,8 +161,11 @@ def reference_sgr(kappa, correct, r_star, delta):
         accepted = kappa >= theta
         errors, n = int((~correct[accepted]).sum()), int(accepted.sum())
         # B*(r, delta/k, S): the largest b with P(Binomial(n, b) <= errors) >= delta / k.
-        b_star = 1.0 if errors >= n else brentq(lambda b: binom.cdf(errors, n, b) - delta / k, 1e-15, 1 - 1e-15,
-                                                 xtol=1e-15)
+        b_star = (
+            1.0
+            if errors >= n
+            else brentq(lambda b, errors=errors, n=n: binom.cdf(errors, n, b) - delta / k, 1e-15, 1 - 1e-15, xtol=1e-15)
+        )
         tested.append((float(theta), b_star))
         if b_star < r_star:
             z_max = z

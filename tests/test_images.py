@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from kfp.local.cache import LocalCache
-
-from streetvision.config import load_config
 from streetvision_pipelines import images
 from streetvision_pipelines.factory import make_component
+
+from streetvision.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -37,7 +37,8 @@ def _hadolint() -> Path:
 def _lint(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(_hadolint()), "--no-color", "--disable-ignore-pragma", "--config", str(HADOLINT_CONFIG), str(path)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -98,8 +99,14 @@ def test_the_base_image_is_pinned_and_the_build_has_no_buildkit_only_syntax():
     assert len(froms) == 1 and ":" in froms[0] and not froms[0].endswith(":latest"), froms
     # A `# syntax=` line makes BuildKit fetch a frontend from a registry; the legacy builder ignores it.
     assert "# syntax=" not in DOCKERFILE.read_text()
-    assert set(images.copied_sources()) == {"requirements/lock.txt", "pyproject.toml", "README.md", "src",
-                                            "components", "pipelines"}
+    assert set(images.copied_sources()) == {
+        "requirements/lock.txt",
+        "pyproject.toml",
+        "README.md",
+        "src",
+        "components",
+        "pipelines",
+    }
 
 
 def test_tags_are_version_plus_a_digest_of_what_the_image_is_built_from(tmp_path):
@@ -155,9 +162,19 @@ def test_compiled_tasks_name_this_checkouts_images_and_the_cache_key_follows_the
 def test_build_dry_run_prints_legacy_docker_build_commands_and_runs_nothing():
     # An empty PATH: with --dry-run nothing (docker, git) may be needed.
     out = subprocess.run(
-        [sys.executable, str(ROOT / "images" / "build.py"), "build", "--dry-run", "--push", "--registry",
-         "europe-docker.pkg.dev/proj/sv"],
-        capture_output=True, text=True, check=True, env={"PATH": ""},
+        [
+            sys.executable,
+            str(ROOT / "images" / "build.py"),
+            "build",
+            "--dry-run",
+            "--push",
+            "--registry",
+            "europe-docker.pkg.dev/proj/sv",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": ""},
     ).stdout
     assert "buildx" not in out
     tags = images.image_tags("europe-docker.pkg.dev/proj/sv")
@@ -171,8 +188,12 @@ def test_build_dry_run_prints_legacy_docker_build_commands_and_runs_nothing():
 
 
 def test_tags_command_prints_the_overrides_that_compile_the_same_images():
-    out = subprocess.run([sys.executable, str(ROOT / "images" / "build.py"), "tags", "--format", "overrides",
-                          "--cpu-torch-index", ""], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "images" / "build.py"), "tags", "--format", "overrides", "--cpu-torch-index", ""],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     overrides = dict(item.split("=", 1) for item in out)
     tags = images.image_tags(cpu_torch_index="")
     assert overrides == {"cluster.gpu_image": tags["stage1"], "cluster.cpu_image": tags["stage1-cpu"]}
@@ -183,7 +204,9 @@ def test_tags_command_prints_the_overrides_that_compile_the_same_images():
 def test_freeze_drift_against_the_lock():
     build = _build_script()
     lock = "# pins\ntorch==2.14.1\ntorchvision==0.29.1\nkfp==2.17.3\nnumpy==2.4.6\n"
-    same = "kfp==2.17.3\nnumpy==2.4.6\nstreetvision @ file:///opt/streetvision\ntorch==2.14.1+cpu\ntorchvision==0.29.1\n"
+    same = (
+        "kfp==2.17.3\nnumpy==2.4.6\nstreetvision @ file:///opt/streetvision\ntorch==2.14.1+cpu\ntorchvision==0.29.1\n"
+    )
     assert build.freeze_drift(same, lock) == []
     problems = build.freeze_drift(same.replace("numpy==2.4.6", "numpy==2.4.5") + "leftpad==1.0\n", lock)
     assert problems == ["leftpad==1.0 is not in requirements/lock.txt", "numpy==2.4.5, the lock pins 2.4.6"]

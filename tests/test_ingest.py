@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY, split_dirs
 from PIL import Image
 
-from conftest import TINY, split_dirs
 from streetvision.config import load_config
 from streetvision.contracts import DataError, Split
 from streetvision.contracts.metadata import METADATA_FILE, fingerprint_ids, read_metadata
@@ -88,8 +88,13 @@ def test_manifest_quarantine_names_every_bad_record(tmp_path):
     run_ingest(cfg, split_dirs(out), out / "report")
     rows = {r["sample_id"].removeprefix("manifest/"): r for r in _rows(out / "report")}
     reasons = {name: rows[name]["reason"].split(":")[0] for name, _, _ in BAD}
-    assert reasons == {"empty.jpg": "zero_byte", "text.jpg": "not_an_image", "missing.jpg": "unreadable",
-                       "small.jpg": "too_small", "odd_label.jpg": "unknown_label"}
+    assert reasons == {
+        "empty.jpg": "zero_byte",
+        "text.jpg": "not_an_image",
+        "missing.jpg": "unreadable",
+        "small.jpg": "too_small",
+        "odd_label.jpg": "unknown_label",
+    }
     assert all(rows[name]["placement"] == "quarantine" for name, _, _ in BAD)
     assert sum(r["placement"] != "quarantine" for r in rows.values()) == 100
 
@@ -131,4 +136,7 @@ def test_repeated_sample_ids_are_quarantined_not_dropped(tmp_path):
     run_ingest(_manifest_cfg(manifest), split_dirs(out), out / "report")
     rows = _rows(out / "report")
     assert len(rows) == 101
-    assert [r["reason"].split(":")[0] for r in rows if r["sample_id"] == "manifest/img7.jpg"] == ["", "duplicate_record"]
+    assert [r["reason"].split(":")[0] for r in rows if r["sample_id"] == "manifest/img7.jpg"] == [
+        "",
+        "duplicate_record",
+    ]

@@ -3,20 +3,20 @@
 import pytest
 from kfp import dsl
 from kfp.dsl.types.type_utils import InconsistentTypeException
-
-from streetvision.config import load_config
-from streetvision.contracts import PHASE_READS, ContractError, check_access
-from streetvision.phase_graph import resolve_phases
 from streetvision_components.phases import PHASE_FUNCTIONS
 from streetvision_components.types import split_of_type
 from streetvision_pipelines.factory import DEFAULT_PIPELINE_FILE, component_images, make_component
 from streetvision_pipelines.inspect_spec import compile_to_documents, describe, load_documents
 from streetvision_pipelines.lint import lint_documents
 
+from streetvision.config import load_config
+from streetvision.contracts import PHASE_READS, ContractError, check_access
+from streetvision.phase_graph import resolve_phases
+
 
 def test_component_signatures_read_only_what_their_role_allows():
     cfg = load_config()
-    for phase, func in PHASE_FUNCTIONS.items():
+    for phase in PHASE_FUNCTIONS:
         spec = make_component(phase, cfg).component_spec
         split_inputs = {
             name: split_of_type(inp.type.split("@")[0])
@@ -113,8 +113,11 @@ def _executors(documents: list[dict]) -> dict[str, dict]:
     out = {}
     for task in spec["root"]["dag"]["tasks"].values():
         label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
-        out[task["taskInfo"]["name"]] = {"task": task, "container": spec["deploymentSpec"]["executors"][label]["container"],
-                                         "k8s": k8s.get(label, {})}
+        out[task["taskInfo"]["name"]] = {
+            "task": task,
+            "container": spec["deploymentSpec"]["executors"][label]["container"],
+            "k8s": k8s.get(label, {}),
+        }
     return out
 
 
@@ -139,37 +142,49 @@ def test_compiled_yaml_reads_as_the_cluster_needs(accelerator):
             assert (accel["resourceType"], accel["resourceCount"]) == ("nvidia.com/gpu", str(res.gpus))
             assert k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": label}
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s["tolerations"]
-            assert k8s["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm",
-                                              "sizeLimit": cfg.cluster.shm_size, "volumeName": "dshm"}]
+            assert k8s["emptyDirMounts"] == [
+                {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": cfg.cluster.shm_size, "volumeName": "dshm"}
+            ]
         else:
             assert container["image"] == component_images(cfg)["cpu"]
             assert "accelerator" not in resources and "nodeSelector" not in k8s and "tolerations" not in k8s
         if phase == "phase1":  # resumable: the checkpoint PVC and the run id (stable across retries)
             assert k8s["pvcMount"][0]["constant"] == cfg.cluster.checkpoint_pvc
             assert k8s["pvcMount"][0]["mountPath"] == cfg.cluster.checkpoint_root
-            assert k8s["fieldPathAsEnv"] == [{"name": "STREETVISION_RUN_ID",
-                                              "fieldPath": "metadata.labels['pipeline/runid']"}]
+            assert k8s["fieldPathAsEnv"] == [
+                {"name": "STREETVISION_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"}
+            ]
         else:
             assert "pvcMount" not in k8s and "fieldPathAsEnv" not in k8s
         assert "secretAsVolume" not in k8s and "env" not in container  # credentials: the pod's identity
 
 
 def test_spot_bucket_checkpoints_and_mounted_credentials_compile():
-    cfg = load_config(["cluster.spot=true", "cluster.checkpoint_pvc=", "cluster.checkpoint_root=gs://sv/ckpt",
-                       "cluster.gcp_credentials_secret=gcp-key", "cluster.pipeline_root=gs://sv/root",
-                       "cluster.retries=0"])
+    cfg = load_config(
+        [
+            "cluster.spot=true",
+            "cluster.checkpoint_pvc=",
+            "cluster.checkpoint_root=gs://sv/ckpt",
+            "cluster.gcp_credentials_secret=gcp-key",
+            "cluster.pipeline_root=gs://sv/root",
+            "cluster.retries=0",
+        ]
+    )
     docs = compile_to_documents(cfg)
     assert docs[0]["defaultPipelineRoot"] == "gs://sv/root"
     executors = _executors(docs)
     phase1 = executors["phase1"]
     assert phase1["k8s"]["nodeSelector"]["labels"]["cloud.google.com/gke-spot"] == "true"
-    assert {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
-            "effect": "NoSchedule"} in phase1["k8s"]["tolerations"]
+    assert {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in phase1[
+        "k8s"
+    ]["tolerations"]
     assert "pvcMount" not in phase1["k8s"] and phase1["k8s"]["fieldPathAsEnv"]  # gs:// root: no volume needed
     for ex in executors.values():
         assert "retryPolicy" not in ex["task"]
         assert ex["k8s"]["secretAsVolume"][0]["secretName"] == "gcp-key"
-        assert {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/google/key.json"} in ex["container"]["env"]
+        assert {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/google/key.json"} in ex["container"][
+            "env"
+        ]
     assert "gke-spot" not in str(executors["ingest"]["k8s"])  # CPU phases stay on regular nodes
 
 
@@ -189,8 +204,15 @@ def test_cluster_config_problems_are_reported_together():
     from streetvision.config import ConfigError
 
     with pytest.raises(ConfigError) as info:
-        load_config(["cluster.gpu_image=ghcr.io/x/stage1:latest", "cluster.pipeline_root=/local/dir",
-                     "cluster.checkpoint_root=relative", "cluster.retries=-1", "cluster.shm_size=lots"])
+        load_config(
+            [
+                "cluster.gpu_image=ghcr.io/x/stage1:latest",
+                "cluster.pipeline_root=/local/dir",
+                "cluster.checkpoint_root=relative",
+                "cluster.retries=-1",
+                "cluster.shm_size=lots",
+            ]
+        )
     text = str(info.value)
     for key in ("gpu_image", "pipeline_root", "checkpoint_root", "retries", "shm_size"):
         assert f"cluster.{key}" in text
@@ -229,7 +251,9 @@ def test_compiled_default_carries_the_resolved_config_and_pinned_kfp():
 
     docs = load_documents(DEFAULT_PIPELINE_FILE.read_text())
     default = docs[0]["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"]
-    assert json.loads(default) == json.loads(__import__("streetvision.config", fromlist=["x"]).config_to_json(load_config()))
+    assert json.loads(default) == json.loads(
+        __import__("streetvision.config", fromlist=["x"]).config_to_json(load_config())
+    )
     assert docs[0]["sdkVersion"] == "kfp-2.17.3"
 
 
@@ -250,8 +274,11 @@ def test_phase4_variant_signature_reads_only_what_phase1_may():
     for phase, variants in PHASE_VARIANTS.items():
         for function in variants.values():
             spec = make_component(phase, cfg, function).component_spec
-            split_inputs = {name: split_of_type(inp.type.split("@")[0]) for name, inp in spec.inputs.items()
-                            if split_of_type(inp.type.split("@")[0]) is not None}
+            split_inputs = {
+                name: split_of_type(inp.type.split("@")[0])
+                for name, inp in spec.inputs.items()
+                if split_of_type(inp.type.split("@")[0]) is not None
+            }
             assert split_inputs == {name: split for name, (_, split) in PHASE_READS[phase].items()}
             assert "system.AdaptedBackbone" in spec.inputs["backbone"].type
 
@@ -265,7 +292,9 @@ def _wire_phase4(bad: str):
         ingest = ops["ingest"](config=config)
         ops["phase4"](
             config=config,
-            train=ingest.outputs[{"val_calib_as_train": "val_calib", "val_select_as_train": "val_select"}.get(bad, "train")],
+            train=ingest.outputs[
+                {"val_calib_as_train": "val_calib", "val_select_as_train": "val_select"}.get(bad, "train")
+            ],
             val_select=ingest.outputs["val_test" if bad == "val_test_as_val_select" else "val_select"],
         )
 
@@ -287,7 +316,9 @@ def test_plan_with_phase4_feeds_its_backbone_to_phase1():
     assert order == ["ingest", "phase4", "phase1", "phase2", "phase6", "evaluate"]
     by_name = {p.display_name: p for p in plans}
     assert {r.name: (r.split, r.producer) for r in by_name["phase4"].inputs} == {
-        "train": ("train", "ingest.train"), "val_select": ("val_select", "ingest.val_select")}
+        "train": ("train", "ingest.train"),
+        "val_select": ("val_select", "ingest.val_select"),
+    }
     phase1_inputs = {r.name: r.producer for r in by_name["phase1"].inputs}
     assert phase1_inputs["backbone"].startswith("phase4") and phase1_inputs["backbone"].endswith(".backbone")
     assert lint_documents(docs).ok

@@ -3,8 +3,9 @@
 import ast
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "src" / "streetvision"
@@ -24,7 +25,9 @@ def test_library_never_imports_kfp():
     offenders = [str(p.relative_to(ROOT)) for p in LIBRARY.rglob("*.py") if "kfp" in _imports(p)]
     assert offenders == []
     # Only the CLI reaches the KFP layer, lazily, inside the commands that need it.
-    reaching = [p.name for p in LIBRARY.rglob("*.py") if _imports(p) & {"streetvision_pipelines", "streetvision_components"}]
+    reaching = [
+        p.name for p in LIBRARY.rglob("*.py") if _imports(p) & {"streetvision_pipelines", "streetvision_components"}
+    ]
     assert reaching == ["cli.py"]
 
 
@@ -47,8 +50,19 @@ def test_every_package_is_listed_for_installation():
 
 
 def test_layout_exists():
-    for name in ("components", "pipelines", "images", "manifests", "src/streetvision", "tests", "Dockerfile",
-                 "pyproject.toml", "README.md", ".ci/run", "Makefile"):
+    for name in (
+        "components",
+        "pipelines",
+        "images",
+        "manifests",
+        "src/streetvision",
+        "tests",
+        "Dockerfile",
+        "pyproject.toml",
+        "README.md",
+        ".ci/run",
+        "Makefile",
+    ):
         assert (ROOT / name).exists(), name
 
 
@@ -56,6 +70,7 @@ def test_cli_help_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "streetvision", "--help"], capture_output=True, text=True, check=True)
     for command in ("run", "plan", "compile", "config"):
         assert command in out.stdout
-    out = subprocess.run([sys.executable, "-m", "streetvision", "run", "--help"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "streetvision", "run", "--help"], capture_output=True, text=True, check=True
+    )
     assert "--resume" in out.stdout and "--phases" in out.stdout and "--output-dir" in out.stdout

@@ -8,11 +8,11 @@ import copy
 
 import pytest
 import yaml
-
-from streetvision.cli import main
 from streetvision_pipelines.factory import DEFAULT_PIPELINE_FILE
 from streetvision_pipelines.inspect_spec import load_documents
 from streetvision_pipelines.lint import lint_documents, lint_file
+
+from streetvision.cli import main
 
 
 def _committed() -> list[dict]:
@@ -62,10 +62,12 @@ def test_training_on_val_test_fails_and_counts_two_readers(tmp_path):
 def test_declared_type_changed_together_with_the_wiring_fails(tmp_path):
     docs = _committed()
     spec = docs[0]
-    spec["components"]["comp-phase2-threshold"]["inputDefinitions"]["artifacts"]["val_calib_logits"][
-        "artifactType"]["schemaTitle"] = "system.ValSelectLogits"
-    spec["root"]["dag"]["tasks"]["phase2-threshold"]["inputs"]["artifacts"]["val_calib_logits"][
-        "taskOutputArtifact"]["outputArtifactKey"] = "val_select_logits"
+    spec["components"]["comp-phase2-threshold"]["inputDefinitions"]["artifacts"]["val_calib_logits"]["artifactType"][
+        "schemaTitle"
+    ] = "system.ValSelectLogits"
+    spec["root"]["dag"]["tasks"]["phase2-threshold"]["inputs"]["artifacts"]["val_calib_logits"]["taskOutputArtifact"][
+        "outputArtifactKey"
+    ] = "val_select_logits"
     report = lint_file(_write(tmp_path, docs))
     messages = _messages(report)
     # No type mismatch is left for KFP to notice; the policy table still knows what phase 2 may read.
@@ -77,9 +79,11 @@ def test_split_laundered_through_a_generic_artifact_input_fails(tmp_path):
     docs = _committed()
     spec = docs[0]
     spec["components"]["comp-phase2-threshold"]["inputDefinitions"]["artifacts"]["extra"] = {
-        "artifactType": {"schemaTitle": "system.Artifact", "schemaVersion": "0.0.1"}}
+        "artifactType": {"schemaTitle": "system.Artifact", "schemaVersion": "0.0.1"}
+    }
     spec["root"]["dag"]["tasks"]["phase2-threshold"]["inputs"]["artifacts"]["extra"] = {
-        "taskOutputArtifact": {"outputArtifactKey": "val_test", "producerTask": "ingest"}}
+        "taskOutputArtifact": {"outputArtifactKey": "val_test", "producerTask": "ingest"}
+    }
     messages = _messages(lint_file(_write(tmp_path, docs)))
     assert "receives VAL_TEST data through an input of type system.Artifact" in messages
     assert "VAL_TEST is read by 2 tasks" in messages
@@ -91,7 +95,8 @@ def test_second_reader_of_val_test_fails():
     tasks["evaluate-again"] = copy.deepcopy(tasks["evaluate"])
     report = lint_documents(docs)
     assert [f.what for f in report.findings] == [
-        "VAL_TEST is read by 2 tasks; it may be touched once, by the final evaluation"]
+        "VAL_TEST is read by 2 tasks; it may be touched once, by the final evaluation"
+    ]
 
 
 def test_unknown_component_cannot_be_vouched_for(tmp_path):
@@ -114,7 +119,9 @@ def test_lint_refuses_what_is_not_a_pipeline(tmp_path, capsys):
 def test_lint_reports_each_file_of_several(tmp_path, edit, capsys):
     broken = tmp_path / "b.yaml"
     text = DEFAULT_PIPELINE_FILE.read_text()
-    broken.write_text(text if edit == "none" else text.replace("outputArtifactKey: val_test", "outputArtifactKey: val_calib"))
+    broken.write_text(
+        text if edit == "none" else text.replace("outputArtifactKey: val_test", "outputArtifactKey: val_calib")
+    )
     code = main(["lint", str(DEFAULT_PIPELINE_FILE), str(broken)])
     out = capsys.readouterr().out
     assert code == (0 if edit == "none" else 1)

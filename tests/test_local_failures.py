@@ -10,16 +10,15 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
 from conftest import TINY
+from streetvision_pipelines.factory import RetryPolicy, compile_pipeline
+from streetvision_pipelines.inspect_spec import load_documents
+
 from streetvision.cli import main
 from streetvision.config import load_config
 from streetvision.preflight import local_input_problems
-from streetvision_pipelines.factory import RetryPolicy, compile_pipeline
-from streetvision_pipelines.inspect_spec import load_documents
 
 
 def _problems(*overrides) -> dict[str, str]:
@@ -52,8 +51,10 @@ def test_missing_and_unreadable_inputs_are_named_by_key(tmp_path):
 
 
 def test_several_sources_weights_and_pool_are_checked_per_selected_phase(tmp_path):
-    sources = (f"data.sources=[{{kind: manifest, path: {tmp_path}/a.csv, name: a}}, "
-               f"{{kind: folder, path: {tmp_path}, name: b}}, {{kind: parquet, path: {tmp_path}/c.parquet, name: c}}]")
+    sources = (
+        f"data.sources=[{{kind: manifest, path: {tmp_path}/a.csv, name: a}}, "
+        f"{{kind: folder, path: {tmp_path}, name: b}}, {{kind: parquet, path: {tmp_path}/c.parquet, name: c}}]"
+    )
     found = _problems("data.source=sources", sources)
     assert set(found) == {"data.sources[0].path", "data.sources[2].path"}
     weights = f"model.weights={tmp_path / 'w.safetensors'}"
@@ -66,8 +67,14 @@ def test_several_sources_weights_and_pool_are_checked_per_selected_phase(tmp_pat
 
 
 def test_remote_uris_are_left_to_the_tasks():
-    assert _problems("data.source=manifest", "data.manifest=gs://bucket/roadwork/manifest.csv",
-                     "model.weights=gs://bucket/w.safetensors") == {}
+    assert (
+        _problems(
+            "data.source=manifest",
+            "data.manifest=gs://bucket/roadwork/manifest.csv",
+            "model.weights=gs://bucket/w.safetensors",
+        )
+        == {}
+    )
 
 
 def test_unreadable_inputs_are_refused(tmp_path, monkeypatch):
@@ -110,8 +117,10 @@ def test_local_retries_change_only_the_retry_policy(tmp_path):
     Nothing the local cache keys on (image, command, arguments, env) changes with the retry setting, so a
     resumed run with another --retries still reuses its finished phases."""
     cfg = load_config()
-    docs = {name: load_documents(compile_pipeline(cfg, tmp_path / f"{name}.yaml", retry).read_text())
-            for name, retry in {"cluster": None, "none": RetryPolicy(0), "two": RetryPolicy(2)}.items()}
+    docs = {
+        name: load_documents(compile_pipeline(cfg, tmp_path / f"{name}.yaml", retry).read_text())
+        for name, retry in {"cluster": None, "none": RetryPolicy(0), "two": RetryPolicy(2)}.items()
+    }
     tasks = {name: d[0]["root"]["dag"]["tasks"] for name, d in docs.items()}
     for task in tasks["cluster"].values():
         assert task["retryPolicy"]["maxRetryCount"] == cfg.cluster.retries
@@ -125,7 +134,8 @@ def test_local_retries_change_only_the_retry_policy(tmp_path):
         assert docs[name][0]["root"]["inputDefinitions"] == docs["cluster"][0]["root"]["inputDefinitions"]
         for key, task in tasks[name].items():
             assert {k: v for k, v in task.items() if k != "retryPolicy"} == {
-                k: v for k, v in tasks["cluster"][key].items() if k != "retryPolicy"}
+                k: v for k, v in tasks["cluster"][key].items() if k != "retryPolicy"
+            }
 
 
 def _streetvision(*args):

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY
+
 from streetvision.cli import main
 from streetvision.config import config_from_yaml_file, load_config
 from streetvision.contracts.validators import validate_bundle
@@ -48,7 +48,9 @@ def test_whole_pipeline_runs_locally(tmp_path):
 def test_killed_run_resumes_from_the_unfinished_phase(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "streetvision", "run", *TINY, "--output-dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 600
     try:

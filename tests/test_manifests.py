@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from streetvision_pipelines.inspect_spec import compile_to_documents, describe
 
 from streetvision.config import load_config
-from streetvision_pipelines.inspect_spec import compile_to_documents, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -35,8 +35,9 @@ def _documents(path: Path) -> list[dict]:
 
 
 def _validate(paths: list[Path]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", *map(str, paths)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", *map(str, paths)], capture_output=True, text=True
+    )
 
 
 def _kustomization(directory: Path) -> dict:

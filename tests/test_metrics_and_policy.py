@@ -19,7 +19,7 @@ from streetvision.selective import accept_mask, clopper_pearson_upper, sgr_thres
 def test_ece_matches_a_reference_built_from_sklearn_calibration_curve():
     rng = np.random.default_rng(0)
     confidence = rng.uniform(0.5, 1.0, 5000)
-    correct = rng.uniform(size=5000) < confidence ** 2  # miscalibrated on purpose
+    correct = rng.uniform(size=5000) < confidence**2  # miscalibrated on purpose
     ours = expected_calibration_error(confidence, correct, bins=10)
     frac, mean_conf = calibration_curve(correct, confidence, n_bins=10, strategy="uniform")
     counts = np.histogram(confidence, bins=np.linspace(0, 1, 11))[0]
@@ -74,7 +74,9 @@ def test_sgr_policy_fields_and_bound():
     accepted = accept_mask(conf, policy)
     assert accepted.mean() == pytest.approx(policy["calib_coverage"])
     errors = int((~correct[accepted]).sum())
-    assert policy["risk_bound"] == pytest.approx(beta.ppf(1 - 0.05 / policy["tests"], errors + 1, accepted.sum() - errors))
+    assert policy["risk_bound"] == pytest.approx(
+        beta.ppf(1 - 0.05 / policy["tests"], errors + 1, accepted.sum() - errors)
+    )
     assert policy["risk_bound"] <= 0.1 and policy["calib_risk"] <= policy["risk_bound"]
 
 

@@ -94,6 +94,7 @@ def test_checkpoint_dir_round_trip_and_validation(tmp_path):
     assert torch.allclose(model(x), again(x))
     assert validate_checkpoint(tmp_path)["name"] == cfg.name
     (tmp_path / "model_config.json").write_text(
-        (tmp_path / "model_config.json").read_text().replace('"depth": 1', '"depth": 2'))
+        (tmp_path / "model_config.json").read_text().replace('"depth": 1', '"depth": 2')
+    )
     with pytest.raises(CheckpointError, match="do not load"):
         validate_checkpoint(tmp_path)

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import build_bundle
 
 from streetvision.calibration import prob_roadwork
 from streetvision.cli import main
@@ -13,8 +14,6 @@ from streetvision.contracts.validators import sha256_file
 from streetvision.export import export_onnx, export_triton, onnx_logits
 from streetvision.inference import Bundle
 from streetvision.phases.phase5 import run_phase5
-
-from conftest import build_bundle
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +50,16 @@ def test_triton_repository_layout(bundle, triton_repo):
     assert model_dir.name == "sv" and model_dir.parent.name == "repo"
     config = (model_dir / "config.pbtxt").read_text()
     size = json.loads((bundle / "preprocessing.json").read_text())["img_size"]
-    for expected in ('name: "sv"', 'platform: "onnxruntime_onnx"', "max_batch_size: 32", "TYPE_UINT8",
-                     f"dims: [ {size}, {size}, 3 ]", "TYPE_FP32", "dims: [ 2 ]", "KIND_GPU"):
+    for expected in (
+        'name: "sv"',
+        'platform: "onnxruntime_onnx"',
+        "max_batch_size: 32",
+        "TYPE_UINT8",
+        f"dims: [ {size}, {size}, 3 ]",
+        "TYPE_FP32",
+        "dims: [ 2 ]",
+        "KIND_GPU",
+    ):
         assert expected in config
     graph = onnx.load(str(model_dir / "1" / "model.onnx")).graph
     assert [i.name for i in graph.input] == ["images"] and [o.name for o in graph.output] == ["logits"]

@@ -5,6 +5,7 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import build_bundle
 
 from streetvision.contracts import DataError, IncompleteArtifactError, LeakageViolationError, Split
 from streetvision.contracts.metadata import METADATA_FILE, read_metadata
@@ -12,8 +13,6 @@ from streetvision.phases.evaluate import run_evaluate
 from streetvision.phases.phase1 import run_phase1
 from streetvision.phases.phase2 import run_phase2
 from streetvision.phases.phase6 import run_phase6
-
-from conftest import build_bundle
 
 
 def test_phase2_refuses_val_select_logits(trained, tmp_path):
@@ -28,11 +27,25 @@ def test_phase2_refuses_val_select_logits(trained, tmp_path):
 def test_phase1_refuses_val_test_as_train(ingested, tmp_path):
     cfg, dirs, _, _ = ingested
     with pytest.raises(LeakageViolationError, match="VAL_TEST data was given to a step whose role is fit"):
-        run_phase1(cfg, dirs[Split.VAL_TEST], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB],
-                   tmp_path / "c", tmp_path / "s", tmp_path / "l")
+        run_phase1(
+            cfg,
+            dirs[Split.VAL_TEST],
+            dirs[Split.VAL_SELECT],
+            dirs[Split.VAL_CALIB],
+            tmp_path / "c",
+            tmp_path / "s",
+            tmp_path / "l",
+        )
     with pytest.raises(LeakageViolationError, match="expected VAL_CALIB data, got VAL_SELECT"):
-        run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_SELECT],
-                   tmp_path / "c", tmp_path / "s", tmp_path / "l")
+        run_phase1(
+            cfg,
+            dirs[Split.TRAIN],
+            dirs[Split.VAL_SELECT],
+            dirs[Split.VAL_SELECT],
+            tmp_path / "c",
+            tmp_path / "s",
+            tmp_path / "l",
+        )
 
 
 def test_incomplete_input_is_refused(ingested, tmp_path):
@@ -41,8 +54,9 @@ def test_incomplete_input_is_refused(ingested, tmp_path):
     shutil.copytree(dirs[Split.TRAIN], partial)
     (partial / METADATA_FILE).unlink()  # as if ingest died while writing
     with pytest.raises(IncompleteArtifactError, match="no completion record"):
-        run_phase1(cfg, partial, dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], tmp_path / "c", tmp_path / "s",
-                   tmp_path / "l")
+        run_phase1(
+            cfg, partial, dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], tmp_path / "c", tmp_path / "s", tmp_path / "l"
+        )
 
 
 def test_edited_split_is_refused(ingested, tmp_path):
@@ -52,8 +66,9 @@ def test_edited_split_is_refused(ingested, tmp_path):
     table = pq.read_table(edited / "samples.parquet")
     pq.write_table(table.slice(1), edited / "samples.parquet")
     with pytest.raises(DataError):
-        run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], edited, tmp_path / "c", tmp_path / "s",
-                   tmp_path / "l")
+        run_phase1(
+            cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], edited, tmp_path / "c", tmp_path / "s", tmp_path / "l"
+        )
 
 
 def test_evaluate_refuses_a_bundle_touched_by_val_test(trained, ingested, tmp_path):
@@ -62,8 +77,9 @@ def test_evaluate_refuses_a_bundle_touched_by_val_test(trained, ingested, tmp_pa
     # Forge a lineage in which VAL_TEST was used upstream (as a hand-assembled artifact might).
     record = tmp_path / "bundle" / METADATA_FILE
     meta = json.loads(record.read_text())
-    meta["lineage"].append({"phase": "phase2", "role": "policy_fitting", "split": "val_test", "fingerprint": "x",
-                            "count": 1})
+    meta["lineage"].append(
+        {"phase": "phase2", "role": "policy_fitting", "split": "val_test", "fingerprint": "x", "count": 1}
+    )
     record.write_text(json.dumps(meta))
     with pytest.raises(LeakageViolationError):
         run_evaluate(cfg, tmp_path / "bundle", dirs[Split.VAL_TEST], tmp_path / "eval", tmp_path / "r.html")

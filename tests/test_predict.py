@@ -4,14 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import build_bundle
 from PIL import Image
 
 from streetvision.cli import main
 from streetvision.contracts import Role, Split
 from streetvision.data.shards import load_split
 from streetvision.inference import Bundle, predict
-
-from conftest import build_bundle
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY
 from safetensors.torch import load_file
 
 from streetvision.config import config_to_json, load_config
 from streetvision.contracts import CheckpointError, Split
 from streetvision.training.storage import LocalStore, open_store
-
-from conftest import TINY
 
 # The training process: runs phase 1 from a job file; with KILL_AT > 0 it SIGKILLs itself right after that
 # many optimizer steps (before the state of that step is saved), like a preempted node.
@@ -41,19 +40,34 @@ def _run(tmp_path, dirs, out: str, overrides: list[str], kill_at: int = 0) -> su
     cfg = load_config(TINY + overrides)
     outs = [str(tmp_path / out / name) for name in ("checkpoint", "select", "calib")]
     job = tmp_path / f"{out}-{kill_at}.json"
-    job.write_text(json.dumps({"config": config_to_json(cfg), "dirs": [
-        str(dirs[Split.TRAIN]), str(dirs[Split.VAL_SELECT]), str(dirs[Split.VAL_CALIB]), *outs]}))
-    return subprocess.run([sys.executable, "-c", CHILD, str(job), str(kill_at)], capture_output=True, text=True,
-                          timeout=300)
+    job.write_text(
+        json.dumps(
+            {
+                "config": config_to_json(cfg),
+                "dirs": [str(dirs[Split.TRAIN]), str(dirs[Split.VAL_SELECT]), str(dirs[Split.VAL_CALIB]), *outs],
+            }
+        )
+    )
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(job), str(kill_at)], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_killed_mid_epoch_then_restarted_equals_uninterrupted(ingested, tmp_path):
     _, dirs, _, _ = ingested
     # 88 TRAIN images in batches of 32: 3 steps per epoch. Deterministic CPU mode; dropout and every
     # augmentation op on (their draws are part of the state a resume restores).
-    common = ["training.epochs=3", "training.patience=5", "training.deterministic=true", "training.multiview=single",
-              "training.augment.rotation_degrees=20", "training.augment.vflip_p=0.5", "training.augment.jpeg_p=0.3",
-              "training.augment.blur_p=0.2", "training.augment.noise_p=0.2"]
+    common = [
+        "training.epochs=3",
+        "training.patience=5",
+        "training.deterministic=true",
+        "training.multiview=single",
+        "training.augment.rotation_degrees=20",
+        "training.augment.vflip_p=0.5",
+        "training.augment.jpeg_p=0.3",
+        "training.augment.blur_p=0.2",
+        "training.augment.noise_p=0.2",
+    ]
     resumable = common + [f"training.resume_dir={tmp_path / 'resume'}", "training.checkpoint_every_minutes=0"]
 
     plain = _run(tmp_path, dirs, "plain", common)
@@ -74,7 +88,9 @@ def test_killed_mid_epoch_then_restarted_equals_uninterrupted(ingested, tmp_path
     b = load_file(str(tmp_path / "restarted" / "checkpoint" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    hist = [json.loads((tmp_path / r / "checkpoint" / "training_history.json").read_text()) for r in ("plain", "restarted")]
+    hist = [
+        json.loads((tmp_path / r / "checkpoint" / "training_history.json").read_text()) for r in ("plain", "restarted")
+    ]
     drop = lambda h: [{k: v for k, v in row.items() if k != "images_per_second"} for row in h]  # noqa: E731
     assert drop(hist[0]) == drop(hist[1]) and len(hist[0]) == 3
     summary = json.loads((tmp_path / "restarted" / "checkpoint" / "training_summary.json").read_text())

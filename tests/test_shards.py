@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import TINY, split_dirs
+
 from streetvision.config import load_config
 from streetvision.contracts import DataError, Role, Split
 from streetvision.contracts.metadata import METADATA_FILE

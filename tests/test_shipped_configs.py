@@ -8,15 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
+from streetvision_pipelines.factory import GKE_ACCELERATORS
+from streetvision_pipelines.inspect_spec import compile_to_documents
+from streetvision_pipelines.lint import lint_documents
 
 from streetvision.config import config_to_json, load_config
 from streetvision.config.loader import preset_groups
 from streetvision.config.schema import PHASE_NAMES
 from streetvision.contracts import ContractError
 from streetvision.phase_graph import resolve_phases
-from streetvision_pipelines.factory import GKE_ACCELERATORS
-from streetvision_pipelines.inspect_spec import compile_to_documents
-from streetvision_pipelines.lint import lint_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("manifests/overlays/*/streetvision.yaml"))
@@ -28,8 +28,14 @@ def _valid_selections() -> list[list[str] | None]:
     """One selection per distinct pipeline the phase graph allows: the default (None: pipeline.phases as
     shipped), the `all ...` forms and the README's subset first, then the smallest subset of phases for each
     pipeline not yet seen."""
-    selections = [None, ["all", "phase3"], ["all", "phase5"], ["all", "phase4"], ["all", "phase4", "phase5"],
-                  ["phase1", "phase2", "phase6"]]
+    selections = [
+        None,
+        ["all", "phase3"],
+        ["all", "phase5"],
+        ["all", "phase4"],
+        ["all", "phase4", "phase5"],
+        ["phase1", "phase2", "phase6"],
+    ]
     seen = {tuple(resolve_phases(s or list(load_config().pipeline.phases))[0]) for s in selections}
     for size in range(1, len(PHASE_NAMES) + 1):
         for subset in itertools.combinations(PHASE_NAMES, size):
@@ -79,7 +85,8 @@ def test_shipped_config_compiles_and_asks_for_what_each_task_needs(overlay, mode
     docs = compile_to_documents(cfg)
     spec = docs[0]
     assert json.loads(spec["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"]) == json.loads(
-        config_to_json(cfg))  # tasks receive this config
+        config_to_json(cfg)
+    )  # tasks receive this config
     assert lint_documents(docs).ok
     tasks = _tasks(docs)
     assert sorted(tasks) == sorted(resolve_phases(cfg.pipeline.phases)[0])
@@ -92,8 +99,12 @@ def test_shipped_config_compiles_and_asks_for_what_each_task_needs(overlay, mode
             assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", str(gpus)), phase
             assert k8s["nodeSelector"]["labels"] == node_pool, phase
             assert GPU_TOLERATION in k8s["tolerations"], phase
-            assert {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": cfg.cluster.shm_size,
-                    "volumeName": "dshm"} in k8s["emptyDirMounts"], phase
+            assert {
+                "medium": "Memory",
+                "mountPath": "/dev/shm",
+                "sizeLimit": cfg.cluster.shm_size,
+                "volumeName": "dshm",
+            } in k8s["emptyDirMounts"], phase
         else:
             assert "accelerator" not in resources, phase
             assert "nodeSelector" not in k8s and "tolerations" not in k8s, phase

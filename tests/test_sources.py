@@ -6,19 +6,27 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import split_dirs
 from ingest_data import outcomes, rows_of, write_folder, write_manifest, write_parquet
+from PIL import Image
+
 from streetvision.config import load_config
 from streetvision.contracts import DataError, Split
 from streetvision.data.decode import decode_image
 from streetvision.data.shards import open_shards
 from streetvision.phases.ingest import run_ingest
 
-SMALL = ["model.img_size=32", "data.split.train=0.4", "data.split.val_select=0.2", "data.split.val_calib=0.2",
-         "data.split.val_test=0.2", "data.max_quarantine_fraction=0.5", "data.shard_images=16", "data.split.seed=1",
-         "data.report_thumbnails=4"]
+SMALL = [
+    "model.img_size=32",
+    "data.split.train=0.4",
+    "data.split.val_select=0.2",
+    "data.split.val_calib=0.2",
+    "data.split.val_test=0.2",
+    "data.max_quarantine_fraction=0.5",
+    "data.shard_images=16",
+    "data.split.seed=1",
+    "data.report_thumbnails=4",
+]
 
 
 def ingest(tmp_path, *overrides, name="out"):
@@ -103,9 +111,11 @@ def test_several_sources_in_one_run_tag_every_record(folder, tmp_path):
     root, folder_expect = folder
     manifest_expect = write_manifest(tmp_path / "team", n=40)
     parquet_expect = write_parquet(tmp_path / "natix", n=40)
-    sources = (f"data.sources=[{{kind: parquet, path: '{tmp_path / 'natix'}', name: natix}}, "
-               f"{{kind: manifest, path: '{tmp_path / 'team' / 'manifest.jsonl'}', name: team}}, "
-               f"{{kind: folder, path: '{root / 'data'}', name: bucket, positive_labels: [maybe]}}]")
+    sources = (
+        f"data.sources=[{{kind: parquet, path: '{tmp_path / 'natix'}', name: natix}}, "
+        f"{{kind: manifest, path: '{tmp_path / 'team' / 'manifest.jsonl'}', name: team}}, "
+        f"{{kind: folder, path: '{root / 'data'}', name: bucket, positive_labels: [maybe]}}]"
+    )
     _, out, meta = ingest(tmp_path, "data.source=sources", sources)
     rows = rows_of(out)
     assert len(rows) == len(folder_expect) + len(manifest_expect) + len(parquet_expect)
@@ -120,13 +130,17 @@ def test_rerun_is_identical_and_new_samples_never_move_old_ones(tmp_path):
     write_folder(tmp_path / "v1", n=100, with_bad=False)
     _, first, meta1 = ingest(tmp_path, "data.source=folder", f"data.path={tmp_path / 'v1'}", name="a")
     _, again, meta2 = ingest(tmp_path, "data.source=folder", f"data.path={tmp_path / 'v1'}", name="b")
-    assert {k: v["fingerprint"] for k, v in meta1.items() if k != "data_report"} == \
-           {k: v["fingerprint"] for k, v in meta2.items() if k != "data_report"}
+    assert {k: v["fingerprint"] for k, v in meta1.items() if k != "data_report"} == {
+        k: v["fingerprint"] for k, v in meta2.items() if k != "data_report"
+    }
     for split in Split:
-        assert np.array_equal(np.asarray(open_shards(first / split.value)), np.asarray(open_shards(again / split.value)))
+        assert np.array_equal(
+            np.asarray(open_shards(first / split.value)), np.asarray(open_shards(again / split.value))
+        )
     # v2 = v1 plus 40 new sequences, written with different seeds (new scenes).
     write_folder(tmp_path / "v2", n=100, with_bad=False)
     from ingest_data import LABELS, encode, scene
+
     for i in range(40):
         label = LABELS[i % 3 != 0]
         (tmp_path / "v2" / label / f"new{i:03d}.jpg").write_bytes(encode(scene(50_000 + i)))
@@ -145,12 +159,16 @@ def test_exact_duplicate_label_conflict_rules(tmp_path):
     base = ["data.source=folder", f"data.path={tmp_path / 'data'}"]
     _, out, _ = ingest(tmp_path, *base, name="q")
     codes = outcomes(out, "folder/")
-    assert [codes[k] for k in ("roadwork/seq001_f0.jpg", "roadwork/dup_a.jpg", "no_roadwork/dup_b.jpg")] == \
-           ["conflicting_duplicate"] * 3
+    assert [codes[k] for k in ("roadwork/seq001_f0.jpg", "roadwork/dup_a.jpg", "no_roadwork/dup_b.jpg")] == [
+        "conflicting_duplicate"
+    ] * 3
     _, out, _ = ingest(tmp_path, *base, "data.dedupe.label_conflict=majority", name="m")
     codes = outcomes(out, "folder/")
-    assert [codes[k] for k in ("roadwork/seq001_f0.jpg", "roadwork/dup_a.jpg", "no_roadwork/dup_b.jpg")] == \
-           ["ok", "ok", "conflicting_duplicate"]
+    assert [codes[k] for k in ("roadwork/seq001_f0.jpg", "roadwork/dup_a.jpg", "no_roadwork/dup_b.jpg")] == [
+        "ok",
+        "ok",
+        "conflicting_duplicate",
+    ]
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["duplicates"]["exact_duplicate_label_conflicts"][0]["kept_label"] == 1
 
@@ -170,6 +188,7 @@ def test_source_level_mistakes_are_clear_errors(tmp_path):
         ingest(tmp_path, "data.source=folder", f"data.path={tmp_path / 'nowhere'}")
     (tmp_path / "p").mkdir()
     import pyarrow as pa
+
     pq.write_table(pa.table({"img": [b"x"], "label": [1]}), tmp_path / "p" / "a.parquet")
     with pytest.raises(DataError, match="lack \\['image'\\]") as info:
         ingest(tmp_path, "data.source=parquet", f"data.path={tmp_path / 'p'}")
@@ -186,7 +205,11 @@ def test_exif_rotated_record_is_stored_upright(folder, tmp_path):
     table = pq.read_table(out / row["placement"] / "samples.parquet").to_pydict()
     i = table["sample_id"].index(row["sample_id"])
     assert (table["orig_width"][i], table["orig_height"][i]) == (72, 96)  # stored 96x72, shown rotated
-    expected = np.asarray(Image.open(io.BytesIO((root / "data" / "no_roadwork" / "rotated_ok.jpg").read_bytes()))
-                          .transpose(Image.Transpose.ROTATE_270).resize((32, 32), Image.BILINEAR), dtype=np.int16)
+    expected = np.asarray(
+        Image.open(io.BytesIO((root / "data" / "no_roadwork" / "rotated_ok.jpg").read_bytes()))
+        .transpose(Image.Transpose.ROTATE_270)
+        .resize((32, 32), Image.BILINEAR),
+        dtype=np.int16,
+    )
     got = open_shards(out / row["placement"])[i].astype(np.int16)
     assert np.abs(got - expected).mean() < 6

@@ -12,11 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from streetvision_pipelines.factory import DEFAULT_PIPELINE_FILE
+from streetvision_pipelines.inspect_spec import compile_to_documents, load_documents
 
 from streetvision.cli import main
 from streetvision.config import config_to_json, load_config
-from streetvision_pipelines.factory import DEFAULT_PIPELINE_FILE
-from streetvision_pipelines.inspect_spec import compile_to_documents, load_documents
 
 TOKEN = "test-token-0123456789"
 # kfp.Client warns on every construction that it needs a KFP 2.x server; that is what is emulated here.
@@ -39,9 +39,13 @@ class RecordingKfpServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 url = urlsplit(self.path)
-                request = {"method": self.command, "path": url.path, "query": parse_qs(url.query),
-                           "headers": {k.lower(): v for k, v in self.headers.items()},
-                           "body": json.loads(body) if body else None}
+                request = {
+                    "method": self.command,
+                    "path": url.path,
+                    "query": parse_qs(url.query),
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "body": json.loads(body) if body else None,
+                }
                 server.requests.append(request)
                 return request
 
@@ -74,11 +78,24 @@ class RecordingKfpServer:
                     return
                 body = request["body"] or {}
                 if request["path"] == "/apis/v2beta1/experiments":
-                    self._reply(200, {"experiment_id": "exp-1", "display_name": body.get("display_name"),
-                                      "namespace": body.get("namespace")})
+                    self._reply(
+                        200,
+                        {
+                            "experiment_id": "exp-1",
+                            "display_name": body.get("display_name"),
+                            "namespace": body.get("namespace"),
+                        },
+                    )
                 elif request["path"] == "/apis/v2beta1/runs":
-                    self._reply(200, {"run_id": "run-42", "display_name": body.get("display_name"),
-                                      "experiment_id": body.get("experiment_id"), "state": "PENDING"})
+                    self._reply(
+                        200,
+                        {
+                            "run_id": "run-42",
+                            "display_name": body.get("display_name"),
+                            "experiment_id": body.get("experiment_id"),
+                            "state": "PENDING",
+                        },
+                    )
                 else:
                     self._reply(404, {"error": "not found"})
 
@@ -103,8 +120,13 @@ class RecordingKfpServer:
 def _no_user_kfp_context(tmp_path, monkeypatch):
     """kfp.Client reads ~/.config/kfp and $KF_PIPELINES_* variables: keep the developer's own out of the test."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for name in ("KF_PIPELINES_ENDPOINT", "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
-                 "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME", "KF_PIPELINES_SA_TOKEN_PATH", "KFP_TOKEN"):
+    for name in (
+        "KF_PIPELINES_ENDPOINT",
+        "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
+        "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
+        "KF_PIPELINES_SA_TOKEN_PATH",
+        "KFP_TOKEN",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -112,8 +134,20 @@ def test_submit_compiles_and_sends_the_run_the_cluster_needs(monkeypatch, capsys
     monkeypatch.setenv("KFP_TOKEN", TOKEN)
     overrides = ["cluster.accelerator=a100", "training.epochs=3", "cluster.pipeline_root=gs://sv-bucket/root"]
     with RecordingKfpServer(require_token=TOKEN) as server:
-        code = main(["submit", *overrides, "--host", server.url, "--namespace", "team-a",
-                     "--experiment", "nightly", "--run-name", "a100 try 1"])
+        code = main(
+            [
+                "submit",
+                *overrides,
+                "--host",
+                server.url,
+                "--namespace",
+                "team-a",
+                "--experiment",
+                "nightly",
+                "--run-name",
+                "a100 try 1",
+            ]
+        )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "run-42" in out and f"{server.url}/#/runs/details/run-42" in out
@@ -151,8 +185,21 @@ def test_submit_a_committed_yaml_in_cluster_with_a_parameter(tmp_path, monkeypat
     monkeypatch.setattr("streetvision_pipelines.submit.IN_CLUSTER_TOKEN_PATH", str(token_file))
     cfg = load_config(["training.epochs=2"])
     with RecordingKfpServer(require_token="projected-sa-token") as server:
-        code = main(["submit", "--pipeline-file", str(DEFAULT_PIPELINE_FILE), "--in-cluster", "--host", server.url,
-                     "--param", f"config={config_to_json(cfg)}", "--no-cache", "--service-account", "runner"])
+        code = main(
+            [
+                "submit",
+                "--pipeline-file",
+                str(DEFAULT_PIPELINE_FILE),
+                "--in-cluster",
+                "--host",
+                server.url,
+                "--param",
+                f"config={config_to_json(cfg)}",
+                "--no-cache",
+                "--service-account",
+                "runner",
+            ]
+        )
     assert code == 0, capsys.readouterr()
     (run,) = server.find("POST", "/apis/v2beta1/runs")
     body = run["body"]
@@ -162,7 +209,8 @@ def test_submit_a_committed_yaml_in_cluster_with_a_parameter(tmp_path, monkeypat
     assert sent_tasks.keys() == committed_tasks.keys()
     for name, task in committed_tasks.items():  # the same tasks; only caching is changed by --no-cache
         assert {k: v for k, v in sent_tasks[name].items() if k != "cachingOptions"} == {
-            k: v for k, v in task.items() if k != "cachingOptions"}
+            k: v for k, v in task.items() if k != "cachingOptions"
+        }
     assert json.loads(body["runtime_config"]["parameters"]["config"])["training"]["epochs"] == 2
     assert body["service_account"] == "runner"
     # --no-cache reaches the server as caching disabled on every task of the sent spec.
@@ -194,15 +242,22 @@ def test_rejected_token_is_a_clear_error(monkeypatch, capsys):
     assert server.find("POST", "/apis/v2beta1/runs") == []
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--pipeline-file", str(DEFAULT_PIPELINE_FILE), "--param", "epochs=3"], "no such parameter"),
-    (["--pipeline-file", str(DEFAULT_PIPELINE_FILE), "--param", 'config={"training": {"epochz": 1}}'], "epochz"),
-    (["--pipeline-file", str(DEFAULT_PIPELINE_FILE), "training.epochs=3"], "drop the overrides"),
-    ([], "no Kubeflow Pipelines host"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--pipeline-file", str(DEFAULT_PIPELINE_FILE), "--param", "epochs=3"], "no such parameter"),
+        (["--pipeline-file", str(DEFAULT_PIPELINE_FILE), "--param", 'config={"training": {"epochz": 1}}'], "epochz"),
+        (["--pipeline-file", str(DEFAULT_PIPELINE_FILE), "training.epochs=3"], "drop the overrides"),
+        ([], "no Kubeflow Pipelines host"),
+    ],
+)
 def test_bad_submissions_fail_before_sending(argv, message, capsys):
-    assert main(["submit", "--phases", "ingest", *argv] if not argv or "--pipeline-file" not in argv
-                else ["submit", *argv]) == 2
+    assert (
+        main(
+            ["submit", "--phases", "ingest", *argv] if not argv or "--pipeline-file" not in argv else ["submit", *argv]
+        )
+        == 2
+    )
     assert message in capsys.readouterr().err
 
 
@@ -213,8 +268,18 @@ def test_submit_and_lint_are_on_the_command_line(capsys):
         assert info.value.code == 0
     out = capsys.readouterr().out
     assert "submit" in out and "lint" in out
-    for flag in ("--dry-run", "--host", "--namespace", "--experiment", "--run-name", "--param", "--in-cluster",
-                 "--token-env", "--pipeline-file", "KFP_TOKEN"):
+    for flag in (
+        "--dry-run",
+        "--host",
+        "--namespace",
+        "--experiment",
+        "--run-name",
+        "--param",
+        "--in-cluster",
+        "--token-env",
+        "--pipeline-file",
+        "KFP_TOKEN",
+    ):
         assert flag in out
 
 
@@ -232,38 +297,68 @@ def compiled_default(tmp_path_factory):
     docs = load_documents(path.read_text())
     images = {name: ex["container"]["image"] for name, ex in docs[0]["deploymentSpec"]["executors"].items()}
     mount = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-phase1-train"]["pvcMount"][0]
-    return path, {"gpu": images["exec-phase1-train"], "cpu": images["exec-ingest"], "pvc": mount["constant"],
-                  "root": mount["mountPath"]}
+    return path, {
+        "gpu": images["exec-phase1-train"],
+        "cpu": images["exec-ingest"],
+        "pvc": mount["constant"],
+        "root": mount["mountPath"],
+    }
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (["pipeline.phases=[phase1, phase3, phase6, evaluate]"],
-     ["pipeline.phases: the YAML has [ingest, phase1, phase2, phase6, evaluate], "
-      "the config says [ingest, phase1, phase3, phase6, evaluate]"]),
-    (["cluster.checkpoint_root=/mnt/elsewhere"],
-     ["cluster.checkpoint_root: the YAML has {root} (the PVC's mount path in phase1), the config says /mnt/elsewhere"]),
-    (["cluster.checkpoint_pvc=other-claim"],
-     ["cluster.checkpoint_pvc: the YAML has {pvc} (phase1), the config says other-claim"]),
-    (["cluster.checkpoint_pvc=", "cluster.checkpoint_root=gs://sv/ckpt"],
-     ['cluster.checkpoint_pvc: the YAML has {pvc} (phase1), the config says "" (none)',
-      "cluster.checkpoint_root: the YAML has {root} (the PVC's mount path in phase1), the config says gs://sv/ckpt"]),
-    (["cluster.gpu_image=ghcr.io/other/stage1:9.9.9"],
-     ["cluster.gpu_image: the YAML has {gpu} (phase1, evaluate), the config says ghcr.io/other/stage1:9.9.9"]),
-    (["cluster.cpu_image=ghcr.io/other/stage1-cpu:9.9.9"],
-     ["cluster.cpu_image: the YAML has {cpu} (ingest, phase2, phase6), "
-      "the config says ghcr.io/other/stage1-cpu:9.9.9"]),
-    # phase 2 on a GPU node takes the GPU image: images are compared per task, as the factory resolves them
-    (["cluster.phase2.gpus=1"], ["cluster.gpu_image: the YAML has {cpu} (phase2), the config says {gpu}"]),
-])
-def test_submit_refuses_a_runtime_config_that_contradicts_the_yaml(compiled_default, overrides, expected, capsys,
-                                                                   monkeypatch):
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (
+            ["pipeline.phases=[phase1, phase3, phase6, evaluate]"],
+            [
+                "pipeline.phases: the YAML has [ingest, phase1, phase2, phase6, evaluate], "
+                "the config says [ingest, phase1, phase3, phase6, evaluate]"
+            ],
+        ),
+        (
+            ["cluster.checkpoint_root=/mnt/elsewhere"],
+            [
+                "cluster.checkpoint_root: the YAML has {root} (the PVC's mount path in phase1), "
+                "the config says /mnt/elsewhere"
+            ],
+        ),
+        (
+            ["cluster.checkpoint_pvc=other-claim"],
+            ["cluster.checkpoint_pvc: the YAML has {pvc} (phase1), the config says other-claim"],
+        ),
+        (
+            ["cluster.checkpoint_pvc=", "cluster.checkpoint_root=gs://sv/ckpt"],
+            [
+                'cluster.checkpoint_pvc: the YAML has {pvc} (phase1), the config says "" (none)',
+                "cluster.checkpoint_root: the YAML has {root} (the PVC's mount path in phase1), the config says gs://sv/ckpt",
+            ],
+        ),
+        (
+            ["cluster.gpu_image=ghcr.io/other/stage1:9.9.9"],
+            ["cluster.gpu_image: the YAML has {gpu} (phase1, evaluate), the config says ghcr.io/other/stage1:9.9.9"],
+        ),
+        (
+            ["cluster.cpu_image=ghcr.io/other/stage1-cpu:9.9.9"],
+            [
+                "cluster.cpu_image: the YAML has {cpu} (ingest, phase2, phase6), "
+                "the config says ghcr.io/other/stage1-cpu:9.9.9"
+            ],
+        ),
+        # phase 2 on a GPU node takes the GPU image: images are compared per task, as the factory resolves them
+        (["cluster.phase2.gpus=1"], ["cluster.gpu_image: the YAML has {cpu} (phase2), the config says {gpu}"]),
+    ],
+)
+def test_submit_refuses_a_runtime_config_that_contradicts_the_yaml(
+    compiled_default, overrides, expected, capsys, monkeypatch
+):
     monkeypatch.setenv("KFP_TOKEN", TOKEN)
     path, compiled = compiled_default
     runtime = config_to_json(load_config([*PINNED, "training.epochs=2", *overrides]))
     for extra in ([], ["--dry-run"]):
         with RecordingKfpServer() as server:
-            code = main(["submit", "--pipeline-file", str(path), "--param", f"config={runtime}", "--host", server.url,
-                         *extra])
+            code = main(
+                ["submit", "--pipeline-file", str(path), "--param", f"config={runtime}", "--host", server.url, *extra]
+            )
         err = capsys.readouterr().err
         assert code == 2 and server.requests == [], err  # refused before any request
         assert f"({len(expected)} setting(s))" in err
@@ -275,11 +370,21 @@ def test_submit_refuses_a_runtime_config_that_contradicts_the_yaml(compiled_defa
 def test_submit_accepts_a_runtime_config_that_changes_only_run_time_settings(compiled_default, monkeypatch, capsys):
     monkeypatch.setenv("KFP_TOKEN", TOKEN)
     path, _ = compiled_default
-    runtime = load_config([*PINNED, "training.epochs=2", "data.source=manifest", "data.manifest=gs://sv/m.csv",
-                           "pipeline.phases=[all]"])  # the same phases, once resolved
+    runtime = load_config(
+        [*PINNED, "training.epochs=2", "data.source=manifest", "data.manifest=gs://sv/m.csv", "pipeline.phases=[all]"]
+    )  # the same phases, once resolved
     with RecordingKfpServer(require_token=TOKEN) as server:
-        code = main(["submit", "--pipeline-file", str(path), "--param", f"config={config_to_json(runtime)}",
-                     "--host", server.url])
+        code = main(
+            [
+                "submit",
+                "--pipeline-file",
+                str(path),
+                "--param",
+                f"config={config_to_json(runtime)}",
+                "--host",
+                server.url,
+            ]
+        )
     assert code == 0, capsys.readouterr().err
     (run,) = server.find("POST", "/apis/v2beta1/runs")
     assert json.loads(run["body"]["runtime_config"]["parameters"]["config"])["data"]["manifest"] == "gs://sv/m.csv"
@@ -291,13 +396,23 @@ def test_a_yaml_without_the_pvc_takes_any_bucket_checkpoint_root_but_no_pvc(tmp_
     path = tmp_path / "bucket.yaml"
     assert main(["compile", *bucket, "-o", str(path)]) == 0
     # The root is read only at run time when no volume is mounted: another bucket prefix is the run's choice.
-    elsewhere = config_to_json(load_config([*PINNED, "cluster.checkpoint_pvc=",
-                                            "cluster.checkpoint_root=gs://sv/other"]))
+    elsewhere = config_to_json(
+        load_config([*PINNED, "cluster.checkpoint_pvc=", "cluster.checkpoint_root=gs://sv/other"])
+    )
     assert main(["submit", "--pipeline-file", str(path), "--param", f"config={elsewhere}", "--dry-run"]) == 0
     # A PVC the YAML does not mount: the checkpoints would land on the container's own disk.
     with RecordingKfpServer() as server:
-        code = main(["submit", "--pipeline-file", str(path), "--param", f"config={config_to_json(load_config(PINNED))}",
-                     "--host", server.url])
+        code = main(
+            [
+                "submit",
+                "--pipeline-file",
+                str(path),
+                "--param",
+                f"config={config_to_json(load_config(PINNED))}",
+                "--host",
+                server.url,
+            ]
+        )
     err = capsys.readouterr().err
     assert code == 2 and server.requests == [] and "(1 setting(s))" in err
     pvc = load_config().cluster.checkpoint_pvc
@@ -309,15 +424,19 @@ def test_images_are_compared_with_what_the_config_resolves_to(compiled_default, 
 
     path, compiled = compiled_default
     default = load_config()  # the default images, as the factory names them
-    resolved = {kind: make_component(phase, default).component_spec.implementation.container.image
-                for kind, phase in (("gpu", "phase1"), ("cpu", "ingest"))}
+    resolved = {
+        kind: make_component(phase, default).component_spec.implementation.container.image
+        for kind, phase in (("gpu", "phase1"), ("cpu", "ingest"))
+    }
     argv = ["submit", "--pipeline-file", str(path), "--param", f"config={config_to_json(default)}", "--dry-run"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert (f"cluster.gpu_image: the YAML has {compiled['gpu']} (phase1, evaluate), "
-            f"the config says {resolved['gpu']}") in err
-    assert (f"cluster.cpu_image: the YAML has {compiled['cpu']} (ingest, phase2, phase6), "
-            f"the config says {resolved['cpu']}") in err
+    assert (
+        f"cluster.gpu_image: the YAML has {compiled['gpu']} (phase1, evaluate), the config says {resolved['gpu']}"
+    ) in err
+    assert (
+        f"cluster.cpu_image: the YAML has {compiled['cpu']} (ingest, phase2, phase6), the config says {resolved['cpu']}"
+    ) in err
 
 
 def test_a_runtime_config_against_the_pipeline_compiled_from_the_overrides(monkeypatch, capsys):
@@ -335,10 +454,16 @@ def test_retries_are_compile_time_too(compiled_default, tmp_path, capsys):
     path, _ = compiled_default
     compiled = load_config(PINNED).cluster
     for overrides, line in [
-        (["cluster.retries=0"], f"cluster.retries: the YAML has {compiled.retries} (ingest, phase1, phase2, phase6, "
-                                "evaluate), the config says 0"),
-        (["cluster.retry_backoff=5s"], f"cluster.retry_backoff: the YAML has {compiled.retry_backoff} (ingest, "
-                                       "phase1, phase2, phase6, evaluate), the config says 5s"),
+        (
+            ["cluster.retries=0"],
+            f"cluster.retries: the YAML has {compiled.retries} (ingest, phase1, phase2, phase6, "
+            "evaluate), the config says 0",
+        ),
+        (
+            ["cluster.retry_backoff=5s"],
+            f"cluster.retry_backoff: the YAML has {compiled.retry_backoff} (ingest, "
+            "phase1, phase2, phase6, evaluate), the config says 5s",
+        ),
     ]:
         runtime = config_to_json(load_config([*PINNED, *overrides]))
         assert main(["submit", "--pipeline-file", str(path), "--param", f"config={runtime}", "--dry-run"]) == 2

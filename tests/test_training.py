@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import TINY
 
 from streetvision.config import ConfigError, load_config
 from streetvision.contracts import ContractError, Split
@@ -16,10 +17,13 @@ from streetvision.models import create_model, load_model_dir, normalization, pre
 from streetvision.models.multiview import MultiViewClassifier, aggregate, make_views
 from streetvision.training.augment import BatchAugment
 from streetvision.training.loop import (
-    Trainer, TrainingDivergedError, _Batches, autocast_dtype, epoch_batches, train_classifier,
+    Trainer,
+    TrainingDivergedError,
+    _Batches,
+    autocast_dtype,
+    epoch_batches,
+    train_classifier,
 )
-
-from conftest import TINY
 
 
 def _trainer(overrides, steps_per_epoch=4):
@@ -31,13 +35,22 @@ def _trainer(overrides, steps_per_epoch=4):
 
 def _batch(n=8, seed=0):
     rng = np.random.default_rng(seed)
-    return torch.from_numpy(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)), torch.from_numpy(rng.integers(0, 2, n))
+    return torch.from_numpy(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)), torch.from_numpy(
+        rng.integers(0, 2, n)
+    )
 
 
 def test_fp16_and_bad_recipe_values_are_refused_with_reasons():
     with pytest.raises(ConfigError) as info:
-        load_config(["training.precision=fp16", "training.layer_decay=0", "training.ema_decay=1.0",
-                     "training.augment.vflip_p=2", "training.num_processes=3"])
+        load_config(
+            [
+                "training.precision=fp16",
+                "training.layer_decay=0",
+                "training.ema_decay=1.0",
+                "training.augment.vflip_p=2",
+                "training.num_processes=3",
+            ]
+        )
     text = str(info.value)
     assert "fp16 is refused: DINOv2 activations overflow fp16" in text
     assert "layer_decay" in text and "ema_decay" in text and "vflip_p" in text
@@ -61,8 +74,16 @@ def test_challenge_augmentation_is_per_sample_and_off_at_strength_zero():
 
 
 def test_layer_decay_groups_and_frozen_backbone_warm_start():
-    trainer, _ = _trainer(["model.depth=2", "training.layer_decay=0.5", "training.freeze_backbone_epochs=1",
-                           "training.lr=0.01", "training.warmup_epochs=0", "training.epochs=3"])
+    trainer, _ = _trainer(
+        [
+            "model.depth=2",
+            "training.layer_decay=0.5",
+            "training.freeze_backbone_epochs=1",
+            "training.lr=0.01",
+            "training.warmup_epochs=0",
+            "training.epochs=3",
+        ]
+    )
     scales = {round(g["lr_scale"], 4) for g in trainer.optimizer.param_groups}
     assert scales == {0.125, 0.25, 0.5, 1.0}  # embeddings, block 0, block 1 (+ norm), head
     head = {id(p) for p in trainer.model.get_classifier().parameters()}
@@ -107,15 +128,28 @@ def test_batch_readers_recompress_each_batch_from_its_own_seed(monkeypatch):
     trainer, cfg = _trainer(["training.augment.jpeg_p=0.5", "training.epochs=1"])
     x, y = _batch(40)
     batches = epoch_batches(40, cfg.training.seed, 0, 8, 1)
-    read = lambda ahead: [b for _, b in _Batches(x.numpy(), batches, pin=False, ahead=ahead,  # noqa: E731
-                                                  prepare=trainer.host_prepare(0, 0))]
+
+    def read(ahead):
+        return [
+            b
+            for _, b in _Batches(
+                x.numpy(),
+                batches,
+                pin=False,
+                ahead=ahead,
+                prepare=trainer.host_prepare(0, 0),
+            )
+        ]
+
     one, four = read(1), read(4)
     assert all(torch.equal(a, b) for a, b in zip(one, four)), "the draws must not depend on the reading thread"
     assert not all(torch.equal(a, x[idx]) for a, idx in zip(one, batches))  # something was re-compressed
 
     seeds = []
     original = BatchAugment.recompress
-    monkeypatch.setattr(BatchAugment, "recompress", lambda self, batch, seed: seeds.append(seed) or original(self, batch, seed))
+    monkeypatch.setattr(
+        BatchAugment, "recompress", lambda self, batch, seed: seeds.append(seed) or original(self, batch, seed)
+    )
     model = create_model(cfg.model)
     mean, std = normalization(model)
     ids = [f"sample-{i}" for i in range(40)]
@@ -144,11 +178,24 @@ def test_phase1_outputs_prior_correction_and_view_choice(ingested, tmp_path):
     from streetvision.phases.phase1 import run_phase1
 
     _, dirs, _, _ = ingested
-    cfg = load_config(TINY + ["training.balance_classes=false", "training.multiview=multi",
-                              "training.multiview_aggregation=mean_logit", "training.ema_decay=0.9"])
+    cfg = load_config(
+        TINY
+        + [
+            "training.balance_classes=false",
+            "training.multiview=multi",
+            "training.multiview_aggregation=mean_logit",
+            "training.ema_decay=0.9",
+        ]
+    )
     outs = [tmp_path / n for n in ("checkpoint", "select", "calib")]
-    meta = run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], *outs,
-                      curves_html=tmp_path / "curves.html")
+    meta = run_phase1(
+        cfg,
+        dirs[Split.TRAIN],
+        dirs[Split.VAL_SELECT],
+        dirs[Split.VAL_CALIB],
+        *outs,
+        curves_html=tmp_path / "curves.html",
+    )
     ckpt = outs[0]
     summary = json.loads((ckpt / "training_summary.json").read_text())
     prior = summary["prior_correction"]

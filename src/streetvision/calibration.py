@@ -97,8 +97,9 @@ def _fit(method: str, z: np.ndarray, labels: np.ndarray, histogram_bins: int) ->
     elif method == "beta":
         params = _fit_beta(z, labels)
     else:
-        raise PolicyError(f"unknown calibration method {method!r}", "calibration.method",
-                          f"use one of {METHODS} or auto")
+        raise PolicyError(
+            f"unknown calibration method {method!r}", "calibration.method", f"use one of {METHODS} or auto"
+        )
     return {"kind": method, **params}
 
 
@@ -131,8 +132,9 @@ def _nll(labels: np.ndarray, p: np.ndarray) -> float:
     return float(log_loss(labels, np.clip(p, EPS, 1 - EPS), labels=[0, 1]))
 
 
-def cross_validated_nll(method: str, logits: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0,
-                        histogram_bins: int = 10) -> float:
+def cross_validated_nll(
+    method: str, logits: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0, histogram_bins: int = 10
+) -> float:
     """Mean held-out NLL over stratified folds of VAL_CALIB (folds shrink to the rarer class's count)."""
     labels = np.asarray(labels)
     z = margin(logits)
@@ -146,8 +148,14 @@ def cross_validated_nll(method: str, logits: np.ndarray, labels: np.ndarray, fol
     return float(np.mean(losses))
 
 
-def fit_calibrator(logits: np.ndarray, labels: np.ndarray, method: str = "auto", folds: int = 5, seed: int = 0,
-                   histogram_bins: int = 10) -> dict:
+def fit_calibrator(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    method: str = "auto",
+    folds: int = 5,
+    seed: int = 0,
+    histogram_bins: int = 10,
+) -> dict:
     """Fit one calibrator on VAL_CALIB logits; "auto" picks the lowest cross-validated NLL among METHODS."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)

@@ -60,8 +60,9 @@ def render_challenge(
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(np.array(images[start : start + batch_size]))  # a writable copy of a memmap slice
             batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
-            batch = torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear", antialias=True,
-                                                    align_corners=False)
+            batch = torch.nn.functional.interpolate(
+                batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
             if augment is not None:
                 batch = augment(batch.clamp_(0.0, 1.0))
             pixels = batch.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()

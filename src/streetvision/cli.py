@@ -53,10 +53,12 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="key=value or group=preset")
     parser.add_argument("--config", metavar="FILE", help="a YAML file merged over the defaults, before overrides")
     parser.add_argument(
-        "--phases", nargs="+", metavar="PHASE",
+        "--phases",
+        nargs="+",
+        metavar="PHASE",
         help="phases to include (ingest phase4 phase1 phase2 phase3 phase5 phase6 evaluate, or all); dependencies "
-             "are added; a bundle takes exactly one policy phase: phase2 (threshold), phase3 (gate) or phase5 (SCRC); "
-             "phase4 (ExPLoRA backbone adaptation) is optional: e.g. --phases phase4 phase2 phase6 evaluate",
+        "are added; a bundle takes exactly one policy phase: phase2 (threshold), phase3 (gate) or phase5 (SCRC); "
+        "phase4 (ExPLoRA backbone adaptation) is optional: e.g. --phases phase4 phase2 phase6 evaluate",
     )
 
 
@@ -109,8 +111,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cfg, added = _resolve_config(args)
     plans = describe(compile_to_documents(cfg))
-    print(f"pipeline '{cfg.pipeline.name}': {' -> '.join(cfg.pipeline.phases)}"
-          + (f"   (added as dependencies: {', '.join(added)})" if added else ""))
+    print(
+        f"pipeline '{cfg.pipeline.name}': {' -> '.join(cfg.pipeline.phases)}"
+        + (f"   (added as dependencies: {', '.join(added)})" if added else "")
+    )
 
     def fmt(ref, with_source: bool) -> str:
         split = f" [{ref.split.upper()}]" if ref.split else ""
@@ -118,12 +122,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return f"{ref.name}: {ref.type.removeprefix('system.')}{split}{source}"
 
     rows = [
-        (i + 1, p.display_name, "\n".join(fmt(r, True) for r in p.inputs) or "-",
-         "\n".join(fmt(r, False) for r in p.outputs), f"{p.image}\n{format_resources(p)}")
+        (
+            i + 1,
+            p.display_name,
+            "\n".join(fmt(r, True) for r in p.inputs) or "-",
+            "\n".join(fmt(r, False) for r in p.outputs),
+            f"{p.image}\n{format_resources(p)}",
+        )
         for i, p in enumerate(plans)
     ]
-    _print_table("plan (from the compiled pipeline; nothing is run)", ["#", "phase", "reads", "writes", "image / resources"],
-                 rows)
+    _print_table(
+        "plan (from the compiled pipeline; nothing is run)",
+        ["#", "phase", "reads", "writes", "image / resources"],
+        rows,
+    )
     return 0
 
 
@@ -137,12 +149,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from streetvision.preflight import check_local_inputs
     from streetvision_pipelines.local_run import prepare_run, run_local
 
+    from streetvision.preflight import check_local_inputs
+
     if args.resume and (args.overrides or args.phases or args.config):
-        raise ConfigError(["--resume reruns a run with its saved config; drop the overrides, or start a new run"],
-                          "command line")
+        raise ConfigError(
+            ["--resume reruns a run with its saved config; drop the overrides, or start a new run"], "command line"
+        )
     if args.retries < 0:
         raise ConfigError([f"--retries: must be >= 0, got {args.retries}"], "command line")
     if args.resume:
@@ -157,14 +171,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir, cfg = prepare_run(cfg, args.output_dir, None)
     print(f"run folder: {run_dir}  (phases: {' -> '.join(cfg.pipeline.phases)})", flush=True)
     result = run_local(cfg, run_dir, runner=args.runner, retries=args.retries)
-    _print_table(f"run summary ({'succeeded' if result.succeeded else 'FAILED'}, {result.seconds:.0f} s)",
-                 ["phase", "status", "output", "numbers"], result.summary.rows())
+    _print_table(
+        f"run summary ({'succeeded' if result.succeeded else 'FAILED'}, {result.seconds:.0f} s)",
+        ["phase", "status", "output", "numbers"],
+        result.summary.rows(),
+    )
     evaluation = result.summary.evaluation
     if evaluation:
         above = evaluation["accuracy"] > evaluation["majority_rate"]
-        print(f"VAL_TEST accuracy {evaluation['accuracy']:.3f} is {'above' if above else 'NOT above'} the "
-              f"majority-class rate {evaluation['majority_rate']:.3f} (balanced accuracy "
-              f"{evaluation['balanced_accuracy']:.3f}, MCC {evaluation['mcc']:.3f}).")
+        print(
+            f"VAL_TEST accuracy {evaluation['accuracy']:.3f} is {'above' if above else 'NOT above'} the "
+            f"majority-class rate {evaluation['majority_rate']:.3f} (balanced accuracy "
+            f"{evaluation['balanced_accuracy']:.3f}, MCC {evaluation['mcc']:.3f})."
+        )
     if evaluation and "blessed" in evaluation:
         checks = "; ".join(evaluation.get("blessing_checks", [])) or "no rule configured"
         print(f"blessing: {'PASSED' if evaluation['blessed'] else 'FAILED'} ({checks})")
@@ -175,12 +194,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.summary.report:
         print(f"report: {result.summary.report}")
     if not result.succeeded:
-        attempts = (f"the failed task was tried {args.retries + 1} times" if args.retries
-                    else "a failed task is not retried locally unless --retries N is given")
-        print(f"\n{result.error or 'some phases did not finish'}\nThe task log above (and {run_dir}/run.log) shows "
-              f"the cause ({attempts}). If it was transient (killed, out of memory) or fixed in code, resume "
-              f"and finished phases are reused:\n  streetvision run --resume {run_dir}\nIf it needs another config, "
-              "start a new run with the changed overrides.", file=sys.stderr)
+        attempts = (
+            f"the failed task was tried {args.retries + 1} times"
+            if args.retries
+            else "a failed task is not retried locally unless --retries N is given"
+        )
+        print(
+            f"\n{result.error or 'some phases did not finish'}\nThe task log above (and {run_dir}/run.log) shows "
+            f"the cause ({attempts}). If it was transient (killed, out of memory) or fixed in code, resume "
+            f"and finished phases are reused:\n  streetvision run --resume {run_dir}\nIf it needs another config, "
+            "start a new run with the changed overrides.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -202,18 +227,33 @@ def cmd_submit(args: argparse.Namespace) -> int:
     import os
     import tempfile
 
-    from streetvision.config import config_from_json, load_config
     from streetvision_pipelines.factory import compile_pipeline
     from streetvision_pipelines.submit import (
-        HOST_ENV, IN_CLUSTER_HOST, IN_CLUSTER_TOKEN_PATH, Submission, SubmitError, check_runtime_config,
-        config_argument, default_run_name, embedded_config, parse_parameters, submit,
+        HOST_ENV,
+        IN_CLUSTER_HOST,
+        IN_CLUSTER_TOKEN_PATH,
+        Submission,
+        SubmitError,
+        check_runtime_config,
+        config_argument,
+        default_run_name,
+        embedded_config,
+        parse_parameters,
+        submit,
     )
+
+    from streetvision.config import config_from_json, load_config
 
     with tempfile.TemporaryDirectory(prefix="streetvision-submit-") as tmp:
         if args.pipeline_file:
             if args.overrides or args.phases or args.config:
-                raise ConfigError(["--pipeline-file submits that YAML as compiled; drop the overrides and --config, "
-                                   "or leave out --pipeline-file to compile with them"], "command line")
+                raise ConfigError(
+                    [
+                        "--pipeline-file submits that YAML as compiled; drop the overrides and --config, "
+                        "or leave out --pipeline-file to compile with them"
+                    ],
+                    "command line",
+                )
             pipeline_file = Path(args.pipeline_file)
             if not pipeline_file.is_file():
                 raise FileNotFoundError(f"--pipeline-file {pipeline_file}: no such file")
@@ -225,13 +265,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
             arguments = config_argument(cfg)
         runtime_params = parse_parameters(args.param or [], pipeline_file)
         if isinstance(runtime_params.get("config"), str):  # before any request, and before --dry-run shows it
-            check_runtime_config(pipeline_file, config_from_json(runtime_params["config"]),
-                                 compiled_here=not args.pipeline_file)
+            check_runtime_config(
+                pipeline_file, config_from_json(runtime_params["config"]), compiled_here=not args.pipeline_file
+            )
         arguments.update(runtime_params)
         host = args.host or os.environ.get(HOST_ENV) or (IN_CLUSTER_HOST if args.in_cluster else None)
         if not host and not args.dry_run:
-            raise SubmitError("no Kubeflow Pipelines host given", "streetvision submit",
-                              f"pass --host https://KFP_HOST (or set ${HOST_ENV}; inside the cluster use --in-cluster)")
+            raise SubmitError(
+                "no Kubeflow Pipelines host given",
+                "streetvision submit",
+                f"pass --host https://KFP_HOST (or set ${HOST_ENV}; inside the cluster use --in-cluster)",
+            )
         sub = Submission(
             host=host or "",
             namespace=args.namespace,
@@ -256,9 +300,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         try:
             run_id = submit(sub)
         except (ApiException, HTTPError, OSError) as exc:
-            raise SubmitError(f"the server refused or could not be reached: {exc}", sub.host,
-                              "check --host, --namespace and the token (or rerun with --dry-run to see the request)"
-                              ) from exc
+            raise SubmitError(
+                f"the server refused or could not be reached: {exc}",
+                sub.host,
+                "check --host, --namespace and the token (or rerun with --dry-run to see the request)",
+            ) from exc
     print(f"run {run_id} ({sub.run_name}) created in experiment '{sub.experiment}', namespace '{sub.namespace}'")
     print(f"  {sub.host.rstrip('/')}/#/runs/details/{run_id}")
     return 0
@@ -291,9 +337,13 @@ def cmd_drift(args: argparse.Namespace) -> int:
     else:
         print(f"{result.n_new} new images vs {result.n_reference} VAL_CALIB reference images")
         print(f"  confidences  KS statistic {result.ks_statistic:.4f}  p={result.ks_pvalue:.4g}")
-        print(f"  embeddings   MMD^2 {result.mmd:.4g}  p={result.mmd_pvalue:.4g}  Frechet distance {result.frechet:.4g}")
+        print(
+            f"  embeddings   MMD^2 {result.mmd:.4g}  p={result.mmd_pvalue:.4g}  Frechet distance {result.frechet:.4g}"
+        )
         print(result.verdict())
     return 3 if result.drifted else 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
@@ -316,8 +366,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"ONNX model: {path}  (input 'images' uint8 N x S x S x 3, output 'logits' N x 2)")
         return 0
     model_dir = export_triton(args.bundle, args.output, args.name, args.max_batch_size, gpu=args.device == "gpu")
-    print(f"Triton model repository: {args.output}  (model '{args.name}': {model_dir}/config.pbtxt, "
-          f"{model_dir}/1/model.onnx; calibrator.json and policy.json beside them)")
+    print(
+        f"Triton model repository: {args.output}  (model '{args.name}': {model_dir}/config.pbtxt, "
+        f"{model_dir}/1/model.onnx; calibrator.json and policy.json beside them)"
+    )
     return 0
 
 
@@ -330,19 +382,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the pipeline locally with the KFP local runner",
-                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = sub.add_parser(
+        "run",
+        help="run the pipeline locally with the KFP local runner",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_config_args(run)
-    run.add_argument("--output-dir", default="outputs", metavar="DIR",
-                     help="where run folders are created (default: outputs)")
+    run.add_argument(
+        "--output-dir", default="outputs", metavar="DIR", help="where run folders are created (default: outputs)"
+    )
     run.add_argument("--resume", metavar="RUN_DIR", help="rerun a run folder; finished phases are reused")
-    run.add_argument("--retries", type=int, default=0, metavar="N",
-                     help="try a failed task N more times, at once (default 0: report a failure at its first "
-                          "attempt); the YAML compiled for a cluster keeps cluster.retries and cluster.retry_backoff")
-    run.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
-                     help="subprocess (default): tasks run in this Python environment; docker: each task runs in "
-                          "its phase's image (cluster.gpu_image/cpu_image, in the local Docker engine) without "
-                          "network, as on a cluster node (needs the docker Python package)")
+    run.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="try a failed task N more times, at once (default 0: report a failure at its first "
+        "attempt); the YAML compiled for a cluster keeps cluster.retries and cluster.retry_backoff",
+    )
+    run.add_argument(
+        "--runner",
+        choices=["subprocess", "docker"],
+        default="subprocess",
+        help="subprocess (default): tasks run in this Python environment; docker: each task runs in "
+        "its phase's image (cluster.gpu_image/cpu_image, in the local Docker engine) without "
+        "network, as on a cluster node (needs the docker Python package)",
+    )
     run.set_defaults(func=cmd_run)
 
     plan = sub.add_parser("plan", help="dry run: phases in order, typed inputs/outputs with splits, resources")
@@ -351,41 +417,73 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compile", help="compile the pipeline to KFP YAML")
     _add_config_args(comp)
-    comp.add_argument("-o", "--output", default="streetvision_stage1.yaml", metavar="FILE",
-                      help="output file (default: streetvision_stage1.yaml)")
+    comp.add_argument(
+        "-o",
+        "--output",
+        default="streetvision_stage1.yaml",
+        metavar="FILE",
+        help="output file (default: streetvision_stage1.yaml)",
+    )
     comp.set_defaults(func=cmd_compile)
 
     subm = sub.add_parser(
-        "submit", help="compile (or take a YAML) and start a run on a Kubeflow Pipelines server",
-        epilog=SUBMIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "submit",
+        help="compile (or take a YAML) and start a run on a Kubeflow Pipelines server",
+        epilog=SUBMIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(subm)
-    subm.add_argument("--pipeline-file", metavar="YAML",
-                      help="submit this compiled pipeline instead of compiling (overrides are then refused)")
-    subm.add_argument("--host", metavar="URL",
-                      help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (default: $KF_PIPELINES_ENDPOINT)")
-    subm.add_argument("--namespace", default="streetvision",
-                      help="namespace (Kubeflow profile) the run executes in (default: streetvision)")
+    subm.add_argument(
+        "--pipeline-file",
+        metavar="YAML",
+        help="submit this compiled pipeline instead of compiling (overrides are then refused)",
+    )
+    subm.add_argument(
+        "--host",
+        metavar="URL",
+        help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (default: $KF_PIPELINES_ENDPOINT)",
+    )
+    subm.add_argument(
+        "--namespace",
+        default="streetvision",
+        help="namespace (Kubeflow profile) the run executes in (default: streetvision)",
+    )
     subm.add_argument("--experiment", metavar="NAME", help="experiment, created if missing (default: pipeline.name)")
     subm.add_argument("--run-name", metavar="NAME", help="run name (default: pipeline name and UTC time)")
-    subm.add_argument("--param", action="append", metavar="NAME=VALUE",
-                      help="a pipeline parameter (repeatable); typed by the YAML's declarations")
-    subm.add_argument("--pipeline-root", metavar="URI",
-                      help="artifact root for this run, e.g. gs://bucket/root (default: cluster.pipeline_root)")
-    subm.add_argument("--service-account", metavar="NAME",
-                      help="service account the pods run as (default: cluster.service_account)")
+    subm.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a pipeline parameter (repeatable); typed by the YAML's declarations",
+    )
+    subm.add_argument(
+        "--pipeline-root",
+        metavar="URI",
+        help="artifact root for this run, e.g. gs://bucket/root (default: cluster.pipeline_root)",
+    )
+    subm.add_argument(
+        "--service-account", metavar="NAME", help="service account the pods run as (default: cluster.service_account)"
+    )
     subm.add_argument("--no-cache", action="store_true", help="disable KFP's step cache for this run")
-    subm.add_argument("--token-env", default="KFP_TOKEN", metavar="VAR",
-                      help="environment variable holding a bearer token (default: KFP_TOKEN)")
-    subm.add_argument("--in-cluster", action="store_true",
-                      help="authenticate with the pod's projected KFP token; host defaults to the in-cluster API")
+    subm.add_argument(
+        "--token-env",
+        default="KFP_TOKEN",
+        metavar="VAR",
+        help="environment variable holding a bearer token (default: KFP_TOKEN)",
+    )
+    subm.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="authenticate with the pod's projected KFP token; host defaults to the in-cluster API",
+    )
     subm.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
     subm.set_defaults(func=cmd_submit)
 
     lint = sub.add_parser(
-        "lint", help="check a compiled pipeline YAML against the split policy (leakage lint)",
+        "lint",
+        help="check a compiled pipeline YAML against the split policy (leakage lint)",
         description="Read compiled pipeline YAMLs as a cluster would and check every task's input artifacts "
-                    "(declared types and what is wired in) against the split policy. Exit 1 on a violation.",
+        "(declared types and what is wired in) against the split policy. Exit 1 on a violation.",
     )
     lint.add_argument("pipelines", nargs="+", metavar="PIPELINE.yaml", help="compiled pipeline file(s)")
     lint.set_defaults(func=cmd_lint)
@@ -401,29 +499,46 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     drift = sub.add_parser(
-        "drift", help="compare new images with the bundle's VAL_CALIB reference (exit 3 on drift)",
+        "drift",
+        help="compare new images with the bundle's VAL_CALIB reference (exit 3 on drift)",
         description="Tests whether new images differ from the data the bundle's policy was fitted on: KS on the "
-                    "calibrated confidences and an MMD permutation test on the model's embeddings, each with a "
-                    "p-value (Bonferroni over the two), plus the Frechet distance as the size of the shift.")
+        "calibrated confidences and an MMD permutation test on the model's embeddings, each with a "
+        "p-value (Bonferroni over the two), plus the Frechet distance as the size of the shift.",
+    )
     drift.add_argument("bundle", metavar="BUNDLE", help="a bundle folder (phase6 output)")
-    drift.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders (searched recursively)")
+    drift.add_argument(
+        "images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders (searched recursively)"
+    )
     drift.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate of the verdict (default 0.05)")
     drift.add_argument("--permutations", type=int, default=500, help="MMD permutation resamples (default 500)")
     drift.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     drift.set_defaults(func=cmd_drift)
-    pred = sub.add_parser("predict", help="score images with a bundle: P(roadwork) and accept/defer, JSON lines",
-                          epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pred = sub.add_parser(
+        "predict",
+        help="score images with a bundle: P(roadwork) and accept/defer, JSON lines",
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     pred.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by phase6")
-    pred.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
-                      help="image files, or folders (their .jpg/.jpeg/.png/.webp/.bmp files, recursively)")
+    pred.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE_OR_FOLDER",
+        help="image files, or folders (their .jpg/.jpeg/.png/.webp/.bmp files, recursively)",
+    )
     pred.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     pred.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     pred.set_defaults(func=cmd_predict)
 
     exp = sub.add_parser("export", help="export a bundle's model to ONNX and a Triton model repository")
     exp.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by phase6")
-    exp.add_argument("-o", "--output", required=True, metavar="DIR",
-                     help="the Triton model repository to create the model in (or the ONNX folder with --onnx-only)")
+    exp.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="the Triton model repository to create the model in (or the ONNX folder with --onnx-only)",
+    )
     exp.add_argument("--name", default="streetvision_stage1", help="Triton model name (default: streetvision_stage1)")
     exp.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size (default: 64)")
     exp.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="Triton instance kind (default: gpu)")

@@ -25,8 +25,14 @@ MAX_REFERENCE_EMBEDDINGS = 1000  # keeps the bundle small and the permutation te
 
 
 @torch.no_grad()
-def embeddings(model: torch.nn.Module, images: np.ndarray, mean: list[float], std: list[float],
-               batch_size: int = 128, device: str = "cpu") -> np.ndarray:
+def embeddings(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    batch_size: int = 128,
+    device: str = "cpu",
+) -> np.ndarray:
     """Pooled pre-logit features (N, D) of uint8 NHWC images: what the classifier head reads (for a multi-view
     model, of the whole frame: the global view)."""
     model = getattr(model, "model", model)  # MultiViewClassifier wraps the timm model
@@ -43,9 +49,12 @@ def embeddings(model: torch.nn.Module, images: np.ndarray, mean: list[float], st
 def build_reference(confidence: np.ndarray, features: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     """The reference statistics a bundle stores (from VAL_CALIB)."""
     if len(confidence) < 2 or len(features) != len(confidence):
-        raise DataError(f"a drift reference needs >= 2 images with one embedding each, got {len(confidence)} "
-                        f"confidences and {len(features)} embeddings", "drift reference",
-                        "build it from the VAL_CALIB split the policy was fitted on")
+        raise DataError(
+            f"a drift reference needs >= 2 images with one embedding each, got {len(confidence)} "
+            f"confidences and {len(features)} embeddings",
+            "drift reference",
+            "build it from the VAL_CALIB split the policy was fitted on",
+        )
     keep = np.random.default_rng(seed).permutation(len(features))[:MAX_REFERENCE_EMBEDDINGS]
     return {
         "confidence": np.asarray(confidence, np.float32),
@@ -66,8 +75,11 @@ def save_reference(directory: str | Path, reference: dict[str, np.ndarray]) -> P
 def load_reference(directory: str | Path) -> dict[str, np.ndarray]:
     path = Path(directory) / REFERENCE_FILE
     if not path.is_file():
-        raise DataError(f"{REFERENCE_FILE} is missing", str(directory),
-                        "export the bundle again with this version; older bundles carry no drift reference")
+        raise DataError(
+            f"{REFERENCE_FILE} is missing",
+            str(directory),
+            "export the bundle again with this version; older bundles carry no drift reference",
+        )
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
 
@@ -110,19 +122,32 @@ class DriftResult:
 
     def verdict(self) -> str:
         if self.drifted:
-            return (f"DRIFT: the new images differ from the policy's calibration data (KS p={self.ks_pvalue:.3g}, "
-                    f"MMD p={self.mmd_pvalue:.3g}, alpha={self.alpha} over 2 tests). The policy's guarantee was "
-                    "fitted on other data and may not hold here; recalibrate on labelled data like these.")
-        return (f"no drift detected (KS p={self.ks_pvalue:.3g}, MMD p={self.mmd_pvalue:.3g}, alpha={self.alpha} "
-                "over 2 tests); absence of evidence, not proof of sameness, with small samples.")
+            return (
+                f"DRIFT: the new images differ from the policy's calibration data (KS p={self.ks_pvalue:.3g}, "
+                f"MMD p={self.mmd_pvalue:.3g}, alpha={self.alpha} over 2 tests). The policy's guarantee was "
+                "fitted on other data and may not hold here; recalibrate on labelled data like these."
+            )
+        return (
+            f"no drift detected (KS p={self.ks_pvalue:.3g}, MMD p={self.mmd_pvalue:.3g}, alpha={self.alpha} "
+            "over 2 tests); absence of evidence, not proof of sameness, with small samples."
+        )
 
 
-def compare(reference: dict[str, np.ndarray], confidence: np.ndarray, features: np.ndarray, alpha: float = 0.05,
-            permutations: int = 500, seed: int = 0) -> DriftResult:
+def compare(
+    reference: dict[str, np.ndarray],
+    confidence: np.ndarray,
+    features: np.ndarray,
+    alpha: float = 0.05,
+    permutations: int = 500,
+    seed: int = 0,
+) -> DriftResult:
     """Test new confidences and embeddings against a bundle's reference."""
     if len(confidence) < 2:
-        raise DataError(f"{len(confidence)} image(s) to compare", "drift check",
-                        "give at least a few dozen images; the tests have no power below that")
+        raise DataError(
+            f"{len(confidence)} image(s) to compare",
+            "drift check",
+            "give at least a few dozen images; the tests have no power below that",
+        )
     ks = ks_2samp(confidence, reference["confidence"])
     sample = reference["embedding_sample"].astype(np.float64)
     new = np.asarray(features, np.float64)[:MAX_REFERENCE_EMBEDDINGS]
@@ -131,17 +156,32 @@ def compare(reference: dict[str, np.ndarray], confidence: np.ndarray, features: 
     distances = np.sqrt(np.maximum(np.sum((pooled[:, None, :200] - pooled[None, :, :200]) ** 2, -1), 0.0))
     bandwidth = float(np.median(distances[distances > 0])) if np.any(distances > 0) else 1.0
     groups = (np.arange(len(sample)), np.arange(len(sample), len(pooled)))
-    test = permutation_test(groups, _mmd_statistic(pooled, bandwidth), permutation_type="independent",
-                            vectorized=False, n_resamples=permutations, alternative="greater",
-                            random_state=np.random.default_rng(seed))
+    test = permutation_test(
+        groups,
+        _mmd_statistic(pooled, bandwidth),
+        permutation_type="independent",
+        vectorized=False,
+        n_resamples=permutations,
+        alternative="greater",
+        random_state=np.random.default_rng(seed),
+    )
     cov = np.cov(features, rowvar=False) if len(features) > 1 else np.zeros_like(reference["embedding_cov"])
     frechet = frechet_distance(reference["embedding_mean"], reference["embedding_cov"], features.mean(axis=0), cov)
-    return DriftResult(len(confidence), len(reference["confidence"]), float(ks.statistic), float(ks.pvalue),
-                       float(test.statistic), float(test.pvalue), frechet, alpha)
+    return DriftResult(
+        len(confidence),
+        len(reference["confidence"]),
+        float(ks.statistic),
+        float(ks.pvalue),
+        float(test.statistic),
+        float(test.pvalue),
+        frechet,
+        alpha,
+    )
 
 
-def check_drift(bundle_dir: str | Path, paths: list[str | Path], alpha: float = 0.05,
-                permutations: int = 500) -> DriftResult:
+def check_drift(
+    bundle_dir: str | Path, paths: list[str | Path], alpha: float = 0.05, permutations: int = 500
+) -> DriftResult:
     """Compare images (files or folders) with the reference stored in a bundle."""
     from streetvision.inference import Bundle, expand_image_paths
 
@@ -149,7 +189,9 @@ def check_drift(bundle_dir: str | Path, paths: list[str | Path], alpha: float = 
     reference = load_reference(bundle_dir)
     files = expand_image_paths(paths)
     size = bundle.preprocessing["img_size"]
-    images = np.stack([bundle.decode(f.read_bytes()) for f in files]) if files else np.zeros((0, size, size, 3), np.uint8)
+    images = (
+        np.stack([bundle.decode(f.read_bytes()) for f in files]) if files else np.zeros((0, size, size, 3), np.uint8)
+    )
     preds = bundle.predict(images)
     features = embeddings(bundle.model, images, bundle.preprocessing["mean"], bundle.preprocessing["std"])
     return compare(reference, preds.confidence, features, alpha, permutations)

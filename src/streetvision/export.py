@@ -104,15 +104,23 @@ instance_group [
 """
 
 
-def export_triton(bundle_dir: str | Path, repository: str | Path, name: str = "streetvision_stage1",
-                  max_batch_size: int = 64, gpu: bool = True) -> Path:
+def export_triton(
+    bundle_dir: str | Path,
+    repository: str | Path,
+    name: str = "streetvision_stage1",
+    max_batch_size: int = 64,
+    gpu: bool = True,
+) -> Path:
     """A Triton model repository: <repository>/<name>/{config.pbtxt, 1/model.onnx} plus the bundle's calibrator,
     policy and manifest (Triton ignores extra files), and a sha256 of every file written."""
     bundle_dir = Path(bundle_dir)
     model_dir = Path(repository) / name
     if model_dir.exists():
-        raise BundleError(f"{model_dir} already exists", f"export to {repository}",
-                          "choose another --name or remove the old model folder first")
+        raise BundleError(
+            f"{model_dir} already exists",
+            f"export to {repository}",
+            "choose another --name or remove the old model folder first",
+        )
     onnx_path = export_onnx(bundle_dir, model_dir / "1" / "model.onnx")
     img_size = json.loads((bundle_dir / "preprocessing.json").read_text())["img_size"]
     atomic_write_text(model_dir / "config.pbtxt", triton_config(name, img_size, max_batch_size, gpu))

@@ -49,8 +49,9 @@ class Bundle:
         if images.ndim != 4 or images.shape[1:] != (size, size, 3):
             raise ValueError(f"expected images of shape (N, {size}, {size}, 3), got {images.shape}")
         self.model.to(device)
-        logits = predict_logits(self.model, images, self.preprocessing["mean"], self.preprocessing["std"],
-                                batch_size, device)
+        logits = predict_logits(
+            self.model, images, self.preprocessing["mean"], self.preprocessing["std"], batch_size, device
+        )
         probs = calibrated_probabilities(self.calibrator, logits)
         confidence = probs.max(axis=1)
         return Predictions(logits, probs[:, 1], probs.argmax(axis=1), confidence, accept_mask(confidence, self.policy))
@@ -73,8 +74,13 @@ class Bundle:
                 good.append(len(records))
                 records.append({"path": str(path)})
             except Exception as exc:  # decoders raise many types; the record says which file and why
-                records.append({"path": str(path), "error": f"{type(exc).__name__}: {exc}",
-                                "fix": "pass a readable JPEG/PNG/WebP image file"})
+                records.append(
+                    {
+                        "path": str(path),
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "fix": "pass a readable JPEG/PNG/WebP image file",
+                    }
+                )
         if pixels:
             preds = self.predict(np.stack(pixels), batch_size, device)
             for i, index in enumerate(good):

@@ -35,7 +35,9 @@ def resolve_phases(requested: list[str]) -> tuple[list[str], list[str]]:
     unknown = chosen - set(PHASE_NAMES)
     if unknown:
         raise ContractError(
-            f"unknown phase(s) {sorted(unknown)}", "--phases / pipeline.phases", f"choose from {list(PHASE_NAMES)} or all"
+            f"unknown phase(s) {sorted(unknown)}",
+            "--phases / pipeline.phases",
+            f"choose from {list(PHASE_NAMES)} or all",
         )
     needs_bundle = chosen & {"phase6", "evaluate"}
     policies = chosen & set(POLICY_PHASES)

@@ -40,8 +40,12 @@ def _local(value: str) -> Path | None:
 
 def _unsupported_scheme(key: str, value: str) -> InputProblem | None:
     if "://" in value and not value.startswith(REMOTE_SCHEMES):
-        return InputProblem(key, value, f"the scheme {value.split('://')[0]}:// is not supported",
-                            "use a local path or a gs://bucket/prefix URI")
+        return InputProblem(
+            key,
+            value,
+            f"the scheme {value.split('://')[0]}:// is not supported",
+            "use a local path or a gs://bucket/prefix URI",
+        )
     return None
 
 
@@ -55,8 +59,9 @@ def _readable_file(key: str, value: str, kind: str, fix: str) -> InputProblem | 
     if not path.is_file():
         return InputProblem(key, value, f"{where} is not a file", fix)
     if not os.access(path, os.R_OK):
-        return InputProblem(key, value, f"{where} is not readable by this user",
-                            f"make it readable (chmod a+r), or {fix}")
+        return InputProblem(
+            key, value, f"{where} is not readable by this user", f"make it readable (chmod a+r), or {fix}"
+        )
     return None
 
 
@@ -70,8 +75,9 @@ def _readable_dir(key: str, value: str, kind: str, fix: str) -> InputProblem | N
     if not path.is_dir():
         return InputProblem(key, value, f"{where} is not a folder", fix)
     if not os.access(path, os.R_OK | os.X_OK):
-        return InputProblem(key, value, f"{where} cannot be listed by this user",
-                            f"make it readable (chmod a+rx), or {fix}")
+        return InputProblem(
+            key, value, f"{where} cannot be listed by this user", f"make it readable (chmod a+rx), or {fix}"
+        )
     return None
 
 
@@ -127,7 +133,7 @@ def _pool_problems(cfg: Config) -> list[InputProblem]:
     pool = cfg.explora.pool_source
     if not pool:
         return []
-    fix = "point explora.pool_source at a folder of unlabelled images on this machine, or set it to \"\""
+    fix = 'point explora.pool_source at a folder of unlabelled images on this machine, or set it to ""'
     return [p for p in [_readable_dir("explora.pool_source", pool, "image folder", fix)] if p]
 
 

@@ -23,10 +23,8 @@ def progress(items: Iterable[T], total: int, desc: str, unit: str = "item") -> I
         return
     start = time.perf_counter()
     step = max(1, total // 10)
-    done = 0
-    for item in items:
+    for done, item in enumerate(items, 1):
         yield item
-        done += 1
         if done % step == 0 or done == total:
             elapsed = time.perf_counter() - start
             rate = done / elapsed if elapsed > 0 else float("inf")

@@ -33,11 +33,17 @@ def _reliability(confidence, correct, bins):
             accs.append(correct[mask].mean())
             counts.append(int(mask.sum()))
     ax.plot([0.5, 1], [0.5, 1], "--", color="grey", label="perfect calibration")
-    ax.scatter(centers, accs, s=[12 + 4 * np.sqrt(c) for c in counts], color="#1f77b4", zorder=3,
-               label="bins (size ~ count)")
+    ax.scatter(
+        centers, accs, s=[12 + 4 * np.sqrt(c) for c in counts], color="#1f77b4", zorder=3, label="bins (size ~ count)"
+    )
     ax.plot(centers, accs, color="#1f77b4")
-    ax.set(xlim=(0.45, 1.01), ylim=(0.0, 1.02), xlabel="confidence (calibrated)", ylabel="accuracy",
-           title="Reliability diagram")
+    ax.set(
+        xlim=(0.45, 1.01),
+        ylim=(0.0, 1.02),
+        xlabel="confidence (calibrated)",
+        ylabel="accuracy",
+        title="Reliability diagram",
+    )
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
 
@@ -47,10 +53,20 @@ def _risk_coverage(coverage, risk, metrics, policy):
     ax.plot(coverage, risk, color="#d62728", label="selective risk")
     ax.axhline(policy["target_risk"], ls="--", color="grey", label=f"target risk {policy['target_risk']:.2f}")
     if metrics["coverage"] > 0:
-        ax.scatter([metrics["coverage"]], [1 - metrics["selective_accuracy"]], color="black", zorder=3,
-                   label=f"policy: coverage {metrics['coverage']:.2f}")
-    ax.set(xlim=(0, 1.01), ylim=(0, max(0.05, float(risk.max()) * 1.1)), xlabel="coverage",
-           ylabel="error among accepted", title=f"Risk-coverage (AURC {metrics['aurc']:.3f})")
+        ax.scatter(
+            [metrics["coverage"]],
+            [1 - metrics["selective_accuracy"]],
+            color="black",
+            zorder=3,
+            label=f"policy: coverage {metrics['coverage']:.2f}",
+        )
+    ax.set(
+        xlim=(0, 1.01),
+        ylim=(0, max(0.05, float(risk.max()) * 1.1)),
+        xlabel="coverage",
+        ylabel="error among accepted",
+        title=f"Risk-coverage (AURC {metrics['aurc']:.3f})",
+    )
     ax.legend(fontsize=8)
     return _png(fig)
 
@@ -59,10 +75,24 @@ def _confusion(matrix, label_names):
     fig, ax = plt.subplots(figsize=(3.8, 3.4))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center",
-                color="white" if value > matrix.max() / 2 else "black", fontsize=12)
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=label_names, yticklabels=label_names,
-           xlabel="predicted", ylabel="true", title="Confusion matrix (all samples)")
+        ax.text(
+            j,
+            i,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > matrix.max() / 2 else "black",
+            fontsize=12,
+        )
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=label_names,
+        yticklabels=label_names,
+        xlabel="predicted",
+        ylabel="true",
+        title="Confusion matrix (all samples)",
+    )
     return _png(fig)
 
 
@@ -83,10 +113,21 @@ def _challenge(challenge):
         values = np.array([entry["metrics"][name] for entry in challenge])
         bounds = np.array([entry["intervals"][name] for entry in challenge], dtype=float)
         errors = np.abs(np.stack([values - bounds[:, 0], bounds[:, 1] - values]))
-        ax.errorbar(np.array(levels) + 0.08 * (offset - 0.5), values, yerr=np.nan_to_num(errors), fmt="o-",
-                    color=color, capsize=3, label=name)
-    ax.set(xticks=levels, xlabel="challenge level (224 px JPEG)", ylim=(min(0.0, ax.get_ylim()[0]), 1.02),
-           title="Deployment-style challenge")
+        ax.errorbar(
+            np.array(levels) + 0.08 * (offset - 0.5),
+            values,
+            yerr=np.nan_to_num(errors),
+            fmt="o-",
+            color=color,
+            capsize=3,
+            label=name,
+        )
+    ax.set(
+        xticks=levels,
+        xlabel="challenge level (224 px JPEG)",
+        ylim=(min(0.0, ax.get_ylim()[0]), 1.02),
+        title="Deployment-style challenge",
+    )
     ax.legend(fontsize=8)
     return _png(fig)
 
@@ -115,12 +156,16 @@ _COMPACT = ("accuracy", "mcc", "auroc", "ece", "coverage", "deployment_score")
 
 
 def _compact_rows(entries: list[dict], key: str) -> list[list[str]]:
-    return [[html.escape(str(e[key])), str(e["metrics"]["n"])]
-            + [f"{_fmt(e['metrics'][m])} {_interval(e['intervals'][m])}" for m in _COMPACT] for e in entries]
+    return [
+        [html.escape(str(e[key])), str(e["metrics"]["n"])]
+        + [f"{_fmt(e['metrics'][m])} {_interval(e['intervals'][m])}" for m in _COMPACT]
+        for e in entries
+    ]
 
 
-def write_html_report(path, *, results, confidence, correct, matrix, roc, risk_coverage, policy, label_names,
-                      ece_bins) -> None:
+def write_html_report(
+    path, *, results, confidence, correct, matrix, roc, risk_coverage, policy, label_names, ece_bins
+) -> None:
     metrics, intervals = results["metrics"], results["intervals"]
     level = f"{results['confidence_level']:.0%}"
     verdict = (
@@ -129,8 +174,13 @@ def write_html_report(path, *, results, confidence, correct, matrix, roc, risk_c
         f"the majority-class rate {metrics['majority_rate']:.3f} of VAL_TEST."
     )
     blessing = results["blessing"]
-    checks = "".join(f"<li>{html.escape(c['rule'])}: {_fmt(c['value'])} — {'pass' if c['passed'] else '<b>FAIL</b>'}"
-                     "</li>" for c in blessing["checks"]) or "<li>no rule configured</li>"
+    checks = (
+        "".join(
+            f"<li>{html.escape(c['rule'])}: {_fmt(c['value'])} — {'pass' if c['passed'] else '<b>FAIL</b>'}</li>"
+            for c in blessing["checks"]
+        )
+        or "<li>no rule configured</li>"
+    )
     plots = [
         _reliability(np.asarray(confidence), np.asarray(correct, dtype=float), ece_bins),
         _risk_coverage(*risk_coverage, metrics, policy),
@@ -140,10 +190,13 @@ def write_html_report(path, *, results, confidence, correct, matrix, roc, risk_c
     if results["challenge"]:
         plots.append(_challenge(results["challenge"]))
     images = "".join(f'<img alt="plot" src="data:image/png;base64,{p}">' for p in plots)
-    metric_rows = [[html.escape(k), _fmt(v), _interval(intervals[k]) if k in intervals else ""]
-                   for k, v in metrics.items()]
-    target_rows = [[html.escape(t["label"]), html.escape(t["target"]), _fmt(t["value"]),
-                    "met" if t["met"] else "<b>not met</b>"] for t in results["seed_targets"]]
+    metric_rows = [
+        [html.escape(k), _fmt(v), _interval(intervals[k]) if k in intervals else ""] for k, v in metrics.items()
+    ]
+    target_rows = [
+        [html.escape(t["label"]), html.escape(t["target"]), _fmt(t["value"]), "met" if t["met"] else "<b>not met</b>"]
+        for t in results["seed_targets"]
+    ]
     compact_header = [f"{m} [{level} CI]" for m in _COMPACT]
     sections = [
         f"<h2>Metrics ({metrics['n']} VAL_TEST images, calibrated probabilities, decision at 0.5)</h2>",
@@ -155,11 +208,15 @@ def write_html_report(path, *, results, confidence, correct, matrix, roc, risk_c
         sections += [
             "<h2>Challenge levels (VAL_TEST re-rendered as deployment sends it)</h2>",
             _table(["level", "n"] + compact_header, _compact_rows(results["challenge"], "level")),
-            "<ul>" + "".join(f"<li>level {e['level']}: {html.escape(e['description'])}</li>"
-                             for e in results["challenge"]) + "</ul>",
+            "<ul>"
+            + "".join(f"<li>level {e['level']}: {html.escape(e['description'])}</li>" for e in results["challenge"])
+            + "</ul>",
         ]
     if results["slices"]:
-        sections += ["<h2>Slices</h2>", _table(["slice", "n"] + compact_header, _compact_rows(results["slices"], "slice"))]
+        sections += [
+            "<h2>Slices</h2>",
+            _table(["slice", "n"] + compact_header, _compact_rows(results["slices"], "slice")),
+        ]
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>StreetVision Stage 1 evaluation</title>
 <style>
@@ -170,8 +227,8 @@ th {{ text-align: left; }} .plots img {{ margin: 6px; border: 1px solid #eee; }}
 </style></head><body>
 <h1>StreetVision Stage 1 — VAL_TEST evaluation</h1>
 <p class="note">{html.escape(verdict)}</p>
-<div class="note {'pass' if blessing['passed'] else 'fail'}"><b>Blessing: {'PASSED' if blessing['passed'] else 'FAILED'}</b>
-(judged on the {'point estimates' if blessing['judge'] == 'point' else 'cautious end of each interval'})<ul>{checks}</ul></div>
+<div class="note {"pass" if blessing["passed"] else "fail"}"><b>Blessing: {"PASSED" if blessing["passed"] else "FAILED"}</b>
+(judged on the {"point estimates" if blessing["judge"] == "point" else "cautious end of each interval"})<ul>{checks}</ul></div>
 <p class="note"><b>Policy guarantee.</b> {html.escape(policy["guarantee"])}</p>
 <div class="plots">{images}</div>
 {"".join(sections)}

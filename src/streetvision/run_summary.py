@@ -18,8 +18,13 @@ PIPELINE_ROOT = "kfp"
 
 # What each phase must leave behind to count as done: (kind, split) of its outputs.
 PHASE_OUTPUTS = {
-    "ingest": [("split", "train"), ("split", "val_select"), ("split", "val_calib"), ("split", "val_test"),
-               ("data_report", None)],
+    "ingest": [
+        ("split", "train"),
+        ("split", "val_select"),
+        ("split", "val_calib"),
+        ("split", "val_test"),
+        ("data_report", None),
+    ],
     "phase4": [("backbone", None)],
     "phase1": [("checkpoint", None), ("logits", "val_select"), ("logits", "val_calib")],
     "phase2": [("policy", None)],
@@ -34,16 +39,43 @@ HEADLINE = {
     "data_report": ("records", "placed", "quarantined"),
     "split": ("count", "class_counts"),
     # phase 4: did adaptation help? probes fitted on TRAIN, scored on VAL_SELECT, before -> after.
-    "backbone": ("trainable_parameters", "ssl_loss_first", "ssl_loss_last", "knn_accuracy_before", "knn_accuracy_after",
-                 "linear_accuracy_before", "linear_accuracy_after", "linear_balanced_accuracy_before",
-                 "linear_balanced_accuracy_after", "val_select_majority_rate", "images_per_second"),
-    "checkpoint": ("best_epoch", "epochs_run", "val_select_mcc", "train_images_per_second", "device",
-                   "val_select_aurc_before", "val_select_aurc"),
+    "backbone": (
+        "trainable_parameters",
+        "ssl_loss_first",
+        "ssl_loss_last",
+        "knn_accuracy_before",
+        "knn_accuracy_after",
+        "linear_accuracy_before",
+        "linear_accuracy_after",
+        "linear_balanced_accuracy_before",
+        "linear_balanced_accuracy_after",
+        "val_select_majority_rate",
+        "images_per_second",
+    ),
+    "checkpoint": (
+        "best_epoch",
+        "epochs_run",
+        "val_select_mcc",
+        "train_images_per_second",
+        "device",
+        "val_select_aurc_before",
+        "val_select_aurc",
+    ),
     "logits": ("accuracy", "mcc", "auroc"),
     "policy": ("policy", "feasible", "threshold", "calib_coverage", "risk_bound", "calibrator", "temperature"),
     "bundle": ("policy", "files", "bytes"),
-    "evaluation": ("accuracy", "majority_rate", "balanced_accuracy", "mcc", "auroc", "ece", "coverage",
-                   "selective_accuracy", "deployment_score", "blessed"),
+    "evaluation": (
+        "accuracy",
+        "majority_rate",
+        "balanced_accuracy",
+        "mcc",
+        "auroc",
+        "ece",
+        "coverage",
+        "selective_accuracy",
+        "deployment_score",
+        "blessed",
+    ),
 }
 
 
@@ -103,10 +135,11 @@ class RunSummary:
                 if record is None:
                     rows.append((phase, "missing", name, ""))
                     continue
-                values = {**record.meta.get("summary", {}), **{k: record.meta.get(k) for k in ("count", "class_counts")}}
-                numbers = ", ".join(
-                    f"{k}={_short(values[k])}" for k in HEADLINE[kind] if values.get(k) is not None
-                )
+                values = {
+                    **record.meta.get("summary", {}),
+                    **{k: record.meta.get(k) for k in ("count", "class_counts")},
+                }
+                numbers = ", ".join(f"{k}={_short(values[k])}" for k in HEADLINE[kind] if values.get(k) is not None)
                 rows.append((phase, "reused" if self.reused(record) else "done", name, numbers))
         return rows
 

@@ -181,8 +181,15 @@ def scrc_policy(
         best = (float(lam), misses, bound)
     policy.update(selection_threshold=tau, calib_selected_rate=n_sel / max(1, len(part_b)), tests=tested)
     if best is None:
-        policy.update(feasible=False, set_threshold=None, threshold=None, calib_coverage=0.0, calib_risk=None,
-                      risk_bound=None, calib_accepted_error=None)
+        policy.update(
+            feasible=False,
+            set_threshold=None,
+            threshold=None,
+            calib_coverage=0.0,
+            calib_risk=None,
+            risk_bound=None,
+            calib_accepted_error=None,
+        )
         return policy
     lam, misses, bound = best
     policy.update(feasible=True, set_threshold=lam, threshold=None, risk_bound=bound, calib_risk=misses / n_sel)

@@ -41,7 +41,7 @@ def is_gcs(uri: str) -> bool:
 
 def split_gcs(uri: str) -> tuple[str, str]:
     """'gs://bucket/a/b' -> ('bucket', 'a/b')."""
-    bucket, _, key = str(uri)[len(GCS_SCHEME):].partition("/")
+    bucket, _, key = str(uri)[len(GCS_SCHEME) :].partition("/")
     if not bucket:
         raise ValueError(f"{uri!r} is not a gs://bucket/key URI")
     return bucket, key

@@ -10,6 +10,7 @@ unknown presets — is collected and raised once as :class:`ConfigError`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -121,15 +122,18 @@ def _file_selections(data: dict, source: str, problems: list[str]) -> dict[str, 
         entries = []
         for item in raw:
             if not (isinstance(item, dict) and len(item) == 1):
-                problems.append(f"{where}: expected one {{group: preset}} per list item (with _self_ only last), "
-                                f"got {item!r}")
+                problems.append(
+                    f"{where}: expected one {{group: preset}} per list item (with _self_ only last), got {item!r}"
+                )
                 continue
             entries += item.items()
     elif isinstance(raw, dict):
         entries = list(raw.items())
     else:
-        problems.append(f"{where}: expected a mapping like {{training: gpu}} or a list like [{{training: gpu}}], "
-                        f"got {type(raw).__name__} {raw!r}")
+        problems.append(
+            f"{where}: expected a mapping like {{training: gpu}} or a list like [{{training: gpu}}], "
+            f"got {type(raw).__name__} {raw!r}"
+        )
         return {}
     return {group: preset for group, preset in entries if _check_preset(group, preset, where, problems)}
 
@@ -217,10 +221,8 @@ def _check_values(node, where: str, problems: list[str]) -> None:
     """Run each (nested) group's own check(), prefixing its problems with the group's path."""
     check = getattr(node, "check", None)
     if check is not None:
-        try:
+        with contextlib.suppress(TypeError):  # a value of the wrong type, already reported by _build
             problems += [f"{where}.{p}" if where else p for p in check()]
-        except TypeError:  # a value of the wrong type, already reported by _build
-            pass
     for f in dataclasses.fields(node):
         child = getattr(node, f.name)
         if dataclasses.is_dataclass(child):

@@ -44,13 +44,9 @@ class ModelConfig:
         if self.img_size < 16:
             problems.append(f"img_size: must be >= 16, got {self.img_size}")
         if self.patch_size is not None and self.img_size % self.patch_size:
-            problems.append(
-                f"img_size: {self.img_size} is not a multiple of model.patch_size={self.patch_size}"
-            )
+            problems.append(f"img_size: {self.img_size} is not a multiple of model.patch_size={self.patch_size}")
         if self.embed_dim is not None and self.num_heads is not None and self.embed_dim % self.num_heads:
-            problems.append(
-                f"embed_dim: {self.embed_dim} is not divisible by num_heads={self.num_heads}"
-            )
+            problems.append(f"embed_dim: {self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if not 0.0 <= self.head_dropout < 1.0:
             problems.append(f"head_dropout: must be in [0, 1), got {self.head_dropout}")
         return problems
@@ -76,8 +72,7 @@ class DemoConfig:
             problems.append(f"num_sequences: need at least 8 for four splits, got {self.num_sequences}")
         if not 1 <= self.frames_min <= self.frames_max:
             problems.append(
-                f"frames_min/frames_max: need 1 <= frames_min <= frames_max, got "
-                f"{self.frames_min}/{self.frames_max}"
+                f"frames_min/frames_max: need 1 <= frames_min <= frames_max, got {self.frames_min}/{self.frames_max}"
             )
         if not 0.0 < self.roadwork_fraction < 1.0:
             problems.append(f"roadwork_fraction: must be in (0, 1), got {self.roadwork_fraction}")
@@ -226,9 +221,7 @@ class DataConfig:
         if len(self.label_names) != 2 or len(set(self.label_names)) != 2:
             problems.append(f"label_names: need two distinct names [negative, positive], got {self.label_names}")
         if not 0.0 <= self.max_quarantine_fraction <= 1.0:
-            problems.append(
-                f"max_quarantine_fraction: must be in [0, 1], got {self.max_quarantine_fraction}"
-            )
+            problems.append(f"max_quarantine_fraction: must be in [0, 1], got {self.max_quarantine_fraction}")
         for name in ("shard_images", "io_workers"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -345,9 +338,7 @@ class TrainingConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             problems.append(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         if self.precision == "fp16":
-            problems.append(
-                "precision: fp16 is refused: DINOv2 activations overflow fp16; use bf16 on GPU or fp32"
-            )
+            problems.append("precision: fp16 is refused: DINOv2 activations overflow fp16; use bf16 on GPU or fp32")
         if not 0.0 < self.layer_decay <= 1.0:
             problems.append(f"layer_decay: must be in (0, 1], got {self.layer_decay}")
         if self.freeze_backbone_epochs < 0:
@@ -531,12 +522,27 @@ class ExploraConfig:
 
     def check(self) -> list[str]:
         problems = []
-        for name in ("rank", "steps", "batch_size", "prototypes", "hidden_dim", "bottleneck_dim", "knn_k",
-                     "log_every", "checkpoint_every"):
+        for name in (
+            "rank",
+            "steps",
+            "batch_size",
+            "prototypes",
+            "hidden_dim",
+            "bottleneck_dim",
+            "knn_k",
+            "log_every",
+            "checkpoint_every",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("unfreeze_last_blocks", "local_crops", "local_crop_size", "warmup_steps",
-                     "teacher_temp_warmup_steps", "pool_max_images"):
+        for name in (
+            "unfreeze_last_blocks",
+            "local_crops",
+            "local_crop_size",
+            "warmup_steps",
+            "teacher_temp_warmup_steps",
+            "pool_max_images",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 2 and self.koleo:
@@ -636,21 +642,23 @@ class ClusterConfig:
             image = getattr(self, name)
             tag = image.rsplit("/", 1)[-1].partition(":")[2] if "@" not in image else "digest"
             if image and (not tag or tag == "latest"):
-                problems.append(f"{name}: pin an immutable tag or digest (e.g. ...:0.1.0-<digest>), or \"\" for "
-                                f"the images built from this checkout; got {image!r}")
+                problems.append(
+                    f'{name}: pin an immutable tag or digest (e.g. ...:0.1.0-<digest>), or "" for '
+                    f"the images built from this checkout; got {image!r}"
+                )
         if self.pipeline_root and not self.pipeline_root.startswith(OBJECT_STORE_SCHEMES):
             problems.append(
-                f"pipeline_root: must be an object-store URI ({', '.join(OBJECT_STORE_SCHEMES)}...) or \"\", "
+                f'pipeline_root: must be an object-store URI ({", ".join(OBJECT_STORE_SCHEMES)}...) or "", '
                 f"got {self.pipeline_root!r}"
             )
         if self.checkpoint_pvc and not self.checkpoint_root.startswith("/"):
             problems.append(
                 f"checkpoint_root: with checkpoint_pvc set it is the PVC's mount path and must be absolute, "
-                f"got {self.checkpoint_root!r} (or set checkpoint_pvc=\"\" to use a gs:// prefix)"
+                f'got {self.checkpoint_root!r} (or set checkpoint_pvc="" to use a gs:// prefix)'
             )
         if not self.checkpoint_pvc and self.checkpoint_root and not self.checkpoint_root.startswith("gs://"):
             problems.append(
-                f"checkpoint_root: without checkpoint_pvc it must be a gs:// prefix (or \"\" for no resume "
+                f'checkpoint_root: without checkpoint_pvc it must be a gs:// prefix (or "" for no resume '
                 f"location), got {self.checkpoint_root!r}"
             )
         if self.retries < 0:

@@ -14,8 +14,16 @@ from streetvision.contracts.metadata import atomic_write
 NUM_CLASSES = 2
 POLICY_KINDS = ("threshold", "gate", "scrc")
 # Fields every policy kind carries (evaluate and the report read these), and the kind-specific ones.
-POLICY_FIELDS = ("target_risk", "delta", "feasible", "calib_coverage", "risk_bound", "n_calib", "guarantee",
-                 "weights_sha256")
+POLICY_FIELDS = (
+    "target_risk",
+    "delta",
+    "feasible",
+    "calib_coverage",
+    "risk_bound",
+    "n_calib",
+    "guarantee",
+    "weights_sha256",
+)
 POLICY_KIND_FIELDS = {
     "threshold": ("threshold",),
     "gate": ("threshold",),
@@ -171,8 +179,11 @@ def validate_bundle(path: str | Path) -> dict:
     try:
         manifest = json.loads((root / BUNDLE_MANIFEST).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{BUNDLE_MANIFEST} is not valid JSON ({exc})", where,
-                          "the bundle was truncated or edited; re-export it with phase6") from exc
+        raise BundleError(
+            f"{BUNDLE_MANIFEST} is not valid JSON ({exc})",
+            where,
+            "the bundle was truncated or edited; re-export it with phase6",
+        ) from exc
     missing = [name for name in BUNDLE_FILES if not (root / name).is_file()]
     if missing:
         raise BundleError(f"missing files {missing}", where, "re-export the bundle with phase6")
@@ -196,8 +207,12 @@ def validate_bundle(path: str | Path) -> dict:
             )
     policy = validate_policy(json.loads((root / "policy.json").read_text()), f"{where}/policy.json")
     check_fitted_on(policy, root / "model.safetensors", "policy", f"{where}/policy.json")
-    check_fitted_on(json.loads((root / "calibrator.json").read_text()), root / "model.safetensors", "calibrator",
-                    f"{where}/calibrator.json")
+    check_fitted_on(
+        json.loads((root / "calibrator.json").read_text()),
+        root / "model.safetensors",
+        "calibrator",
+        f"{where}/calibrator.json",
+    )
     return manifest
 
 

@@ -42,8 +42,9 @@ class DecodedImage:
 
 def perceptual_hash(img: Image.Image) -> tuple[int, bool]:
     """pHash of an image (as in the `imagehash` package) and whether the image is flat."""
-    grey = np.asarray(img.convert("L").resize((_PHASH_SIDE, _PHASH_SIDE), Image.BILINEAR, reducing_gap=2.0),
-                      dtype=np.float64)
+    grey = np.asarray(
+        img.convert("L").resize((_PHASH_SIDE, _PHASH_SIDE), Image.BILINEAR, reducing_gap=2.0), dtype=np.float64
+    )
     low = dctn(grey, type=2, norm="ortho")[:_PHASH_BITS_SIDE, :_PHASH_BITS_SIDE]
     bits = (low > np.median(low)).ravel()
     value = int(np.packbits(bits).view(">u8")[0])

@@ -301,8 +301,14 @@ def _draw_ground(draw: Draw, view: _View, rng: np.random.Generator) -> int:
 
 
 FACADES: list[Color] = [
-    (200, 190, 170), (160, 160, 165), (225, 215, 190), (150, 90, 70),  # beige, grey, cream, brick
-    (215, 120, 60), (190, 80, 50), (235, 225, 160), (120, 135, 150),  # orange, terracotta, yellow, slate
+    (200, 190, 170),
+    (160, 160, 165),
+    (225, 215, 190),
+    (150, 90, 70),  # beige, grey, cream, brick
+    (215, 120, 60),
+    (190, 80, 50),
+    (235, 225, 160),
+    (120, 135, 150),  # orange, terracotta, yellow, slate
 ]
 
 
@@ -381,8 +387,14 @@ def _draw_awning(
 # Everyday objects: label-independent distractors, and the stand-ins for roadwork in ordinary scenes
 
 CAR_COLORS: list[Color] = [
-    (235, 235, 235), (30, 30, 35), (150, 155, 160), (40, 70, 140), (200, 35, 35), (240, 120, 30),
-    (90, 110, 90), (230, 200, 40),
+    (235, 235, 235),
+    (30, 30, 35),
+    (150, 155, 160),
+    (40, 70, 140),
+    (200, 35, 35),
+    (240, 120, 30),
+    (90, 110, 90),
+    (230, 200, 40),
 ]
 SKINS: list[Color] = [(230, 190, 160), (170, 120, 90), (110, 75, 55)]
 CLOTHES: list[Color] = [(40, 40, 45), (60, 80, 130), (150, 40, 40), (230, 110, 30), (200, 200, 195)]
@@ -393,9 +405,7 @@ def _upright(view: _View, z: float, u0: float, u1: float, h0: float, h1: float) 
     return [view.at(z, u0, h0), view.at(z, u1, h0), view.at(z, u1, h1), view.at(z, u0, h1)]
 
 
-def _draw_car(
-    draw: Draw, view: _View, z: float, u: float, color: Color, brake: bool, van: bool
-) -> None:
+def _draw_car(draw: Draw, view: _View, z: float, u: float, color: Color, brake: bool, van: bool) -> None:
     """A car (or van) seen from behind: body, rear window, wheels, brake lights, plate."""
     half = 0.38 if van else 0.33
     body_top = 0.75 if van else 0.32
@@ -407,11 +417,19 @@ def _draw_car(
         gap = _upright(view, z, u - half * 0.05, u + half * 0.05, 0.1, body_top)
         draw.polygon(gap, fill=_mix(color, DARK, 0.4))
     else:
-        cab = [view.at(z, u - half * 0.9, body_top), view.at(z, u + half * 0.9, body_top),
-               view.at(z, u + half * 0.7, 0.5), view.at(z, u - half * 0.7, 0.5)]
+        cab = [
+            view.at(z, u - half * 0.9, body_top),
+            view.at(z, u + half * 0.9, body_top),
+            view.at(z, u + half * 0.7, 0.5),
+            view.at(z, u - half * 0.7, 0.5),
+        ]
         draw.polygon(cab, fill=_mix(color, (0, 0, 0), 0.15))
-        glass = [view.at(z, u - half * 0.8, body_top + 0.01), view.at(z, u + half * 0.8, body_top + 0.01),
-                 view.at(z, u + half * 0.64, 0.48), view.at(z, u - half * 0.64, 0.48)]
+        glass = [
+            view.at(z, u - half * 0.8, body_top + 0.01),
+            view.at(z, u + half * 0.8, body_top + 0.01),
+            view.at(z, u + half * 0.64, 0.48),
+            view.at(z, u - half * 0.64, 0.48),
+        ]
         draw.polygon(glass, fill=(45, 55, 70))
     light = (255, 40, 30) if brake else (150, 25, 25)
     for s in (-1, 1):
@@ -443,9 +461,7 @@ def _draw_person(
     draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=skin)
 
 
-def _draw_pole(
-    draw: Draw, view: _View, z: float, u: float, top: float, color: Color = (95, 95, 100)
-) -> None:
+def _draw_pole(draw: Draw, view: _View, z: float, u: float, top: float, color: Color = (95, 95, 100)) -> None:
     draw.polygon(_upright(view, z, u - 0.015, u + 0.015, 0.0, top), fill=color)
 
 
@@ -529,8 +545,11 @@ def _add_background(
     for side in sides:
         s = math.copysign(1.0, side.u)
         if rng.random() < 0.6:
-            leaves = _pick(rng, [(60, 120, 50), (40, 95, 45), (90, 140, 60), (210, 110, 30), (180, 60, 30)],
-                           [0.3, 0.25, 0.2, 0.15, 0.1])  # autumn orange/red trees too
+            leaves = _pick(
+                rng,
+                [(60, 120, 50), (40, 95, 45), (90, 140, 60), (210, 110, 30), (180, 60, 30)],
+                [0.3, 0.25, 0.2, 0.15, 0.1],
+            )  # autumn orange/red trees too
             size = float(rng.uniform(0.9, 1.5))
             z = float(rng.uniform(1.0, 3.0))
             for _ in range(int(rng.integers(1, 4))):
@@ -594,9 +613,7 @@ def _add_car(
 def _clip_to_box(poly: list[Point], x0: float, y0: float, x1: float, y1: float) -> list[Point]:
     """Clip a convex polygon to an axis-aligned box (Sutherland-Hodgman), for stripes on a board."""
 
-    def clip(
-        pts: list[Point], inside: Callable[[Point], bool], cross: Callable[[Point, Point], Point]
-    ) -> list[Point]:
+    def clip(pts: list[Point], inside: Callable[[Point], bool], cross: Callable[[Point, Point], Point]) -> list[Point]:
         out: list[Point] = []
         for i, cur in enumerate(pts):
             prev = pts[i - 1]
@@ -668,9 +685,7 @@ def _draw_barrier(draw: Draw, view: _View, z: float, u: float, width: float, col
         x += period
 
 
-def _draw_chevron(
-    draw: Draw, view: _View, z: float, u: float, width: float, color: Color, right: bool
-) -> None:
+def _draw_chevron(draw: Draw, view: _View, z: float, u: float, width: float, color: Color, right: bool) -> None:
     """Chevron board: white arrow heads on a red/orange board, on two legs."""
     for s in (-1, 1):
         leg = u + s * width * 0.35
@@ -691,9 +706,7 @@ def _draw_chevron(
         draw.polygon(arrow, fill=WHITE)
 
 
-def _draw_warning_sign(
-    draw: Draw, view: _View, z: float, u: float, size: float, diamond: bool, low: bool
-) -> None:
+def _draw_warning_sign(draw: Draw, view: _View, z: float, u: float, size: float, diamond: bool, low: bool) -> None:
     """Roadwork sign: red-bordered white triangle or orange diamond, with a dark digging-worker glyph."""
     mount = 0.2 if low else 0.75
     if low:  # on an A-frame stand on the road
@@ -719,9 +732,7 @@ def _draw_warning_sign(
     draw.line([(cx + g * 0.3, cy + g * 0.3), (cx + g * 0.9, cy + g * 0.5)], DARK, max(1, int(g * 0.25)))
 
 
-def _draw_excavator(
-    draw: Draw, view: _View, z: float, u: float, color: Color, facing: float
-) -> None:
+def _draw_excavator(draw: Draw, view: _View, z: float, u: float, color: Color, facing: float) -> None:
     """Excavator-ish block: tracks, body, cab with window, boom and bucket (facing is +-1)."""
     draw.polygon(_upright(view, z, u - 0.45, u + 0.45, 0.0, 0.15), fill=DARK)
     draw.polygon(_upright(view, z, u - 0.4, u + 0.4, 0.15, 0.45), fill=color)
@@ -769,9 +780,7 @@ def _roadwork_color(rng: np.random.Generator) -> Color:
     return _jitter(rng, _pick(rng, [ORANGE, RED], [0.7, 0.3]), 10)
 
 
-def _add_roadwork(
-    items: list[Item], view: _View, rng: np.random.Generator, kind: str, near: bool, lanes: int
-) -> None:
+def _add_roadwork(items: list[Item], view: _View, rng: np.random.Generator, kind: str, near: bool, lanes: int) -> None:
     """Add one group of roadwork objects, on the road or at the kerb."""
     color = _roadwork_color(rng)
     z = _sample_depth(rng, near)

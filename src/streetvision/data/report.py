@@ -30,14 +30,40 @@ THUMB = 96  # thumbnail side in pixels
 def _records_csv(records, labels, placement, quarantined) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["record", "sample_id", "uri", "label", "label_index", "source_group_id", "group_id", "source",
-                     "origin", "placement", "reason", "pixel_sha256"])
+    writer.writerow(
+        [
+            "record",
+            "sample_id",
+            "uri",
+            "label",
+            "label_index",
+            "source_group_id",
+            "group_id",
+            "source",
+            "origin",
+            "placement",
+            "reason",
+            "pixel_sha256",
+        ]
+    )
     for index, rec in enumerate(records):
         item, reason = placement.get(index), quarantined.get(index)
-        writer.writerow([index, rec.sample_id, rec.location, rec.label, labels.get(index, ""), rec.group_id,
-                         item.group if item else "", rec.source, rec.origin,
-                         item.split.value if item else QUARANTINE, str(reason) if reason else "",
-                         item.image.pixel_hash if item else ""])
+        writer.writerow(
+            [
+                index,
+                rec.sample_id,
+                rec.location,
+                rec.label,
+                labels.get(index, ""),
+                rec.group_id,
+                item.group if item else "",
+                rec.source,
+                rec.origin,
+                item.split.value if item else QUARANTINE,
+                str(reason) if reason else "",
+                item.image.pixel_hash if item else "",
+            ]
+        )
     return buf.getvalue().encode()
 
 
@@ -56,8 +82,9 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_data_report(report_dir: Path, cfg, records, labels, by_split, quarantined, dedupe, partition, staging,
-                      html_path=None) -> dict:
+def write_data_report(
+    report_dir: Path, cfg, records, labels, by_split, quarantined, dedupe, partition, staging, html_path=None
+) -> dict:
     """Write every report file; return the report's numbers (also in report.json)."""
     placement = {p.index: p for items in by_split.values() for p in items}
     placed = list(placement.values())
@@ -75,8 +102,11 @@ def write_data_report(report_dir: Path, cfg, records, labels, by_split, quaranti
         }
     reasons = Counter(r.code for r in quarantined.values())
     examples = {
-        code: [f"{records[i].sample_id} ({records[i].location}): {r.detail}"
-               for i, r in sorted(quarantined.items()) if r.code == code][:EXAMPLES_PER_REASON]
+        code: [
+            f"{records[i].sample_id} ({records[i].location}): {r.detail}"
+            for i, r in sorted(quarantined.items())
+            if r.code == code
+        ][:EXAMPLES_PER_REASON]
         for code in reasons
     }
     report = {
@@ -118,8 +148,16 @@ def _split_rows(report: dict) -> list[list[str]]:
     names = report["label_names"]
     rows = []
     for split, s in report["splits"].items():
-        rows.append([split, str(s["count"]), *(str(s["class_counts"][str(k)]) for k in (0, 1)), str(s["groups"]),
-                     ", ".join(f"{k}: {v}" for k, v in s["sources"].items()), str(s["majority_rate"])])
+        rows.append(
+            [
+                split,
+                str(s["count"]),
+                *(str(s["class_counts"][str(k)]) for k in (0, 1)),
+                str(s["groups"]),
+                ", ".join(f"{k}: {v}" for k, v in s["sources"].items()),
+                str(s["majority_rate"]),
+            ]
+        )
     return [["split", "images", names[0], names[1], "groups", "sources", "majority rate"], *rows]
 
 
@@ -138,8 +176,16 @@ def _summary_lines(report: dict) -> list[str]:
 
 def _markdown(report: dict, thumbs: dict) -> str:
     table = _split_rows(report)
-    lines = ["# Ingest data report", "", *(f"- {line}" for line in _summary_lines(report)), "",
-             "## Splits", "", "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+    lines = [
+        "# Ingest data report",
+        "",
+        *(f"- {line}" for line in _summary_lines(report)),
+        "",
+        "## Splits",
+        "",
+        "| " + " | ".join(table[0]) + " |",
+        "|" + "---|" * len(table[0]),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in table[1:]]
     lines += ["", "## Quarantine", ""]
     if not report["quarantine_reasons"]:
@@ -162,18 +208,24 @@ def _html(report: dict, thumbs: dict) -> str:
     table = _split_rows(report)
     head = "".join(f"<th>{esc(c)}</th>" for c in table[0])
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table[1:])
-    quarantine = "".join(
-        f"<li><b>{esc(code)}</b> x{n}<ul>" + "".join(f"<li><code>{esc(e)}</code></li>"
-                                                   for e in report["quarantine_examples"][code]) + "</ul></li>"
-        for code, n in report["quarantine_reasons"].items()
-    ) or "<li>No record was quarantined.</li>"
-    groups = "".join(
-        f"<li><code>{esc(g['group'])}</code>: {g['size']} source groups</li>"
-        for g in report["duplicates"]["joined_group_examples"]
-    ) or "<li>No groups were joined.</li>"
+    quarantine = (
+        "".join(
+            f"<li><b>{esc(code)}</b> x{n}<ul>"
+            + "".join(f"<li><code>{esc(e)}</code></li>" for e in report["quarantine_examples"][code])
+            + "</ul></li>"
+            for code, n in report["quarantine_reasons"].items()
+        )
+        or "<li>No record was quarantined.</li>"
+    )
+    groups = (
+        "".join(
+            f"<li><code>{esc(g['group'])}</code>: {g['size']} source groups</li>"
+            for g in report["duplicates"]["joined_group_examples"]
+        )
+        or "<li>No groups were joined.</li>"
+    )
     conflicts = "".join(
-        f"<li>labels {esc(str(c['labels']))}, kept {esc(str(c['kept_label']))}: "
-        f"{esc(', '.join(c['samples'][:6]))}</li>"
+        f"<li>labels {esc(str(c['labels']))}, kept {esc(str(c['kept_label']))}: {esc(', '.join(c['samples'][:6]))}</li>"
         for c in report["duplicates"]["exact_duplicate_label_conflicts"][:20]
     )
     grids = "".join(

@@ -118,7 +118,9 @@ def _require_split(meta: ArtifactMetadata, split: Split, where: str) -> Artifact
 def load_split(path: str | Path, *, split: Split, role: Role, phase: str, input_name: str) -> SplitData:
     """Open a split artifact after checking (from its metadata) that `role` may read it and it is `split`."""
     where = f"{phase}, input '{input_name}' ({path})"
-    meta = _require_split(require_input(path, kind="split", phase=phase, input_name=input_name, role=role), split, where)
+    meta = _require_split(
+        require_input(path, kind="split", phase=phase, input_name=input_name, role=role), split, where
+    )
     table = pq.read_table(Path(path) / SAMPLES_FILE)
     images = open_shards(path, where)
     sample_ids = table.column("sample_id").to_pylist()
@@ -143,8 +145,9 @@ def load_split(path: str | Path, *, split: Split, role: Role, phase: str, input_
         groups=table.column("group_id").to_pylist(),
         sources=table.column("source").to_pylist(),
         meta=meta,
-        original_sizes=np.stack([table.column("orig_width").to_numpy(), table.column("orig_height").to_numpy()],
-                                axis=1) if "orig_width" in table.column_names else None,
+        original_sizes=np.stack([table.column("orig_width").to_numpy(), table.column("orig_height").to_numpy()], axis=1)
+        if "orig_width" in table.column_names
+        else None,
     )
 
 
@@ -169,8 +172,13 @@ def write_shard(out_dir: str | Path, index: int, images: np.ndarray) -> dict:
 def write_shard_manifest(out_dir: str | Path, shards: list[dict], image_shape: tuple[int, int, int]) -> None:
     """shards.json, written (atomically) only after every shard it lists is in place."""
     out_dir = Path(out_dir)
-    body = {"schema": SHARDS_SCHEMA, "image_shape": list(image_shape), "dtype": "uint8",
-            "count": int(sum(s["count"] for s in shards)), "shards": shards}
+    body = {
+        "schema": SHARDS_SCHEMA,
+        "image_shape": list(image_shape),
+        "dtype": "uint8",
+        "count": int(sum(s["count"] for s in shards)),
+        "shards": shards,
+    }
     tmp = out_dir / f".{SHARDS_FILE}.tmp"
     tmp.write_text(json.dumps(body, indent=2))
     os.replace(tmp, out_dir / SHARDS_FILE)
@@ -189,13 +197,19 @@ def open_shards(path: str | Path, where: str = "") -> ShardedImages:
     for entry in manifest["shards"]:
         file = path / entry["file"]
         if not file.is_file() or file.stat().st_size != entry["bytes"]:
-            raise DataError(f"shard {entry['file']} is missing or has the wrong size", where,
-                            "the split artifact is damaged; rerun ingest")
+            raise DataError(
+                f"shard {entry['file']} is missing or has the wrong size",
+                where,
+                "the split artifact is damaged; rerun ingest",
+            )
         array = np.load(file, mmap_mode="r")
         if array.dtype != np.uint8 or array.shape != (entry["count"], *image_shape):
-            raise DataError(f"shard {entry['file']} has shape {array.shape} {array.dtype}, expected "
-                            f"({entry['count']}, {', '.join(map(str, image_shape))}) uint8", where,
-                            "the split artifact is damaged; rerun ingest")
+            raise DataError(
+                f"shard {entry['file']} has shape {array.shape} {array.dtype}, expected "
+                f"({entry['count']}, {', '.join(map(str, image_shape))}) uint8",
+                where,
+                "the split artifact is damaged; rerun ingest",
+            )
         shards.append(array)
     return ShardedImages(shards, image_shape)
 

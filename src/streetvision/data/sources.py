@@ -85,7 +85,7 @@ def _folder(path: str) -> str:
 
 def _relative(uri: str, root: str) -> str:
     root = root.rstrip("/")
-    rel = uri[len(root):].lstrip("/") if uri.startswith(root) else uri
+    rel = uri[len(root) :].lstrip("/") if uri.startswith(root) else uri
     return rel.replace("\\", "/")
 
 
@@ -94,8 +94,11 @@ def folder_records(src: SourceConfig) -> Iterator[SourceRecord]:
     outside a label folder, or not a jpg/png/webp, is kept and quarantined at ingest with its reason."""
     name = src.display_name()
     if not storage.is_dir(src.path):
-        raise DataError(f"image folder {src.path} does not exist or is empty", f"{name}: path={src.path}",
-                        "point the source's path at <root> holding <root>/<label name>/*.jpg")
+        raise DataError(
+            f"image folder {src.path} does not exist or is empty",
+            f"{name}: path={src.path}",
+            "point the source's path at <root> holding <root>/<label name>/*.jpg",
+        )
     for uri in storage.list_files(_folder(src.path)):
         rel = _relative(uri, src.path)
         label, sep, _ = rel.partition("/")
@@ -104,8 +107,15 @@ def folder_records(src: SourceConfig) -> Iterator[SourceRecord]:
             problem = "unknown_label: file is not inside a <label name>/ folder"
         elif not rel.lower().endswith(IMAGE_SUFFIXES):
             problem = f"unsupported_file: extension is not one of {', '.join(IMAGE_SUFFIXES)}"
-        yield SourceRecord(sample_id=f"{name}/{rel}", uri=uri, label=label if sep else "", group_id=f"{name}/{rel}",
-                           source=name, origin=name, problem=problem)
+        yield SourceRecord(
+            sample_id=f"{name}/{rel}",
+            uri=uri,
+            label=label if sep else "",
+            group_id=f"{name}/{rel}",
+            source=name,
+            origin=name,
+            problem=problem,
+        )
 
 
 def _manifest_rows(text: str, uri: str) -> Iterator[tuple[int, dict]]:
@@ -116,18 +126,25 @@ def _manifest_rows(text: str, uri: str) -> Iterator[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"line {line_no} is not valid JSON: {exc}", f"manifest {uri}",
-                                "write one JSON object per line: {\"path\": ..., \"label\": ...}") from None
+                raise DataError(
+                    f"line {line_no} is not valid JSON: {exc}",
+                    f"manifest {uri}",
+                    'write one JSON object per line: {"path": ..., "label": ...}',
+                ) from None
             if not isinstance(row, dict):
-                raise DataError(f"line {line_no} is not a JSON object", f"manifest {uri}",
-                                "write one JSON object per line")
+                raise DataError(
+                    f"line {line_no} is not a JSON object", f"manifest {uri}", "write one JSON object per line"
+                )
             yield line_no, {k: "" if v is None else str(v) for k, v in row.items()}
         return
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = set(reader.fieldnames or [])
     if not ({"path", "uri"} & columns) or "label" not in columns:
-        raise DataError(f"manifest columns are {sorted(columns)}; need 'path' (or 'uri') and 'label'",
-                        f"manifest {uri}", "add a header row: path,label[,group_id,source]")
+        raise DataError(
+            f"manifest columns are {sorted(columns)}; need 'path' (or 'uri') and 'label'",
+            f"manifest {uri}",
+            "add a header row: path,label[,group_id,source]",
+        )
     for line_no, row in enumerate(reader, start=2):
         yield line_no, {k: (v or "") for k, v in row.items() if k is not None}
 
@@ -147,7 +164,9 @@ def manifest_records(src: SourceConfig | str | Path) -> list[SourceRecord]:
     try:
         text = storage.read_bytes(uri).decode("utf-8-sig")
     except FileNotFoundError:
-        raise DataError(f"manifest {uri} does not exist", where, "set the manifest path to a CSV or JSONL file")
+        raise DataError(
+            f"manifest {uri} does not exist", where, "set the manifest path to a CSV or JSONL file"
+        ) from None
     except Exception as exc:
         if type(exc).__name__ == "NotFound":
             raise DataError(f"manifest {uri} does not exist", where, "check the gs:// URI") from None
@@ -177,8 +196,11 @@ def parquet_files(src: SourceConfig) -> list[str]:
         return [src.path]
     files = list(storage.list_files(_folder(src.path), suffixes=(".parquet",)))
     if not files:
-        raise DataError(f"no .parquet files under {src.path}", f"{src.display_name()}: path={src.path}",
-                        "point the source's path at a .parquet file or a folder/prefix holding them")
+        raise DataError(
+            f"no .parquet files under {src.path}",
+            f"{src.display_name()}: path={src.path}",
+            "point the source's path at a .parquet file or a folder/prefix holding them",
+        )
     return files
 
 
@@ -194,11 +216,15 @@ def parquet_records(src: SourceConfig) -> Iterator[SourceRecord]:
             needed = [c for c in (src.image_column, src.label_column) if c not in columns]
             needed += [c for c in (src.id_column, src.group_column, src.source_column) if c and c not in columns]
             if needed:
-                raise DataError(f"parquet columns {sorted(columns)} lack {needed}", where,
-                                "set the source's image_column / label_column / id_column / group_column / "
-                                "source_column to this file's column names")
-            small = [c for c in dict.fromkeys([src.label_column, src.id_column, src.group_column, src.source_column])
-                     if c]
+                raise DataError(
+                    f"parquet columns {sorted(columns)} lack {needed}",
+                    where,
+                    "set the source's image_column / label_column / id_column / group_column / "
+                    "source_column to this file's column names",
+                )
+            small = [
+                c for c in dict.fromkeys([src.label_column, src.id_column, src.group_column, src.source_column]) if c
+            ]
             stem = posixpath.basename(file)
             row_number = 0
             for rg in range(pf.num_row_groups):

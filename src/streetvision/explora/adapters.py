@@ -83,8 +83,11 @@ def apply_adapters(model: nn.Module, cfg: ExploraConfig) -> tuple[nn.Module, dic
         bias="none",
     )
     peft_model = get_peft_model(model, peft_cfg)
-    wrapped = {name.removeprefix("base_model.model.") for name, module in peft_model.named_modules()
-               if type(module).__name__ == "ModulesToSaveWrapper" and any(True for _ in module.parameters())}
+    wrapped = {
+        name.removeprefix("base_model.model.")
+        for name, module in peft_model.named_modules()
+        if type(module).__name__ == "ModulesToSaveWrapper" and any(True for _ in module.parameters())
+    }
     if wrapped != set(plan["full"]):
         raise ContractError(
             f"PEFT trained modules {sorted(wrapped)} differ from the plan {sorted(plan['full'])}",

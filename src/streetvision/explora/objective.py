@@ -20,8 +20,10 @@ class ProjectionHead(nn.Module):
     def __init__(self, in_dim: int, prototypes: int, hidden_dim: int, bottleneck_dim: int):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
             nn.Linear(hidden_dim, bottleneck_dim),
         )
         self.prototypes = nn.Parameter(torch.empty(prototypes, bottleneck_dim))
@@ -36,8 +38,9 @@ class ProjectionHead(nn.Module):
         return F.linear(x, F.normalize(self.prototypes, dim=-1))
 
 
-def vit_tokens(vit: nn.Module, images: torch.Tensor, masks: torch.Tensor | None = None,
-               mask_token: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def vit_tokens(
+    vit: nn.Module, images: torch.Tensor, masks: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(class token, patch tokens) of a timm ViT, with masked patches replaced by `mask_token` (iBOT).
 
     Mirrors `VisionTransformer.forward_features`, adding the mask after the patch embedding as DINOv2 does.
@@ -64,7 +67,9 @@ def update_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: 
     return center * momentum + batch_mean * (1.0 - momentum)
 
 
-def dino_loss(student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor], student_temp: float) -> torch.Tensor:
+def dino_loss(
+    student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor], student_temp: float
+) -> torch.Tensor:
     """Cross-entropy of every student view against every teacher (global) view except itself.
 
     `student_logits[i]` for i < len(teacher_probs) are the global views the teacher also saw."""
@@ -78,8 +83,9 @@ def dino_loss(student_logits: list[torch.Tensor], teacher_probs: list[torch.Tens
     return torch.stack(terms).mean()
 
 
-def ibot_loss(student_patch_logits: torch.Tensor, teacher_patch_probs: torch.Tensor, masks: torch.Tensor,
-              student_temp: float) -> torch.Tensor:
+def ibot_loss(
+    student_patch_logits: torch.Tensor, teacher_patch_probs: torch.Tensor, masks: torch.Tensor, student_temp: float
+) -> torch.Tensor:
     """Cross-entropy on masked patches only: the student sees the mask token, the teacher the real patch."""
     log_p = F.log_softmax(student_patch_logits.float() / student_temp, dim=-1)
     per_patch = -(teacher_patch_probs * log_p).sum(dim=-1)  # (B, N)
@@ -98,8 +104,13 @@ def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return -torch.log(distances + eps).mean()
 
 
-def random_patch_masks(batch: int, num_patches: int, ratio_range: tuple[float, float], probability: float,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+def random_patch_masks(
+    batch: int,
+    num_patches: int,
+    ratio_range: tuple[float, float],
+    probability: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """(B, N) bool: a fraction `probability` of the images get a random `ratio_range` share of patches masked."""
     masks = torch.zeros(batch, num_patches, dtype=torch.bool)
     chosen = torch.rand(batch, generator=generator) < probability
@@ -111,8 +122,9 @@ def random_patch_masks(batch: int, num_patches: int, ratio_range: tuple[float, f
     return masks
 
 
-def build_multicrop(img_size: int, local_size: int, global_scale: tuple[float, float],
-                    local_scale: tuple[float, float]) -> tuple[nn.Module, nn.Module]:
+def build_multicrop(
+    img_size: int, local_size: int, global_scale: tuple[float, float], local_scale: tuple[float, float]
+) -> tuple[nn.Module, nn.Module]:
     """Per-sample GPU augmentations (kornia) for the global and the local views: DINO's photometric recipe."""
     import kornia.augmentation as K
 

@@ -42,12 +42,22 @@ def _refuse_split_artifact(source: str, where: str) -> None:
     )
 
 
-def load_pool(source: str, img_size: int, min_size: int, max_images: int, where: str,
-              forbidden_hashes: set[str], workers: int = 16) -> tuple[np.ndarray, dict]:
+def load_pool(
+    source: str,
+    img_size: int,
+    min_size: int,
+    max_images: int,
+    where: str,
+    forbidden_hashes: set[str],
+    workers: int = 16,
+) -> tuple[np.ndarray, dict]:
     """Decode every image under `source` (sorted, recursive). Returns (N, S, S, 3) uint8 and a report."""
     if not storage.is_dir(source):
-        raise DataError(f"explora.pool_source {source} is not a folder (or an empty gs:// prefix)", where,
-                        "set explora.pool_source to a folder or gs:// prefix of images, or to \"\" for none")
+        raise DataError(
+            f"explora.pool_source {source} is not a folder (or an empty gs:// prefix)",
+            where,
+            'set explora.pool_source to a folder or gs:// prefix of images, or to "" for none',
+        )
     _refuse_split_artifact(source, where)
     files = []
     for uri in storage.list_files(source, POOL_SUFFIXES):
@@ -55,8 +65,11 @@ def load_pool(source: str, img_size: int, min_size: int, max_images: int, where:
             break
         files.append(uri)
     if not files:
-        raise DataError(f"no {'/'.join(POOL_SUFFIXES)} images under {source}", where,
-                        "fill it with unlabelled street photos, or set explora.pool_source=\"\"")
+        raise DataError(
+            f"no {'/'.join(POOL_SUFFIXES)} images under {source}",
+            where,
+            'fill it with unlabelled street photos, or set explora.pool_source=""',
+        )
     images, quarantined = [], {}
     for uri, data in progress(storage.read_many(files, workers), len(files), "reading pool", unit="image"):
         try:
@@ -66,8 +79,11 @@ def load_pool(source: str, img_size: int, min_size: int, max_images: int, where:
         except QuarantineReason as reason:
             quarantined[uri] = reason.code
     if not images:
-        raise DataError(f"none of the {len(files)} pool images could be used (e.g. {list(quarantined.items())[:3]})",
-                        where, "check the pool's images")
+        raise DataError(
+            f"none of the {len(files)} pool images could be used (e.g. {list(quarantined.items())[:3]})",
+            where,
+            "check the pool's images",
+        )
     pool = np.stack(images)
     leaked = pixel_hashes(pool) & forbidden_hashes
     if leaked:

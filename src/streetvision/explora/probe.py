@@ -20,8 +20,15 @@ from streetvision.models import to_model_input
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, images: np.ndarray, mean: list[float], std: list[float], batch_size: int,
-                     device: torch.device, amp_dtype: torch.dtype | None = None) -> np.ndarray:
+def extract_features(
+    model: nn.Module,
+    images: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    batch_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> np.ndarray:
     """Pooled features (the class token for DINOv2) of a head-less timm model, float32 (N, D)."""
     model.eval().to(device)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
@@ -33,8 +40,15 @@ def extract_features(model: nn.Module, images: np.ndarray, mean: list[float], st
     return np.concatenate(out)
 
 
-def probe_scores(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray, eval_y: np.ndarray, kind: str,
-                 knn_k: int, seed: int = 0) -> dict[str, float]:
+def probe_scores(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    eval_x: np.ndarray,
+    eval_y: np.ndarray,
+    kind: str,
+    knn_k: int,
+    seed: int = 0,
+) -> dict[str, float]:
     """Accuracy and balanced accuracy of the chosen probes (fit on the first set, score on the second)."""
     probes = {}
     if kind in ("knn", "both"):

@@ -95,7 +95,9 @@ def schedules(cfg: ExploraConfig, step: int) -> dict[str, float]:
     else:
         lr = _cosine(step - cfg.warmup_steps, cfg.steps - cfg.warmup_steps, cfg.lr, cfg.min_lr)
     if step < cfg.teacher_temp_warmup_steps:
-        temp = cfg.teacher_temp_start + (cfg.teacher_temp - cfg.teacher_temp_start) * step / cfg.teacher_temp_warmup_steps
+        temp = (
+            cfg.teacher_temp_start + (cfg.teacher_temp - cfg.teacher_temp_start) * step / cfg.teacher_temp_warmup_steps
+        )
     else:
         temp = cfg.teacher_temp
     return {"lr": lr, "momentum": _cosine(step, cfg.steps, cfg.ema_momentum, 1.0), "teacher_temp": temp}
@@ -126,8 +128,16 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 class ExploraTrainer:
     """One student, its EMA teacher, the optimiser and the centres; `step()` is one optimisation step."""
 
-    def __init__(self, peft_backbone: nn.Module, cfg: ExploraConfig, img_size: int, mean: list[float],
-                 std: list[float], device: torch.device, amp_dtype: torch.dtype | None):
+    def __init__(
+        self,
+        peft_backbone: nn.Module,
+        cfg: ExploraConfig,
+        img_size: int,
+        mean: list[float],
+        std: list[float],
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+    ):
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
         vit = peft_backbone.base_model.model
         torch.manual_seed(cfg.seed)  # fresh heads: same init on every attempt
@@ -139,8 +149,10 @@ class ExploraTrainer:
         self.patch_size = vit.patch_embed.patch_size[0]
         self.local_size = local_crop_size(cfg, img_size, self.patch_size)
         self.global_aug, self.local_aug = (
-            m.to(device) for m in build_multicrop(img_size, self.local_size, tuple(cfg.global_crop_scale),
-                                                  tuple(cfg.local_crop_scale))
+            m.to(device)
+            for m in build_multicrop(
+                img_size, self.local_size, tuple(cfg.global_crop_scale), tuple(cfg.local_crop_scale)
+            )
         )
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
@@ -170,8 +182,9 @@ class ExploraTrainer:
             locals_ = [self._normalize(self.local_aug(x)) for _ in range(cfg.local_crops)]
         masks = None
         if cfg.ibot:
-            masks = random_patch_masks(2 * batch, self.num_patches, tuple(cfg.ibot_mask_ratio),
-                                       cfg.ibot_mask_probability, gen).to(device)
+            masks = random_patch_masks(
+                2 * batch, self.num_patches, tuple(cfg.ibot_mask_ratio), cfg.ibot_mask_probability, gen
+            ).to(device)
         global_batch = torch.cat(globals_)
 
         amp = dict(device_type=device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -210,10 +223,12 @@ class ExploraTrainer:
         self._ema(sched["momentum"])
         self.dino_center = update_center(self.dino_center, t_cls_logits, cfg.center_momentum)
         if cfg.ibot:
-            self.ibot_center = update_center(self.ibot_center, t_patch_logits[masks], cfg.center_momentum) \
-                if masks.any() else self.ibot_center
-        record = {"step": self.step_index, "loss": total.item(), **{k: v.item() for k, v in losses.items()},
-                  **sched}
+            self.ibot_center = (
+                update_center(self.ibot_center, t_patch_logits[masks], cfg.center_momentum)
+                if masks.any()
+                else self.ibot_center
+            )
+        record = {"step": self.step_index, "loss": total.item(), **{k: v.item() for k, v in losses.items()}, **sched}
         self.history.append(record)
         self.step_index += 1
         return record
@@ -256,8 +271,9 @@ class ExploraTrainer:
 
 def run_fingerprint(cfg: ExploraConfig, model_spec: dict, data_fingerprint: str) -> str:
     """What a checkpoint must match to be resumed: the phase-4 config, the architecture and the data."""
-    payload = json.dumps({"explora": cfg.__dict__, "model": model_spec, "data": data_fingerprint}, sort_keys=True,
-                         default=str)
+    payload = json.dumps(
+        {"explora": cfg.__dict__, "model": model_spec, "data": data_fingerprint}, sort_keys=True, default=str
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -277,8 +293,9 @@ def load_checkpoint(directory: Path, fingerprint: str) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a torn or foreign file: say so, never resume from it
-        raise CheckpointError(f"phase-4 checkpoint {path} is unreadable: {exc}", "phase4 resume",
-                              f"delete {path} to start phase 4 afresh") from exc
+        raise CheckpointError(
+            f"phase-4 checkpoint {path} is unreadable: {exc}", "phase4 resume", f"delete {path} to start phase 4 afresh"
+        ) from exc
     if state.get("fingerprint") != fingerprint:
         log(f"checkpoint {path} belongs to another config or dataset; starting phase 4 afresh")
         return None
@@ -311,8 +328,10 @@ def train_ssl(trainer: ExploraTrainer, pool: ImagePool, checkpoint_dir: Path | N
         if done % cfg.log_every == 0 or done == cfg.steps:
             rate = window_images / max(time.perf_counter() - window_start, 1e-9)
             parts = " ".join(f"{k} {record[k]:.4f}" for k in ("dino", "ibot", "koleo") if k in record)
-            log(f"phase4 step {done}/{cfg.steps} loss {record['loss']:.4f} ({parts}) lr {record['lr']:.2e} "
-                f"{rate:.1f} images/s")
+            log(
+                f"phase4 step {done}/{cfg.steps} loss {record['loss']:.4f} ({parts}) lr {record['lr']:.2e} "
+                f"{rate:.1f} images/s"
+            )
             window_images, window_start = 0, time.perf_counter()
         if checkpoint_dir is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             save_checkpoint(trainer.state(fingerprint), checkpoint_dir)

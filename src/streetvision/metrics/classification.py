@@ -65,6 +65,7 @@ def selective_metrics(labels: np.ndarray, pred: np.ndarray, accept: np.ndarray) 
         "coverage": float(accept.mean()) if len(accept) else 0.0,
         "accepted": n_acc,
         "selective_accuracy": float(correct.mean()) if n_acc else float("nan"),
-        "roadwork_precision_accepted": float((np.asarray(labels)[positives] == 1).mean()) if positives.any()
+        "roadwork_precision_accepted": float((np.asarray(labels)[positives] == 1).mean())
+        if positives.any()
         else float("nan"),
     }

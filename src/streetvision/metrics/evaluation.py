@@ -16,8 +16,21 @@ from streetvision.metrics.classification import expected_calibration_error
 
 # Metrics that get an interval; the rest (counts, the majority rate) describe the sample itself.
 INTERVAL_METRICS = (
-    "accuracy", "balanced_accuracy", "mcc", "auroc", "ece", "ece_adaptive", "brier", "nll", "aurc", "e_aurc",
-    "coverage", "selective_accuracy", "coverage_at_target_accuracy", "roadwork_precision", "roadwork_recall",
+    "accuracy",
+    "balanced_accuracy",
+    "mcc",
+    "auroc",
+    "ece",
+    "ece_adaptive",
+    "brier",
+    "nll",
+    "aurc",
+    "e_aurc",
+    "coverage",
+    "selective_accuracy",
+    "coverage_at_target_accuracy",
+    "roadwork_precision",
+    "roadwork_recall",
     "deployment_score",
 )
 

@@ -98,7 +98,9 @@ def create_model(cfg: ModelConfig) -> torch.nn.Module:
         state = {k: v for k, v in state.items() if not (k in head_shapes and v.shape != head_shapes[k])}
         result = model.load_state_dict(_fit_to_model(state, model), strict=False)
     except (RuntimeError, ValueError) as exc:  # tensor shape mismatches
-        raise CheckpointError(f"weights do not fit {cfg.name}: {str(exc).splitlines()[-1].strip()}", where, fix) from exc
+        raise CheckpointError(
+            f"weights do not fit {cfg.name}: {str(exc).splitlines()[-1].strip()}", where, fix
+        ) from exc
     head = {k for k in model.state_dict() if k.startswith("head.")}
     missing = [k for k in result.missing_keys if k not in head]
     if missing or result.unexpected_keys:

@@ -7,7 +7,6 @@ inference, evaluation) scores exactly as selection did. The cost is ~10x a singl
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn

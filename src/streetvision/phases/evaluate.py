@@ -57,8 +57,17 @@ def _scored(bundle: Bundle, images: np.ndarray, labels: np.ndarray, cfg: Config,
 
 def _intervals(preds: Predictions, labels: np.ndarray, target: float, cfg: Config) -> dict:
     ev = cfg.evaluation
-    return bootstrap_intervals(labels, preds.prob_roadwork, preds.accept, target, ev.ece_bins,
-                               ev.bootstrap_resamples, ev.confidence_level, ev.bootstrap_method, ev.seed)
+    return bootstrap_intervals(
+        labels,
+        preds.prob_roadwork,
+        preds.accept,
+        target,
+        ev.ece_bins,
+        ev.bootstrap_resamples,
+        ev.confidence_level,
+        ev.bootstrap_method,
+        ev.seed,
+    )
 
 
 # Original image size buckets by the longer side, in pixels: (upper bound, name).
@@ -92,11 +101,20 @@ def bless(point: dict, intervals: dict, rules: BlessingConfig) -> dict:
 
     if rules.require_above_majority:
         value = judged("accuracy", True)
-        checks.append({"rule": f"accuracy > majority-class rate {point['majority_rate']:.4f}", "value": value,
-                       "passed": bool(value > point["majority_rate"])})
-    for name, bound, higher in (("accuracy", rules.min_accuracy, True), ("mcc", rules.min_mcc, True),
-                                ("auroc", rules.min_auroc, True), ("ece", rules.max_ece, False),
-                                ("coverage", rules.min_coverage, True)):
+        checks.append(
+            {
+                "rule": f"accuracy > majority-class rate {point['majority_rate']:.4f}",
+                "value": value,
+                "passed": bool(value > point["majority_rate"]),
+            }
+        )
+    for name, bound, higher in (
+        ("accuracy", rules.min_accuracy, True),
+        ("mcc", rules.min_mcc, True),
+        ("auroc", rules.min_auroc, True),
+        ("ece", rules.max_ece, False),
+        ("coverage", rules.min_coverage, True),
+    ):
         if bound is None:
             continue
         value = judged(name, higher)
@@ -128,8 +146,10 @@ def run_evaluate(
     images = np.asarray(test.images)
     preds, point = _scored(bundle, images, test.labels, cfg, device)
     intervals = _intervals(preds, test.labels, target, cfg)
-    log(f"VAL_TEST metrics with {cfg.evaluation.confidence_level:.0%} bootstrap intervals "
-        f"({cfg.evaluation.bootstrap_resamples} resamples, {cfg.evaluation.bootstrap_method})")
+    log(
+        f"VAL_TEST metrics with {cfg.evaluation.confidence_level:.0%} bootstrap intervals "
+        f"({cfg.evaluation.bootstrap_resamples} resamples, {cfg.evaluation.bootstrap_method})"
+    )
 
     challenge = []
     for level in cfg.evaluation.challenge_levels:
@@ -137,24 +157,43 @@ def run_evaluate(
         encoded = render_challenge(images, level, cfg.evaluation.challenge_size, cfg.evaluation.seed)
         rendered = np.stack([bundle.decode(data) for data in encoded])
         level_preds, level_point = _scored(bundle, rendered, test.labels, cfg, device)
-        challenge.append({"level": level, "description": LEVELS[level], "metrics": level_point,
-                          "intervals": _intervals(level_preds, test.labels, target, cfg)})
-        log(f"challenge level {level}: accuracy {level_point['accuracy']:.3f}, MCC {level_point['mcc']:.3f}, "
-            f"deployment score {level_point['deployment_score']:.3f}")
+        challenge.append(
+            {
+                "level": level,
+                "description": LEVELS[level],
+                "metrics": level_point,
+                "intervals": _intervals(level_preds, test.labels, target, cfg),
+            }
+        )
+        log(
+            f"challenge level {level}: accuracy {level_point['accuracy']:.3f}, MCC {level_point['mcc']:.3f}, "
+            f"deployment score {level_point['deployment_score']:.3f}"
+        )
 
     slices = []
     for name, mask in _slice_masks(test):
         sub = Predictions(*(getattr(preds, f)[mask] for f in Predictions.__dataclass_fields__))
-        slice_point = evaluation_metrics(test.labels[mask], sub.prob_roadwork, sub.accept, target,
-                                         cfg.evaluation.ece_bins)
-        intervals_of_slice = (_intervals(sub, test.labels[mask], target, cfg) if mask.sum() >= MIN_SLICE
-                              else {k: (float("nan"), float("nan")) for k in intervals})
+        slice_point = evaluation_metrics(
+            test.labels[mask], sub.prob_roadwork, sub.accept, target, cfg.evaluation.ece_bins
+        )
+        intervals_of_slice = (
+            _intervals(sub, test.labels[mask], target, cfg)
+            if mask.sum() >= MIN_SLICE
+            else {k: (float("nan"), float("nan")) for k in intervals}
+        )
         slices.append({"slice": name, "metrics": slice_point, "intervals": intervals_of_slice})
 
     blessing = bless(point, intervals, cfg.evaluation.blessing)
-    targets = [{"metric": name, "label": label, "target": band, "value": point[name],
-                "met": bool(np.isfinite(point[name]) and passes(point[name]))}
-               for name, label, band, passes in SEED_TARGETS]
+    targets = [
+        {
+            "metric": name,
+            "label": label,
+            "target": band,
+            "value": point[name],
+            "met": bool(np.isfinite(point[name]) and passes(point[name])),
+        }
+        for name, label, band, passes in SEED_TARGETS
+    ]
 
     correct = preds.prediction == test.labels
     coverage, risk = risk_coverage_curve(preds.confidence, correct)
@@ -175,10 +214,18 @@ def run_evaluate(
         ),
         evaluation_dir / "predictions.parquet",
     )
-    results = {"metrics": point, "intervals": intervals, "confidence_level": cfg.evaluation.confidence_level,
-               "challenge": challenge, "slices": slices, "blessing": blessing, "seed_targets": targets,
-               "policy": {k: bundle.policy.get(k) for k in ("kind", "target_risk", "delta", "threshold", "feasible",
-                                                             "guarantee")}}
+    results = {
+        "metrics": point,
+        "intervals": intervals,
+        "confidence_level": cfg.evaluation.confidence_level,
+        "challenge": challenge,
+        "slices": slices,
+        "blessing": blessing,
+        "seed_targets": targets,
+        "policy": {
+            k: bundle.policy.get(k) for k in ("kind", "target_risk", "delta", "threshold", "feasible", "guarantee")
+        },
+    }
     (evaluation_dir / METRICS_FILE).write_text(json.dumps(json_safe(results), indent=2))
     write_html_report(
         evaluation_dir / REPORT_FILE,
@@ -201,13 +248,15 @@ def run_evaluate(
         f"{'PASSED' if blessing['passed'] else 'FAILED'}"
     )
     summary = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in point.items()}
-    summary.update({
-        "accuracy_interval": [round(v, 4) for v in intervals["accuracy"]],
-        "mcc_interval": [round(v, 4) for v in intervals["mcc"]],
-        "blessed": blessing["passed"],
-        "blessing_checks": [f"{c['rule']}: {'pass' if c['passed'] else 'FAIL'}" for c in blessing["checks"]],
-        "seconds": round(time.time() - started, 1),
-    })
+    summary.update(
+        {
+            "accuracy_interval": [round(v, 4) for v in intervals["accuracy"]],
+            "mcc_interval": [round(v, 4) for v in intervals["mcc"]],
+            "blessed": blessing["passed"],
+            "blessing_checks": [f"{c['rule']}: {'pass' if c['passed'] else 'FAIL'}" for c in blessing["checks"]],
+            "seconds": round(time.time() - started, 1),
+        }
+    )
     meta = ArtifactMetadata(
         kind="evaluation",
         phase=PHASE,

@@ -159,9 +159,10 @@ def decode_records(
         image.pixels = None  # the staging row holds them; keep memory flat
         return index, image
 
-    with ThreadPoolExecutor(n_io, thread_name_prefix="read") as io_pool, ThreadPoolExecutor(
-        n_decode, thread_name_prefix="decode"
-    ) as decode_pool:
+    with (
+        ThreadPoolExecutor(n_io, thread_name_prefix="read") as io_pool,
+        ThreadPoolExecutor(n_decode, thread_name_prefix="decode") as decode_pool,
+    ):
         fetched = _bounded_map(io_pool, lambda u: _fetch_unit(u, records, sources), units, ahead=2 * n_io)
         flat = (item for batch in fetched for item in batch)
         yield from _bounded_map(decode_pool, decode, flat, ahead=4 * n_decode)
@@ -212,8 +213,9 @@ def _dedupe(placed: list[Placed], quarantined: dict[int, QuarantineReason], cfg:
         if len(labels) > 1:
             top = labels.most_common()
             keep = top[0][0] if cfg.dedupe.label_conflict == "majority" and top[0][1] > top[1][1] else None
-            conflicts.append({"samples": ids, "labels": dict(sorted((str(k), v) for k, v in labels.items())),
-                              "kept_label": keep})
+            conflicts.append(
+                {"samples": ids, "labels": dict(sorted((str(k), v) for k, v in labels.items())), "kept_label": keep}
+            )
             for i in items:
                 if i.label != keep:
                     quarantined[i.index] = QuarantineReason(
@@ -229,8 +231,9 @@ def _dedupe(placed: list[Placed], quarantined: dict[int, QuarantineReason], cfg:
     near_pairs = 0
     if cfg.dedupe.near_duplicate_radius >= 0:
         hashed = [p for p in placed if not p.image.flat]
-        found = near_duplicate_pairs(np.array([p.image.phash for p in hashed], dtype=np.uint64),
-                                     cfg.dedupe.near_duplicate_radius)
+        found = near_duplicate_pairs(
+            np.array([p.image.phash for p in hashed], dtype=np.uint64), cfg.dedupe.near_duplicate_radius
+        )
         near_pairs = len(found)
         pairs += [(hashed[a].group, hashed[b].group) for a, b in found.tolist()]
     merged = merge_groups(pairs, [p.group for p in placed])
@@ -274,8 +277,10 @@ def run_ingest(
     if not records:
         raise DataError("the sources have no records", f"data.source={data_cfg.source}", "point data.* at images")
     per_source = Counter(r.origin for r in records)
-    log(f"{len(records)} records ({', '.join(f'{k}: {v}' for k, v in per_source.items())}); "
-        f"decoding to {size}x{size} on {decode_workers(data_cfg)} threads")
+    log(
+        f"{len(records)} records ({', '.join(f'{k}: {v}' for k, v in per_source.items())}); "
+        f"decoding to {size}x{size} on {decode_workers(data_cfg)} threads"
+    )
 
     # Keyed by record index: every record, duplicates included, gets exactly one outcome.
     quarantined: dict[int, QuarantineReason] = {}
@@ -301,8 +306,9 @@ def run_ingest(
     staging_dir = split_dirs[Split.TRAIN] / STAGING_DIR
     staging_dir.mkdir(exist_ok=True)
     try:
-        staging = np.lib.format.open_memmap(staging_dir / "pixels.npy", mode="w+", dtype=np.uint8,
-                                            shape=(max(1, len(records)), size, size, 3))
+        staging = np.lib.format.open_memmap(
+            staging_dir / "pixels.npy", mode="w+", dtype=np.uint8, shape=(max(1, len(records)), size, size, 3)
+        )
         placed: list[Placed] = []
         decode_started = time.time()
         outcomes = decode_records(records, todo, data_cfg, size, staging, sources)
@@ -321,8 +327,9 @@ def run_ingest(
         for item in sorted(placed, key=lambda p: p.record.sample_id):
             by_split[item.split].append(item)
 
-        report = write_data_report(report_dir, cfg, records, labels, by_split, quarantined, dedupe, partition,
-                                   staging, html_path)
+        report = write_data_report(
+            report_dir, cfg, records, labels, by_split, quarantined, dedupe, partition, staging, html_path
+        )
         _check_outcome(report, by_split, data_cfg.max_quarantine_fraction, report_dir)
 
         outputs = {}
@@ -337,8 +344,11 @@ def run_ingest(
                 class_counts=class_counts(split_labels),
                 fingerprint=fingerprint_ids(p.record.sample_id for p in items),
                 partition=partition,
-                summary={"groups": len({p.group for p in items}), "image_size": size,
-                         "sources": dict(sorted(Counter(p.record.source for p in items).items()))},
+                summary={
+                    "groups": len({p.group for p in items}),
+                    "image_size": size,
+                    "sources": dict(sorted(Counter(p.record.source for p in items).items())),
+                },
             )
             outputs[split.value] = meta
     finally:
@@ -364,8 +374,10 @@ def run_ingest(
         },
     )
     outputs["data_report"] = write_metadata(report_dir, report_meta)
-    log(f"ingest done: {len(placed)} placed, {len(quarantined)} quarantined, "
-        f"{dedupe['joined_groups']} groups joined by duplicates, partition {partition}")
+    log(
+        f"ingest done: {len(placed)} placed, {len(quarantined)} quarantined, "
+        f"{dedupe['joined_groups']} groups joined by duplicates, partition {partition}"
+    )
     return outputs
 
 

@@ -45,8 +45,16 @@ from streetvision.training.storage import open_store
 PHASE = "phase1"
 OUTPUTS_FILE = "phase1_outputs.json"
 # Settings that do not change the trained weights: a restart with other values still resumes.
-_NOT_IN_RESUME_KEY = ("resume_dir", "checkpoint_every_minutes", "log_every_seconds", "num_threads", "multiview",
-                      "multiview_aggregation", "prior_correction", "deployment_prior")
+_NOT_IN_RESUME_KEY = (
+    "resume_dir",
+    "checkpoint_every_minutes",
+    "log_every_seconds",
+    "num_threads",
+    "multiview",
+    "multiview_aggregation",
+    "prior_correction",
+    "deployment_prior",
+)
 
 
 def _load_inputs(train_dir, val_select_dir, val_calib_dir) -> dict[str, SplitData]:
@@ -61,8 +69,11 @@ def _load_inputs(train_dir, val_select_dir, val_calib_dir) -> dict[str, SplitDat
 def resume_key(cfg: Config, inputs: dict[str, SplitData]) -> str:
     """Names the run's training state: same config (what shapes the weights) + same data -> same key."""
     training = {k: v for k, v in asdict(cfg.training).items() if k not in _NOT_IN_RESUME_KEY}
-    ident = {"model": asdict(cfg.model), "training": training,
-             "data": {k: v.meta.fingerprint for k, v in inputs.items()}}
+    ident = {
+        "model": asdict(cfg.model),
+        "training": training,
+        "data": {k: v.meta.fingerprint for k, v in inputs.items()},
+    }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -85,8 +96,17 @@ def run_phase1(
         prepare_output_dir(path)
     job = {
         "config": config_to_json(cfg),
-        "dirs": [str(p) for p in (train_dir, val_select_dir, val_calib_dir, checkpoint_dir, val_select_logits_dir,
-                                  val_calib_logits_dir)],
+        "dirs": [
+            str(p)
+            for p in (
+                train_dir,
+                val_select_dir,
+                val_calib_dir,
+                checkpoint_dir,
+                val_select_logits_dir,
+                val_calib_logits_dir,
+            )
+        ],
         "curves_html": str(curves_html) if curves_html else None,
     }
     processes = distributed.resolve_num_processes(cfg.training.num_processes, device.type)
@@ -104,7 +124,8 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
     started = time.time()
     cfg = config_from_json(config)
     train_dir, val_select_dir, val_calib_dir, checkpoint_dir, val_select_logits_dir, val_calib_logits_dir = map(
-        Path, dirs)
+        Path, dirs
+    )
     inputs = _load_inputs(train_dir, val_select_dir, val_calib_dir)
     partition = check_same_partition({k: v.meta for k, v in inputs.items()}, PHASE)
     train, select, calib = inputs["train"], inputs["val_select"], inputs["val_calib"]
@@ -120,12 +141,25 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
         root = cfg.training.resume_dir.rstrip("/") + f"/phase1-{resume_key(cfg, inputs)}"
         store = open_store(root, "training.resume_dir")
     if rank == 0:
-        log(f"model {cfg.model.name} ({n_params / 1e6:.2f}M parameters, {cfg.model.img_size}px), "
+        log(
+            f"model {cfg.model.name} ({n_params / 1e6:.2f}M parameters, {cfg.model.img_size}px), "
             f"TRAIN {train.meta.count} images, VAL_SELECT {select.meta.count}, "
-            f"{distributed.world_size()} process(es)")
+            f"{distributed.world_size()} process(es)"
+        )
     device = task_device(cfg, PHASE, distributed.local_rank())
-    result = train_classifier(model, train.images, train.labels, train.sample_ids, select.images, select.labels,
-                              mean, std, cfg.training, store, device)
+    result = train_classifier(
+        model,
+        train.images,
+        train.labels,
+        train.sample_ids,
+        select.images,
+        select.labels,
+        mean,
+        std,
+        cfg.training,
+        store,
+        device,
+    )
     distributed.barrier()
     if rank != 0:
         return {}
@@ -145,14 +179,27 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
 
         atomic_write(checkpoint_dir / "last.safetensors", lambda p: save_file(last, str(p)))
     weights_sha256 = sha256_file(checkpoint_dir / "model.safetensors")
-    preprocessing = {"img_size": cfg.model.img_size, "mean": mean, "std": std, "input": "uint8 RGB, whole frame "
-                     "resized to img_size x img_size (bilinear)", "views": spec.get("multiview") or "single",
-                     "deployment_prior": cfg.training.deployment_prior if cfg.training.prior_correction else None}
-    training_summary = {"prior_correction": prior, "views": views, "resumed_from": result.resumed_from,
-                        "best_epoch": result.best_epoch + 1, "epochs_run": result.epochs_run,
-                        "processes": distributed.world_size()}
-    for name, payload in (("preprocessing.json", preprocessing), ("training_history.json", result.history),
-                          ("training_summary.json", training_summary)):
+    preprocessing = {
+        "img_size": cfg.model.img_size,
+        "mean": mean,
+        "std": std,
+        "input": "uint8 RGB, whole frame resized to img_size x img_size (bilinear)",
+        "views": spec.get("multiview") or "single",
+        "deployment_prior": cfg.training.deployment_prior if cfg.training.prior_correction else None,
+    }
+    training_summary = {
+        "prior_correction": prior,
+        "views": views,
+        "resumed_from": result.resumed_from,
+        "best_epoch": result.best_epoch + 1,
+        "epochs_run": result.epochs_run,
+        "processes": distributed.world_size(),
+    }
+    for name, payload in (
+        ("preprocessing.json", preprocessing),
+        ("training_history.json", result.history),
+        ("training_summary.json", training_summary),
+    ):
         atomic_write(checkpoint_dir / name, lambda p, payload=payload: p.write_text(json.dumps(payload, indent=2)))
     select_metric = f"val_select_{cfg.training.selection_metric}"
     if curves_html:
@@ -231,8 +278,12 @@ def _correct_prior(model, cfg: Config, train_labels, select: SplitData, mean, st
         m = classification_metrics(select.labels, probabilities(logits), cfg.evaluation.ece_bins)
         return {k: round(m[k], 4) for k in ("accuracy", "balanced_accuracy", "mcc")}
 
-    report = {"trained_prior": trained_prior, "deployment_prior": cfg.training.deployment_prior,
-              "logit_shift": shift, "val_select_before": metrics()}
+    report = {
+        "trained_prior": trained_prior,
+        "deployment_prior": cfg.training.deployment_prior,
+        "logit_shift": shift,
+        "val_select_before": metrics(),
+    }
     if shift:
         with torch.no_grad():
             bias = model.get_classifier().bias
@@ -241,8 +292,10 @@ def _correct_prior(model, cfg: Config, train_labels, select: SplitData, mean, st
         report["val_select_after"] = metrics()
     else:
         report["val_select_after"] = report["val_select_before"]
-    log(f"prior correction: trained for P(roadwork)={trained_prior:.3f}, deployment {cfg.training.deployment_prior}"
-        f" (logit shift {shift:+.3f}); VAL_SELECT {report['val_select_before']} -> {report['val_select_after']}")
+    log(
+        f"prior correction: trained for P(roadwork)={trained_prior:.3f}, deployment {cfg.training.deployment_prior}"
+        f" (logit shift {shift:+.3f}); VAL_SELECT {report['val_select_before']} -> {report['val_select_after']}"
+    )
     return report
 
 
@@ -262,9 +315,12 @@ def _choose_views(model, cfg: Config, select: SplitData, mean, std, device, amp)
         # Ties keep the single view: ten times cheaper.
         better = report[f"multi_val_select_{t.selection_metric}"] > report[f"single_val_select_{t.selection_metric}"]
         report["chosen"] = "multi" if better else "single"
-        log(f"views on VAL_SELECT ({t.selection_metric}): single {report[f'single_val_select_{t.selection_metric}']:.4f}"
+        log(
+            f"views on VAL_SELECT ({t.selection_metric}): "
+            f"single {report[f'single_val_select_{t.selection_metric}']:.4f}"
             f" vs multi ({t.multiview_aggregation}, {multiview_cost()}x cost) "
-            f"{report[f'multi_val_select_{t.selection_metric}']:.4f} -> {report['chosen']}")
+            f"{report[f'multi_val_select_{t.selection_metric}']:.4f} -> {report['chosen']}"
+        )
     else:
         report["chosen"] = t.multiview
     return (multi if report["chosen"] == "multi" else model), report

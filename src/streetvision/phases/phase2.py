@@ -40,8 +40,9 @@ def fit_calibrator_from_config(cfg: Config, logits: np.ndarray, labels: np.ndarr
     return calibrator
 
 
-def fit_threshold_policy(cfg: Config, logits: np.ndarray, labels: np.ndarray, weights_sha256: str,
-                         kind: str = "threshold") -> tuple[dict, dict]:
+def fit_threshold_policy(
+    cfg: Config, logits: np.ndarray, labels: np.ndarray, weights_sha256: str, kind: str = "threshold"
+) -> tuple[dict, dict]:
     """Calibrator + SGR threshold on VAL_CALIB logits; used by phase 2 and, on the tuned model, by phase 3."""
     calibrator = fit_calibrator_from_config(cfg, logits, labels, weights_sha256)
     probs = calibrated_probabilities(calibrator, logits)
@@ -89,8 +90,10 @@ def run_phase2(cfg: Config, val_calib_logits_dir: str | Path, policy_dir: str | 
     policy_dir = prepare_output_dir(policy_dir)
 
     calibrator, policy = fit_threshold_policy(cfg, data.logits, data.labels, weights_sha256)
-    log(f"calibrator: {calibrator['kind']} ({calibrator['selected_by']}), VAL_CALIB NLL "
-        f"{calibrator['nll_before']:.4f} -> {calibrator['nll_after']:.4f}")
+    log(
+        f"calibrator: {calibrator['kind']} ({calibrator['selected_by']}), VAL_CALIB NLL "
+        f"{calibrator['nll_before']:.4f} -> {calibrator['nll_after']:.4f}"
+    )
     write_policy(policy_dir, policy, calibrator, f"{PHASE} output")
     meta = ArtifactMetadata(
         kind="policy",

@@ -59,8 +59,11 @@ def _trainable(model: torch.nn.Module, unfreeze_blocks: int) -> list[torch.nn.Pa
     modules = [model.get_classifier()]
     if unfreeze_blocks > 0:
         modules += list(model.blocks[-unfreeze_blocks:])
-        modules += [getattr(model, name) for name in ("norm", "fc_norm") if isinstance(getattr(model, name, None),
-                                                                                   torch.nn.Module)]
+        modules += [
+            getattr(model, name)
+            for name in ("norm", "fc_norm")
+            if isinstance(getattr(model, name, None), torch.nn.Module)
+        ]
     params = [p for m in modules for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -110,8 +113,10 @@ def run_phase3(
     best_aurc = _select_aurc(model, select, mean, std, batch, device)
     best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
     history = [{"epoch": 0, "val_select_aurc": best_aurc}]
-    log(f"gate: tuning {sum(p.numel() for p in params)} parameters (head + {g.unfreeze_blocks} blocks), "
-        f"alpha={g.correct_weight}, VAL_SELECT AURC before {best_aurc:.4f}")
+    log(
+        f"gate: tuning {sum(p.numel() for p in params)} parameters (head + {g.unfreeze_blocks} blocks), "
+        f"alpha={g.correct_weight}, VAL_SELECT AURC before {best_aurc:.4f}"
+    )
     rng = np.random.default_rng(g.seed)
     labels_all = torch.from_numpy(train.labels)
     for epoch in range(1, g.epochs + 1):
@@ -146,8 +151,12 @@ def run_phase3(
     # The threshold is fitted on logits of exactly the weights just saved.
     logits = predict_logits(model, calib.images, mean, std, batch, device)
     calibrator, policy = fit_threshold_policy(cfg, logits, calib.labels, weights_sha256, kind="gate")
-    policy.update(gate_best_epoch=best_epoch, gate_val_select_aurc=best_aurc,
-                  gate_val_select_aurc_before=history[0]["val_select_aurc"], gate_correct_weight=g.correct_weight)
+    policy.update(
+        gate_best_epoch=best_epoch,
+        gate_val_select_aurc=best_aurc,
+        gate_val_select_aurc_before=history[0]["val_select_aurc"],
+        gate_correct_weight=g.correct_weight,
+    )
     policy["guarantee"] = "Gatekeeper-tuned model. " + policy["guarantee"]
     write_policy(policy_dir, policy, calibrator, f"{PHASE} output")
 

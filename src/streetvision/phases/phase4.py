@@ -40,10 +40,10 @@ from streetvision.contracts.metadata import (
 )
 from streetvision.contracts.splits import PHASE_READS, Role
 from streetvision.data.shards import load_split
+from streetvision.devices import task_device
 from streetvision.explora.adapters import apply_adapters, merge_adapters, save_adapter
 from streetvision.explora.pool import load_pool, pixel_hashes
 from streetvision.explora.probe import extract_features, probe_scores
-from streetvision.devices import task_device
 from streetvision.explora.train import ExploraTrainer, ImagePool, run_fingerprint, train_ssl
 from streetvision.models import build_from_spec, create_model, model_spec, normalization
 from streetvision.progress import log
@@ -75,8 +75,7 @@ def build_backbone(cfg: Config) -> torch.nn.Module:
     classifier = create_model(cfg.model)  # the project's own loading rules (strict except the head)
     classifier.reset_classifier(0)
     spec = backbone_spec(cfg)
-    backbone = timm.create_model(spec["name"], pretrained=False, num_classes=0, dynamic_img_size=True,
-                                 **spec["kwargs"])
+    backbone = timm.create_model(spec["name"], pretrained=False, num_classes=0, dynamic_img_size=True, **spec["kwargs"])
     backbone.load_state_dict(classifier.state_dict(), strict=True)
     return backbone
 
@@ -113,7 +112,8 @@ def _curves_html(history: list[dict], probes: dict, adapter: dict) -> str:
     return (
         "<html><head><meta charset='utf-8'><title>Phase 4: ExPLoRA</title></head><body>"
         "<h2>Phase 4: ExPLoRA self-supervised adaptation</h2>"
-        f"<p>{ {'lora': 'LoRA', 'dora': 'DoRA'}[adapter['adapter']]} rank {adapter['rank']} on {adapter['lora_modules']} layers, "
+        f"<p>{ {'lora': 'LoRA', 'dora': 'DoRA'}[adapter['adapter']] } rank {adapter['rank']} "
+        f"on {adapter['lora_modules']} layers, "
         f"fully trained: {', '.join(adapter['unfrozen_blocks']) or 'none'}"
         f"{' and norms' if adapter['norms_unfrozen'] else ''}; trainable backbone parameters {trainable}.</p>"
         f'<img alt="SSL curves" src="data:image/png;base64,{png}">'
@@ -143,9 +143,14 @@ def run_phase4(
 
     arrays, pool_report = [train.images], {"pool_images": 0}
     if ecfg.pool_source:
-        pool, pool_report = load_pool(ecfg.pool_source, cfg.model.img_size, cfg.data.min_image_size,
-                                      ecfg.pool_max_images, f"{PHASE}, explora.pool_source ({ecfg.pool_source})",
-                                      forbidden_hashes=pixel_hashes(select.images))
+        pool, pool_report = load_pool(
+            ecfg.pool_source,
+            cfg.model.img_size,
+            cfg.data.min_image_size,
+            ecfg.pool_max_images,
+            f"{PHASE}, explora.pool_source ({ecfg.pool_source})",
+            forbidden_hashes=pixel_hashes(select.images),
+        )
         arrays.append(pool)
     images = ImagePool(arrays)
     out_dir = prepare_output_dir(backbone_dir)
@@ -169,17 +174,21 @@ def run_phase4(
     log(f"probe before adaptation (TRAIN -> VAL_SELECT): {_fmt(probes['before'])}")
 
     peft_model, adapter = apply_adapters(backbone, ecfg)
-    log(f"ExPLoRA: {ecfg.adapter} rank {ecfg.rank} on {adapter['lora_modules']} layers, fully trained "
+    log(
+        f"ExPLoRA: {ecfg.adapter} rank {ecfg.rank} on {adapter['lora_modules']} layers, fully trained "
         f"{adapter['unfrozen_blocks']}{' + norms' if ecfg.unfreeze_norms else ''}: "
         f"{adapter['trainable_parameters']:,} of {adapter['backbone_parameters']:,} backbone parameters trainable "
         f"({100 * adapter['trainable_fraction']:.1f} %); {len(images)} images "
-        f"(TRAIN {train.meta.count}, pool {pool_report['pool_images']}), {ecfg.steps} steps of {ecfg.batch_size}")
+        f"(TRAIN {train.meta.count}, pool {pool_report['pool_images']}), {ecfg.steps} steps of {ecfg.batch_size}"
+    )
     trainer = ExploraTrainer(peft_model, ecfg, cfg.model.img_size, mean, std, device, amp)
     head_params = sum(p.numel() for p in trainer.student.head.parameters())
     fingerprint = run_fingerprint(ecfg, spec, f"{train.meta.fingerprint}/{pool_report.get('pool_fingerprint')}")
     if checkpoint_dir and "://" in str(checkpoint_dir):
-        log(f"phase 4 resumes from a mounted path (cluster.checkpoint_pvc); {checkpoint_dir} is an object store, "
-            "which this version does not write checkpoints to: a retried task starts phase 4 afresh")
+        log(
+            f"phase 4 resumes from a mounted path (cluster.checkpoint_pvc); {checkpoint_dir} is an object store, "
+            "which this version does not write checkpoints to: a retried task starts phase 4 afresh"
+        )
         checkpoint_dir = None
     throughput = train_ssl(trainer, images, Path(checkpoint_dir) if checkpoint_dir else None, fingerprint)
 
@@ -196,8 +205,11 @@ def run_phase4(
     check = torch.from_numpy(np.array(select.images[: min(8, len(select.images))]))
     merge_error = _max_feature_difference(fresh, exported.cpu(), check, mean, std)
     if merge_error > MERGE_TOLERANCE:
-        raise CheckpointError(f"merged weights differ from the adapter-applied network by {merge_error:.2e}",
-                              f"{PHASE} output {out_dir}", "report this with the PEFT and timm versions")
+        raise CheckpointError(
+            f"merged weights differ from the adapter-applied network by {merge_error:.2e}",
+            f"{PHASE} output {out_dir}",
+            "report this with the PEFT and timm versions",
+        )
     probes["after"] = probe(fresh.to(device))
     log(f"probe after adaptation (TRAIN -> VAL_SELECT): {_fmt(probes['after'])}")
 
@@ -207,7 +219,7 @@ def run_phase4(
     probe_record = {"probe": ecfg.probe, "fit_on": "train", "scored_on": "val_select", **probes}
     (out_dir / PROBE_FILE).write_text(json.dumps(probe_record, indent=2))
 
-    first, last = history[0]["loss"], float(np.mean([h["loss"] for h in history[-max(1, len(history) // 10):]]))
+    first, last = history[0]["loss"], float(np.mean([h["loss"] for h in history[-max(1, len(history) // 10) :]]))
     summary = {
         "adapter": ecfg.adapter,
         "rank": ecfg.rank,
@@ -237,8 +249,11 @@ def run_phase4(
             summary=summary,
         ),
     )
-    metrics = {k: float(v) for k, v in summary.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
+    metrics = {
+        k: float(v)
+        for k, v in summary.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
+    }
     return {KIND: meta, "metrics": metrics, "curves_html": str(out_dir / CURVES_FILE)}
 
 

@@ -26,8 +26,9 @@ def run_phase5(cfg: Config, val_calib_logits_dir: str | Path, policy_dir: str | 
     calibrator = fit_calibrator_from_config(cfg, data.logits, data.labels, weights_sha256)
     log(f"calibrator: {calibrator['kind']} ({calibrator['selected_by']})")
     probs = calibrated_probabilities(calibrator, data.logits)
-    policy = scrc_policy(probs, data.labels, c.target_risk, c.delta, c.scrc_selection_rate,
-                         c.scrc_selection_fraction, c.seed)
+    policy = scrc_policy(
+        probs, data.labels, c.target_risk, c.delta, c.scrc_selection_rate, c.scrc_selection_fraction, c.seed
+    )
     policy["calibrator"] = calibrator["kind"]
     policy["weights_sha256"] = weights_sha256
     policy["guarantee"] = guarantee_text(policy)

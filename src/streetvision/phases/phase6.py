@@ -54,25 +54,26 @@ def _versions() -> dict:
 def _drift_reference(cfg: Config, checkpoint_dir: Path, calibrator: dict, data: SplitData) -> dict:
     """Confidences and embeddings of VAL_CALIB under the bundle's weights and calibrator (for `drift`)."""
     from streetvision.calibration import calibrated_probabilities
+    from streetvision.devices import task_device
     from streetvision.drift import build_reference, embeddings
     from streetvision.models import load_model_dir, predict_logits
-    from streetvision.devices import task_device
 
     model = load_model_dir(checkpoint_dir)
     preprocessing = json.loads((checkpoint_dir / "preprocessing.json").read_text())
     device = str(task_device(cfg, PHASE))  # CPU unless cluster.phase6.gpus > 0
     images = np.asarray(data.images)
     model.to(device)
-    logits = predict_logits(model, images, preprocessing["mean"], preprocessing["std"], cfg.evaluation.batch_size,
-                            device)
+    logits = predict_logits(
+        model, images, preprocessing["mean"], preprocessing["std"], cfg.evaluation.batch_size, device
+    )
     confidence = calibrated_probabilities(calibrator, logits).max(axis=1)
-    features = embeddings(model, images, preprocessing["mean"], preprocessing["std"], cfg.evaluation.batch_size,
-                          device)
+    features = embeddings(model, images, preprocessing["mean"], preprocessing["std"], cfg.evaluation.batch_size, device)
     return build_reference(confidence, features, seed=cfg.evaluation.seed)
 
 
-def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, val_calib_dir: str | Path,
-               bundle_dir: str | Path) -> dict:
+def run_phase6(
+    cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, val_calib_dir: str | Path, bundle_dir: str | Path
+) -> dict:
     checkpoint_dir, policy_dir = Path(checkpoint_dir), Path(policy_dir)
     role, split = PHASE_READS[PHASE]["val_calib"]
     val_calib = load_split(val_calib_dir, split=split, role=role, phase=PHASE, input_name="val_calib")
@@ -103,8 +104,9 @@ def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, 
         "format": "streetvision.bundle/v1",
         "policy_kind": policy["kind"],
         "guarantee": policy["guarantee"],
-        "guarantee_numbers": {k: policy.get(k) for k in ("target_risk", "delta", "feasible", "risk_bound",
-                                                         "calib_coverage", "n_calib")},
+        "guarantee_numbers": {
+            k: policy.get(k) for k in ("target_risk", "delta", "feasible", "risk_bound", "calib_coverage", "n_calib")
+        },
         "calibrator": calibrator["kind"],
         "weights_sha256": sha256_file(weights),
         "files": {name: sha256_file(bundle_dir / name) for name in BUNDLE_FILES},
@@ -113,8 +115,9 @@ def run_phase6(cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, 
     atomic_write_text(bundle_dir / BUNDLE_MANIFEST, json.dumps(json_safe(manifest), indent=2))
     validate_bundle(bundle_dir)
 
-    lineage = list(dict.fromkeys(metas["checkpoint"].lineage + metas["policy"].lineage
-                                 + [val_calib.meta.reads(PHASE, role)]))
+    lineage = list(
+        dict.fromkeys(metas["checkpoint"].lineage + metas["policy"].lineage + [val_calib.meta.reads(PHASE, role)])
+    )
     meta = ArtifactMetadata(
         kind="bundle",
         phase=PHASE,

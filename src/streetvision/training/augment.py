@@ -117,10 +117,13 @@ class BatchAugment(nn.Module):
         flip_y = 1 - 2 * (u[:, 7] < self.vflip_p).float()
         cos, sin = torch.cos(angle), torch.sin(angle)
         # input = centre + diag(half_w, half_h) @ rotation @ diag(flip_x, flip_y) @ output
-        return torch.stack([
-            torch.stack([half_w * cos * flip_x, -half_w * sin * flip_y, centre_x], dim=1),
-            torch.stack([half_h * sin * flip_x, half_h * cos * flip_y, centre_y], dim=1),
-        ], dim=1)
+        return torch.stack(
+            [
+                torch.stack([half_w * cos * flip_x, -half_w * sin * flip_y, centre_x], dim=1),
+                torch.stack([half_h * sin * flip_x, half_h * cos * flip_y, centre_y], dim=1),
+            ],
+            dim=1,
+        )
 
     def geometry(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[:2]
@@ -159,4 +162,4 @@ def _to(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
     # ITU-R 601 luma, as torchvision and kornia convert RGB to greyscale.
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]

@@ -93,8 +93,16 @@ def launch(num_processes: int, target: str, kwargs: dict, job_dir: str | Path) -
     when all finished, raises when any failed (their output is in this task's log)."""
     job = Path(job_dir) / "distributed_job.json"
     job.write_text(json.dumps({"target": target, "kwargs": kwargs}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
-           "-m", "streetvision.training.distributed", str(job)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={num_processes}",
+        "-m",
+        "streetvision.training.distributed",
+        str(job),
+    ]
     env = dict(os.environ)
     if not torch.cuda.is_available():
         # CPU workers share the cores instead of each taking all of them.

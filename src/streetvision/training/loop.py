@@ -76,8 +76,15 @@ def param_groups(model: nn.Module, cfg: TrainingConfig) -> list[dict]:
             params = [p for p in group["params"] if (id(p) in head) == is_head]
             if params:
                 scale = group.get("lr_scale", 1.0)
-                out.append({"params": params, "weight_decay": group["weight_decay"], "lr": cfg.lr * scale,
-                            "lr_scale": scale, "is_head": is_head})
+                out.append(
+                    {
+                        "params": params,
+                        "weight_decay": group["weight_decay"],
+                        "lr": cfg.lr * scale,
+                        "lr_scale": scale,
+                        "is_head": is_head,
+                    }
+                )
     return out
 
 
@@ -104,8 +111,14 @@ class _Batches:
     indexing of the memory-mapped cache and the JPEG codec release the GIL), applies `prepare(batch, i)` (the
     host side of augmentation) and pins them for an asynchronous copy on GPU."""
 
-    def __init__(self, images, index_batches: list[np.ndarray], pin: bool,
-                 prepare: Callable[[torch.Tensor, int], torch.Tensor] | None = None, ahead: int | None = None):
+    def __init__(
+        self,
+        images,
+        index_batches: list[np.ndarray],
+        pin: bool,
+        prepare: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+        ahead: int | None = None,
+    ):
         self.images, self.batches, self.pin, self.prepare = images, index_batches, pin, prepare
         # One reader per batch in flight. Compiled ViT-S/14 on an H200 with jpeg_p 0.3 asks for about 1,900 JPEG
         # round trips/s at 224 px, some 3 cores' worth; the processes of a node share its cores.
@@ -135,8 +148,17 @@ def _fmt_seconds(seconds: float) -> str:
 class Trainer:
     """One training run: model, optimizer, schedule, EMA, augmentation; steps over the uint8 cache."""
 
-    def __init__(self, model: nn.Module, cfg: TrainingConfig, img_size: int, mean: list[float], std: list[float],
-                 steps_per_epoch: int, class_weights: np.ndarray, device: torch.device):
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainingConfig,
+        img_size: int,
+        mean: list[float],
+        std: list[float],
+        steps_per_epoch: int,
+        class_weights: np.ndarray,
+        device: torch.device,
+    ):
         self.cfg, self.device = cfg, device
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.amp = autocast_dtype(cfg.precision)
@@ -184,8 +206,16 @@ class Trainer:
         # PyTorch's class-weighted, label-smoothed cross entropy, summed here and divided by the class weight
         # of the whole global batch (what its "mean" divides by); times world size below because DDP averages
         # gradients: the same gradient as one process on the whole batch.
-        loss = F.cross_entropy(logits.float(), target, weight=self.class_weights, reduction="sum",
-                               label_smoothing=self.cfg.label_smoothing) / global_weight
+        loss = (
+            F.cross_entropy(
+                logits.float(),
+                target,
+                weight=self.class_weights,
+                reduction="sum",
+                label_smoothing=self.cfg.label_smoothing,
+            )
+            / global_weight
+        )
         self.optimizer.zero_grad(set_to_none=True)
         (loss * self.world).backward()
         if self.cfg.grad_clip_norm > 0:
@@ -213,8 +243,7 @@ class Trainer:
 
 
 def _rng_state(device: torch.device) -> dict:
-    return {"cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def _set_rng_state(state: dict, device: torch.device) -> None:
@@ -289,8 +318,10 @@ def train_classifier(
         start_epoch, start_step, global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
         resumed_from = {"epoch": start_epoch, "step_in_epoch": start_step, "global_step": global_step}
         if rank == 0:
-            log(f"resuming from {store.describe(STATE_FILE)}: epoch {start_epoch + 1}, step {start_step} "
-                f"of {steps_per_epoch}")
+            log(
+                f"resuming from {store.describe(STATE_FILE)}: epoch {start_epoch + 1}, step {start_step} "
+                f"of {steps_per_epoch}"
+            )
     elif store is not None and rank == 0:
         log(f"training state will be saved to {store.describe(STATE_FILE)}")
     last_good = store.describe(STATE_FILE) if saved is not None else "none yet"
@@ -300,12 +331,24 @@ def train_classifier(
         rng = dist_utils.gather_objects(_rng_state(device))  # every process, to resume each exactly
         if store is None or rank != 0:
             return
-        save_train_state(store, {
-            "trainer": trainer.state(), "rng": rng, "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "global_step": global_step, "best_score": best_score, "best_epoch": best_epoch,
-            "best_state": best_state, "history": history, "seen_images": seen_images,
-            "train_seconds": train_seconds, "epoch_loss": epoch_loss, "epoch_seen": epoch_seen,
-        })
+        save_train_state(
+            store,
+            {
+                "trainer": trainer.state(),
+                "rng": rng,
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": global_step,
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "best_state": best_state,
+                "history": history,
+                "seen_images": seen_images,
+                "train_seconds": train_seconds,
+                "epoch_loss": epoch_loss,
+                "epoch_seen": epoch_seen,
+            },
+        )
         last_good = store.describe(STATE_FILE)
 
     last_save = time.monotonic()
@@ -336,8 +379,10 @@ def train_classifier(
             if cfg.log_every_seconds and now - last_log >= cfg.log_every_seconds and rank == 0:
                 rate = (seen - (epoch_seen_carry if first else 0)) / (now - epoch_start)
                 left = (len(batches) - b - 1) * cfg.batch_size + (cfg.epochs - epoch - 1) * len(train_labels)
-                log(f"epoch {epoch + 1}/{cfg.epochs} step {b + 1}/{len(batches)} loss {loss_sum / max(seen, 1):.4f} "
-                    f"{rate:.0f} img/s, eta {_fmt_seconds(left / max(rate, 1e-9))} (at most, before early stop)")
+                log(
+                    f"epoch {epoch + 1}/{cfg.epochs} step {b + 1}/{len(batches)} loss {loss_sum / max(seen, 1):.4f} "
+                    f"{rate:.0f} img/s, eta {_fmt_seconds(left / max(rate, 1e-9))} (at most, before early stop)"
+                )
                 last_log = now
             due = cfg.checkpoint_every_minutes == 0 or time.monotonic() - last_save >= cfg.checkpoint_every_minutes * 60
             if store is not None and b + 1 < len(batches) and dist_utils.agree(due):
@@ -352,26 +397,40 @@ def train_classifier(
         seen_images += n_epoch
         train_seconds += seconds
 
-        score = selection_score(cfg.selection_metric, select_labels, predict_logits(
-            trainer.eval_model(), select_images, mean, std, batch_size=cfg.batch_size * 2, device=device,
-            autocast_dtype=trainer.amp))
+        score = selection_score(
+            cfg.selection_metric,
+            select_labels,
+            predict_logits(
+                trainer.eval_model(),
+                select_images,
+                mean,
+                std,
+                batch_size=cfg.batch_size * 2,
+                device=device,
+                autocast_dtype=trainer.amp,
+            ),
+        )
         improved = score > best_score
         if improved:
             best_score, best_epoch = score, epoch
             best_state = _cpu_state(trainer.eval_model())
         epoch_ips = n_epoch / max(seconds, 1e-9)
-        history.append({
-            "epoch": epoch,
-            "train_loss": loss_sum / max(seen, 1),
-            f"val_select_{cfg.selection_metric}": score,
-            "lr": trainer.scheduler.get_last_lr()[-1],
-            "images_per_second": epoch_ips,
-        })
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(seen, 1),
+                f"val_select_{cfg.selection_metric}": score,
+                "lr": trainer.scheduler.get_last_lr()[-1],
+                "images_per_second": epoch_ips,
+            }
+        )
         if rank == 0:
             eta = _fmt_seconds((cfg.epochs - epoch - 1) * len(train_labels) / max(epoch_ips, 1e-9))
-            log(f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / max(seen, 1):.4f} "
+            log(
+                f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / max(seen, 1):.4f} "
                 f"VAL_SELECT {cfg.selection_metric} {score:.4f}{' *' if improved else ''} ({epoch_ips:.0f} img/s, "
-                f"eta {eta} at most)")
+                f"eta {eta} at most)"
+            )
         epochs_done = epoch + 1
         stop = epoch - best_epoch >= cfg.patience
         save(epoch + 1, 0, 0.0, 0)
@@ -402,8 +461,7 @@ def _checked(pending: tuple, last_good: str, train_ids: list[str]) -> float:
     if not math.isfinite(value):
         raise TrainingDivergedError(
             f"loss is {value} at epoch {epoch + 1}, step {step} of that epoch",
-            f"phase1 training batch of sample ids {[train_ids[i] for i in gidx[:8]]}"
-            f"{' ...' if len(gidx) > 8 else ''}",
+            f"phase1 training batch of sample ids {[train_ids[i] for i in gidx[:8]]}{' ...' if len(gidx) > 8 else ''}",
             f"the last good training state is {last_good}; lower training.lr or check those samples, then rerun "
             "(with training.resume_dir set the run continues from that state)",
         )

@@ -7,6 +7,7 @@ registers the GCS one. Asking for a scheme with no backend is a clear error, nev
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -77,10 +78,9 @@ def open_store(uri: str, where: str) -> Store:
     if scheme is None or scheme == "file":
         return LocalStore(uri.removeprefix("file://"))
     if scheme not in _REMOTE:
-        try:  # the shared storage module registers its backends on import, when it is installed
+        # The shared storage module registers its backends on import, when it is installed.
+        with contextlib.suppress(ImportError):
             import streetvision.storage  # noqa: F401
-        except ImportError:
-            pass
     if scheme not in _REMOTE:
         raise CheckpointError(
             f"no storage backend for {scheme}:// paths ({uri})",
