@@ -25,6 +25,8 @@ from streetvision_components.types import (
     ValTestSplit,
 )
 
+from streetvision.phases.registry import PHASES
+
 
 def ingest(
     config: str,
@@ -272,19 +274,11 @@ def evaluate(
     return namedtuple("EvaluateOutputs", ["blessed"])(result["blessed"])
 
 
-# Phase name (as in the config) -> component function.
-PHASE_FUNCTIONS = {
-    "ingest": ingest,
-    "phase4": phase4_explora,
-    "phase1": phase1_train,
-    "phase2": phase2_threshold,
-    "phase3": phase3_gate,
-    "phase5": phase5_scrc,
-    "phase6": phase6_export,
-    "evaluate": evaluate,
-}
-
-# Variants a phase runs as when another phase feeds it (phase name -> {feeding phase: function}).
+# Phase name -> its component function, and phase -> {feeding phase: the variant it runs as then}; both named
+# in the phase registry.
+PHASE_FUNCTIONS = {spec.name: globals()[spec.component] for spec in PHASES}
 PHASE_VARIANTS = {
-    "phase1": {"phase4": phase1_train_adapted},
+    spec.name: {feeder: globals()[function] for feeder, function in spec.variants.items()}
+    for spec in PHASES
+    if spec.variants
 }

@@ -15,6 +15,7 @@ from streetvision_pipelines import images
 from streetvision.cluster_env import RUN_ID_ENV, RUN_ID_FIELD_PATH
 from streetvision.config import Config, config_to_json
 from streetvision.phase_graph import resolve_phases
+from streetvision.phases.registry import CHECKPOINTING_PHASES, PHASE_SPECS
 
 # GKE node labels for each accelerator choice (cloud.google.com/gke-accelerator).
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -24,8 +25,6 @@ DEFAULT_PIPELINE_FILE = Path(__file__).with_name("streetvision_stage1.yaml")
 
 # GKE spot node pools carry this label (and, when configured, a taint of the same key).
 GKE_SPOT_LABEL = "cloud.google.com/gke-spot"
-# Phases that write resumable checkpoints: they get the checkpoint PVC and the run id (see cluster_env).
-CHECKPOINTING_PHASES = {"phase1", "phase4"}
 # Where a cluster.gcp_credentials_secret is mounted; the secret holds the key as `key.json`.
 GCP_CREDENTIALS_DIR = "/var/secrets/google"
 
@@ -115,9 +114,12 @@ def build_pipeline(cfg: Config, retry: RetryPolicy | None = None):
     local runs pass their own, since a local failure is rarely a preemption worth waiting out.
     """
     phases, _ = resolve_phases(cfg.pipeline.phases)
-    ops = {phase: make_component(phase, cfg) for phase in phases}
-    if "phase4" in ops and "phase1" in ops:  # phase 1 trains from the adapted backbone
-        ops["phase1"] = make_component("phase1", cfg, PHASE_VARIANTS["phase1"]["phase4"])
+    ops = {}
+    for phase in phases:
+        # A phase fed by an optional one runs as its variant (phase 1 trains from phase 4's adapted backbone).
+        feeders = [feeder for feeder in PHASE_SPECS[phase].variants if feeder in phases]
+        variant = PHASE_VARIANTS[phase][feeders[0]] if feeders else None
+        ops[phase] = make_component(phase, cfg, variant)
     default_config = config_to_json(cfg)
 
     @dsl.pipeline(
@@ -126,73 +128,17 @@ def build_pipeline(cfg: Config, retry: RetryPolicy | None = None):
         pipeline_root=cfg.cluster.pipeline_root or None,  # gs://... ; None: the cluster's default root
     )
     def stage1(config: str = default_config):
-        common = {"config": config}
-        ingest = configure_task(ops["ingest"](**common), "ingest", cfg, retry)
-        adapted = {}
-        if "phase4" in ops:
-            phase4 = configure_task(
-                ops["phase4"](**common, train=ingest.outputs["train"], val_select=ingest.outputs["val_select"]),
-                "phase4",
-                cfg,
-                retry,
-            )
-            adapted = {"backbone": phase4.outputs["backbone"]}
-        if "phase1" not in ops:
-            return
-        phase1 = configure_task(
-            ops["phase1"](
-                **common,
-                train=ingest.outputs["train"],
-                val_select=ingest.outputs["val_select"],
-                val_calib=ingest.outputs["val_calib"],
-                **adapted,
-            ),
-            "phase1",
-            cfg,
-            retry,
-        )
-        # Each selected policy phase; resolve_phases guarantees exactly one when a bundle is built.
-        checkpoint, policy = phase1.outputs["checkpoint"], None
-        if "phase2" in ops:
-            phase2 = configure_task(
-                ops["phase2"](**common, val_calib_logits=phase1.outputs["val_calib_logits"]), "phase2", cfg, retry
-            )
-            policy = phase2.outputs["policy"]
-        if "phase3" in ops:
-            phase3 = configure_task(
-                ops["phase3"](
-                    **common,
-                    checkpoint=phase1.outputs["checkpoint"],
-                    train=ingest.outputs["train"],
-                    val_select=ingest.outputs["val_select"],
-                    val_calib=ingest.outputs["val_calib"],
-                ),
-                "phase3",
-                cfg,
-                retry,
-            )
-            # The gate policy was fitted on the tuned weights, so the bundle takes those weights.
-            checkpoint, policy = phase3.outputs["gate_checkpoint"], phase3.outputs["policy"]
-        if "phase5" in ops:
-            phase5 = configure_task(
-                ops["phase5"](**common, val_calib_logits=phase1.outputs["val_calib_logits"]), "phase5", cfg, retry
-            )
-            policy = phase5.outputs["policy"]
-        if "phase6" not in ops:
-            return
-        phase6 = configure_task(
-            ops["phase6"](**common, checkpoint=checkpoint, policy=policy, val_calib=ingest.outputs["val_calib"]),
-            "phase6",
-            cfg,
-            retry,
-        )
-        if "evaluate" in ops:
-            configure_task(
-                ops["evaluate"](**common, bundle=phase6.outputs["bundle"], val_test=ingest.outputs["val_test"]),
-                "evaluate",
-                cfg,
-                retry,
-            )
+        # Wired from the registry: each input from the first selected phase that provides it, in phase order.
+        tasks: dict[str, dsl.PipelineTask] = {}
+        for phase in phases:
+            inputs = {}
+            for input_name, providers in PHASE_SPECS[phase].inputs.items():
+                for provider in providers:
+                    source, output = provider.split(".")
+                    if source in tasks:
+                        inputs[input_name] = tasks[source].outputs[output]
+                        break
+            tasks[phase] = configure_task(ops[phase](config=config, **inputs), phase, cfg, retry)
 
     return stage1
 

@@ -5,8 +5,8 @@ skips that check, and the local runner drops the types altogether. This lint rea
 would and checks, for every task, every input artifact against the split policy in `streetvision.contracts`:
 
 - the task's component is a known phase (from the function the executor runs), so its reads are known;
-- each split-carrying input is one the phase declares (PHASE_READS), with the declared split, and its role
-  may read that split (ROLE_SPLITS, via `check_access`);
+- each split-carrying input is one the phase declares (its `reads` in the phase registry), with the declared
+  split, and its role may read that split (ROLE_SPLITS, via `check_access`);
 - what is actually wired in (the producer task's output type) is the type the input declares and carries a
   split the role may read — this is what catches a re-wired edge or a split laundered through a generic
   `system.Artifact` input;
@@ -22,7 +22,8 @@ from streetvision_components.phases import PHASE_FUNCTIONS, PHASE_VARIANTS
 from streetvision_components.types import split_of_type
 from streetvision_pipelines.inspect_spec import load_documents
 
-from streetvision.contracts import PHASE_READS, ContractError, LeakageViolationError, Split, check_access
+from streetvision.contracts import ContractError, LeakageViolationError, Split, check_access
+from streetvision.phases.registry import PHASE_READS
 
 # Function the executor runs (`--function_to_execute`) -> phase name in the split policy.
 PHASE_BY_FUNCTION = {func.__name__: phase for phase, func in PHASE_FUNCTIONS.items()}
@@ -133,7 +134,7 @@ def lint_documents(documents: list[dict], path: str = "<pipeline>") -> LintRepor
                         name,
                         input_name,
                         f"reads {declared_split.name} data ({declared_title}), which {phase} has no declared role for",
-                        "remove the input, or declare its role in contracts.splits.PHASE_READS",
+                        "remove the input, or declare its role in the phase's `reads` in streetvision.phases.registry",
                     )
                 )
 

@@ -23,13 +23,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from streetvision_pipelines.factory import CHECKPOINTING_PHASES, RetryPolicy, make_component
+from streetvision_pipelines.factory import RetryPolicy, make_component
 from streetvision_pipelines.inspect_spec import load_documents
 
 from streetvision.config import Config, ConfigError, config_from_json, config_to_json
-from streetvision.config.schema import PHASE_NAMES
 from streetvision.contracts.errors import ContractError
 from streetvision.phase_graph import resolve_phases
+from streetvision.phases.registry import CHECKPOINTING_PHASES, PHASE_NAMES
 
 TOKEN_ENV = "KFP_TOKEN"
 HOST_ENV = "KF_PIPELINES_ENDPOINT"  # the variable kfp.Client itself reads

@@ -5,7 +5,6 @@ import pytest
 from conftest import build_bundle
 
 from streetvision.contracts import (
-    PHASE_READS,
     BundleError,
     IncompleteArtifactError,
     LabelsError,
@@ -31,6 +30,7 @@ from streetvision.contracts.validators import (
     validate_logits,
     validate_policy,
 )
+from streetvision.phases.registry import PHASE_READS
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from scipy.special import log_softmax, softmax
 
 from streetvision.config import ConfigError, load_config
 from streetvision.contracts import LeakageViolationError, Role, Split
-from streetvision.contracts.metadata import read_metadata
+from streetvision.contracts.metadata import METADATA_FILE, read_metadata
 from streetvision.data.shards import load_split
 from streetvision.explora import objective
 from streetvision.explora import train as explora_train
@@ -249,7 +249,8 @@ def test_config_rejects_bad_explora_values():
 def test_phase4_end_to_end_then_phase1_trains_from_it(ingested, tmp_path):
     from streetvision.phases.phase1 import run_phase1
     from streetvision.phases.phase4 import add_backbone_lineage
-    from streetvision.run_summary import HEADLINE, PHASE_OUTPUTS
+    from streetvision.phases.registry import PHASE_SPECS
+    from streetvision.run_summary import HEADLINE, output_name
 
     _, dirs, _, _ = ingested
     pool = tmp_path / "pool"
@@ -278,7 +279,8 @@ def test_phase4_end_to_end_then_phase1_trains_from_it(ingested, tmp_path):
         assert summary[key] is not None, key
     assert summary["pool_images"] == 4 and summary["steps"] == 3
     assert summary["merge_max_abs_error"] <= 1e-5
-    assert set(HEADLINE["backbone"]) <= set(summary) and PHASE_OUTPUTS["phase4"] == [("backbone", None)]
+    assert set(HEADLINE["backbone"]) <= set(summary) and list(PHASE_SPECS["phase4"].outputs) == ["backbone"]
+    assert output_name(json.loads((out / METADATA_FILE).read_text())) == "backbone"
     assert (out / ADAPTER_DIR / "adapter_config.json").is_file()
     assert (out / ADAPTER_DIR / "adapter_model.safetensors").is_file()
     assert json.loads((out / "probe.json").read_text())["scored_on"] == "val_select"

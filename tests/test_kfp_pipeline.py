@@ -10,8 +10,9 @@ from streetvision_pipelines.inspect_spec import compile_to_documents, describe, 
 from streetvision_pipelines.lint import lint_documents
 
 from streetvision.config import load_config
-from streetvision.contracts import PHASE_READS, ContractError, check_access
+from streetvision.contracts import ContractError, check_access
 from streetvision.phase_graph import resolve_phases
+from streetvision.phases.registry import PHASE_READS
 
 
 def test_component_signatures_read_only_what_their_role_allows():

@@ -1,22 +1,10 @@
-"""Which phases a run contains: the user's selection plus what it cannot run without (kfp-free)."""
+"""Which phases a run contains: the user's selection plus what it cannot run without (kfp-free); the phases and
+what each requires are declared in `streetvision.phases.registry`."""
 
 from __future__ import annotations
 
-from streetvision.config.schema import DEFAULT_PHASES, PHASE_NAMES
 from streetvision.contracts.errors import ContractError
-
-# Phases that produce the bundle's selective policy; phase 6 takes exactly one.
-POLICY_PHASES = ("phase2", "phase3", "phase5")
-REQUIRES = {
-    "ingest": (),
-    "phase1": ("ingest",),
-    "phase4": ("ingest",),  # optional; when selected, phase 1 trains from its adapted backbone
-    "phase2": ("phase1",),
-    "phase3": ("ingest", "phase1"),
-    "phase5": ("phase1",),
-    "phase6": ("phase1",),
-    "evaluate": ("ingest", "phase6"),
-}
+from streetvision.phases.registry import DEFAULT_PHASES, PHASE_NAMES, POLICY_PHASES, REQUIRES
 
 
 def resolve_phases(requested: list[str]) -> tuple[list[str], list[str]]:

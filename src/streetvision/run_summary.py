@@ -11,28 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streetvision.contracts.metadata import METADATA_FILE
+from streetvision.phases.registry import PHASE_SPECS, PHASES
 
 RUN_CONFIG = "config.yaml"
 RUN_RECORD = "run.json"
 PIPELINE_ROOT = "kfp"
-
-# What each phase must leave behind to count as done: (kind, split) of its outputs.
-PHASE_OUTPUTS = {
-    "ingest": [
-        ("split", "train"),
-        ("split", "val_select"),
-        ("split", "val_calib"),
-        ("split", "val_test"),
-        ("data_report", None),
-    ],
-    "phase4": [("backbone", None)],
-    "phase1": [("checkpoint", None), ("logits", "val_select"), ("logits", "val_calib")],
-    "phase2": [("policy", None)],
-    "phase3": [("checkpoint", "gate"), ("policy", None)],  # the tuned checkpoint, told apart from phase 1's
-    "phase5": [("policy", None)],
-    "phase6": [("bundle", None)],
-    "evaluate": [("evaluation", "val_test")],
-}
 
 # The numbers worth a glance in the summary table, per output kind.
 HEADLINE = {
@@ -82,8 +65,7 @@ HEADLINE = {
 @dataclass
 class OutputRecord:
     phase: str
-    kind: str
-    split: str | None
+    name: str  # the output's name in the phase's registry entry
     path: Path
     meta: dict
 
@@ -92,55 +74,66 @@ class OutputRecord:
 class RunSummary:
     run_dir: Path
     phases: list[str]
-    outputs: dict[tuple[str, str | None], OutputRecord] = field(default_factory=dict)
+    # (phase that wrote it, output name) -> its newest complete record.
+    outputs: dict[tuple[str, str], OutputRecord] = field(default_factory=dict)
 
     def status(self, phase: str) -> str:
-        return "done" if all(key in self.outputs for key in PHASE_OUTPUTS[phase]) else "not finished"
+        done = all((phase, name) in self.outputs for name in PHASE_SPECS[phase].outputs)
+        return "done" if done else "not finished"
 
     def reused(self, record: OutputRecord) -> bool:
         """True when the output came from an earlier attempt of this run (a resume reused it)."""
         attempts = sorted(p for p in (self.run_dir / PIPELINE_ROOT).iterdir() if p.is_dir() and p.name[0] != ".")
         return bool(attempts) and attempts[-1] not in record.path.parents
 
-    def path_of(self, kind: str, split: str | None = None) -> Path | None:
-        record = self.outputs.get((kind, split))
-        return record.path if record else None
+    def _record(self, kind: str) -> OutputRecord | None:
+        """The first output of this kind, in phase order, from the run's phases (any phase when none are given)."""
+        for spec in PHASES:
+            if self.phases and spec.name not in self.phases:
+                continue
+            for name, output in spec.outputs.items():
+                if output.kind == kind and (spec.name, name) in self.outputs:
+                    return self.outputs[spec.name, name]
+        return None
 
     @property
     def bundle(self) -> Path | None:
-        return self.path_of("bundle")
+        record = self._record("bundle")
+        return record.path if record else None
 
     @property
     def report(self) -> Path | None:
-        evaluation = self.path_of("evaluation", "val_test")
-        return evaluation / "report.html" if evaluation else None
+        record = self._record("evaluation")
+        return record.path / "report.html" if record else None
 
     @property
     def policy_guarantee(self) -> str | None:
-        record = self.outputs.get(("policy", None))
+        record = self._record("policy")
         return record.meta["summary"].get("guarantee") if record else None
 
     @property
     def evaluation(self) -> dict | None:
-        record = self.outputs.get(("evaluation", "val_test"))
+        record = self._record("evaluation")
         return record.meta["summary"] if record else None
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """(phase, done/reused/missing, output, headline numbers) for every expected output, in phase order."""
         rows = []
         for phase in self.phases:
-            for kind, split in PHASE_OUTPUTS[phase]:
-                record = self.outputs.get((kind, split))
-                name = f"{kind}[{split}]" if split else kind
+            for name, output in PHASE_SPECS[phase].outputs.items():
+                record = self.outputs.get((phase, name))
+                label = f"{output.kind}[{output.split.value}]" if output.split else name
                 if record is None:
-                    rows.append((phase, "missing", name, ""))
+                    rows.append((phase, "missing", label, ""))
                     continue
                 values = {
                     **record.meta.get("summary", {}),
                     **{k: record.meta.get(k) for k in ("count", "class_counts")},
                 }
-                numbers = ", ".join(f"{k}={_short(values[k])}" for k in HEADLINE[kind] if values.get(k) is not None)
-                rows.append((phase, "reused" if self.reused(record) else "done", name, numbers))
+                numbers = ", ".join(
+                    f"{k}={_short(values[k])}" for k in HEADLINE[output.kind] if values.get(k) is not None
+                )
+                rows.append((phase, "reused" if self.reused(record) else "done", label, numbers))
         return rows
 
 
@@ -152,8 +145,17 @@ def _short(value) -> str:
     return str(value)
 
 
+def output_name(meta: dict) -> str | None:
+    """Which output of the phase that wrote it a completion record belongs to (None: not a registry output)."""
+    spec = PHASE_SPECS.get(meta.get("phase"))
+    for name, output in (spec.outputs if spec else {}).items():
+        if output.kind == meta.get("kind") and (output.split is None or output.split.value == meta.get("split")):
+            return name
+    return None
+
+
 def summarize_run(run_dir: str | Path, phases: list[str]) -> RunSummary:
-    """Collect the newest complete output of each (kind, split) under the run's pipeline root."""
+    """Collect the newest complete record of each phase's outputs under the run's pipeline root."""
     run_dir = Path(run_dir)
     summary = RunSummary(run_dir, phases)
     for record_file in sorted((run_dir / PIPELINE_ROOT).rglob(METADATA_FILE)):
@@ -161,12 +163,13 @@ def summarize_run(run_dir: str | Path, phases: list[str]) -> RunSummary:
             meta = json.loads(record_file.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        key = (meta.get("kind"), meta.get("split") if meta.get("kind") in ("split", "logits", "evaluation") else None)
-        if key == ("checkpoint", None) and meta.get("phase") == "phase3":
-            key = ("checkpoint", "gate")
+        name = output_name(meta)
+        if name is None:
+            continue
+        key = (meta["phase"], name)
         current = summary.outputs.get(key)
         if current is None or meta.get("created_unix", 0) >= current.meta.get("created_unix", 0):
-            summary.outputs[key] = OutputRecord(meta["phase"], key[0], key[1], record_file.parent, meta)
+            summary.outputs[key] = OutputRecord(meta["phase"], name, record_file.parent, meta)
     return summary
 
 

@@ -13,10 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-PHASE_NAMES = ("ingest", "phase4", "phase1", "phase2", "phase3", "phase5", "phase6", "evaluate")
-# The default run: the threshold policy (phase 2); phase 3 (gate) and phase 5 (SCRC) are chosen explicitly, and
-# so is phase 4 (ExPLoRA backbone adaptation).
-DEFAULT_PHASES = ("ingest", "phase1", "phase2", "phase6", "evaluate")
+from streetvision.phases.registry import DEFAULT_PHASES, PHASE_NAMES, default_resources
 
 
 @dataclass
@@ -624,14 +621,14 @@ class ClusterConfig:
     spot: bool = False
     # /dev/shm for GPU phases (PyTorch data workers and NCCL need more than the container default of 64 MiB).
     shm_size: str = "16Gi"
-    ingest: TaskResources = field(default_factory=lambda: TaskResources(cpu="8", memory="32G"))
-    phase1: TaskResources = field(default_factory=lambda: TaskResources(cpu="12", memory="96G", gpus=1))
-    phase4: TaskResources = field(default_factory=lambda: TaskResources(cpu="12", memory="96G", gpus=1))
-    phase2: TaskResources = field(default_factory=lambda: TaskResources(cpu="2", memory="4G"))
-    phase3: TaskResources = field(default_factory=lambda: TaskResources(cpu="12", memory="96G", gpus=1))
-    phase5: TaskResources = field(default_factory=lambda: TaskResources(cpu="2", memory="4G"))
-    phase6: TaskResources = field(default_factory=lambda: TaskResources(cpu="2", memory="8G"))
-    evaluate: TaskResources = field(default_factory=lambda: TaskResources(cpu="8", memory="32G", gpus=1))
+    ingest: TaskResources = field(default_factory=lambda: TaskResources(**default_resources("ingest")))
+    phase1: TaskResources = field(default_factory=lambda: TaskResources(**default_resources("phase1")))
+    phase4: TaskResources = field(default_factory=lambda: TaskResources(**default_resources("phase4")))
+    phase2: TaskResources = field(default_factory=lambda: TaskResources(**default_resources("phase2")))
+    phase3: TaskResources = field(default_factory=lambda: TaskResources(**default_resources("phase3")))
+    phase5: TaskResources = field(default_factory=lambda: TaskResources(**default_resources("phase5")))
+    phase6: TaskResources = field(default_factory=lambda: TaskResources(**default_resources("phase6")))
+    evaluate: TaskResources = field(default_factory=lambda: TaskResources(**default_resources("evaluate")))
 
     def resources_for(self, phase: str) -> TaskResources:
         return getattr(self, phase)

@@ -11,7 +11,7 @@ from streetvision.contracts.errors import (
     LogitsError,
     PolicyError,
 )
-from streetvision.contracts.splits import PHASE_READS, ROLE_SPLITS, Role, Split, check_access
+from streetvision.contracts.splits import ROLE_SPLITS, Role, Split, check_access
 
 __all__ = [
     "BundleError",
@@ -22,7 +22,6 @@ __all__ = [
     "LabelsError",
     "LeakageViolationError",
     "LogitsError",
-    "PHASE_READS",
     "PolicyError",
     "ROLE_SPLITS",
     "Role",

@@ -1,4 +1,5 @@
-"""The split policy: which role may read which split, and which phase reads what in which role.
+"""The split policy: which role may read which split (which phase reads what in which role is declared per
+phase in ``streetvision.phases.registry``).
 
 Leakage makes every reported number a lie, so the rules are data here and enforced three times: by KFP
 artifact types (components/), by run-time metadata checks (``require_access``), and by a lint over the
@@ -33,34 +34,6 @@ ROLE_SPLITS: dict[Role, frozenset[Split]] = {
     Role.PREDICTION: frozenset({Split.VAL_SELECT, Split.VAL_CALIB}),
     Role.POLICY_FITTING: frozenset({Split.VAL_CALIB}),
     Role.FINAL_EVALUATION: frozenset({Split.VAL_TEST}),
-}
-
-# Which split-carrying input of each phase is read in which role. Component signatures and the compiled-
-# pipeline lint are checked against this table in the tests.
-PHASE_READS: dict[str, dict[str, tuple[Role, Split]]] = {
-    "ingest": {},
-    "phase1": {
-        "train": (Role.FIT, Split.TRAIN),
-        "val_select": (Role.MODEL_SELECTION, Split.VAL_SELECT),
-        "val_calib": (Role.PREDICTION, Split.VAL_CALIB),
-    },
-    # ExPLoRA adapts the backbone on TRAIN images (labels unused); its probe fits on TRAIN features and
-    # scores VAL_SELECT, the model-selection split (the evidence whether adaptation helped).
-    "phase4": {
-        "train": (Role.FIT, Split.TRAIN),
-        "val_select": (Role.MODEL_SELECTION, Split.VAL_SELECT),
-    },
-    "phase2": {"val_calib_logits": (Role.POLICY_FITTING, Split.VAL_CALIB)},
-    # Gatekeeper: fine-tune on TRAIN, pick the epoch by AURC on VAL_SELECT, fit the threshold on VAL_CALIB.
-    "phase3": {
-        "train": (Role.FIT, Split.TRAIN),
-        "val_select": (Role.MODEL_SELECTION, Split.VAL_SELECT),
-        "val_calib": (Role.POLICY_FITTING, Split.VAL_CALIB),
-    },
-    "phase5": {"val_calib_logits": (Role.POLICY_FITTING, Split.VAL_CALIB)},
-    # The bundle's drift reference: confidences and embeddings of the data the policy was fitted on.
-    "phase6": {"val_calib": (Role.POLICY_FITTING, Split.VAL_CALIB)},
-    "evaluate": {"val_test": (Role.FINAL_EVALUATION, Split.VAL_TEST)},
 }
 
 _FIX_BY_ROLE = {

@@ -29,13 +29,14 @@ from streetvision.contracts.metadata import (
     prepare_output_dir,
     write_metadata,
 )
-from streetvision.contracts.splits import PHASE_READS, Role, Split
+from streetvision.contracts.splits import Role, Split
 from streetvision.contracts.validators import sha256_file
 from streetvision.data.shards import SplitData, class_counts, load_split, write_predictions
 from streetvision.devices import task_device
 from streetvision.metrics.classification import classification_metrics, probabilities, selection_score
 from streetvision.models import create_model, model_spec, normalization, predict_logits, save_model_dir
 from streetvision.models.multiview import MultiViewClassifier, multiview_cost
+from streetvision.phases.registry import PHASE_READS
 from streetvision.progress import log
 from streetvision.training import distributed
 from streetvision.training.curves import curve_metrics, write_curves_html

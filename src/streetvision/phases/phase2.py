@@ -11,10 +11,11 @@ from streetvision.calibration import calibrated_probabilities, fit_calibrator
 from streetvision.config.schema import Config
 from streetvision.contracts.errors import PolicyError
 from streetvision.contracts.metadata import ArtifactMetadata, json_safe, prepare_output_dir, write_metadata
-from streetvision.contracts.splits import PHASE_READS, Role
+from streetvision.contracts.splits import Role
 from streetvision.contracts.validators import atomic_write_text, validate_policy
 from streetvision.data.shards import load_logits
 from streetvision.metrics.classification import selective_metrics
+from streetvision.phases.registry import PHASE_READS
 from streetvision.progress import log
 from streetvision.selective import accept_mask, guarantee_text, sgr_threshold
 

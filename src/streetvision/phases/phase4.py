@@ -38,7 +38,7 @@ from streetvision.contracts.metadata import (
     require_input,
     write_metadata,
 )
-from streetvision.contracts.splits import PHASE_READS, Role
+from streetvision.contracts.splits import Role
 from streetvision.data.shards import load_split
 from streetvision.devices import task_device
 from streetvision.explora.adapters import apply_adapters, merge_adapters, save_adapter
@@ -46,6 +46,7 @@ from streetvision.explora.pool import load_pool, pixel_hashes
 from streetvision.explora.probe import extract_features, probe_scores
 from streetvision.explora.train import ExploraTrainer, ImagePool, run_fingerprint, train_ssl
 from streetvision.models import build_from_spec, create_model, model_spec, normalization
+from streetvision.phases.registry import PHASE_READS
 from streetvision.progress import log
 
 PHASE = "phase4"

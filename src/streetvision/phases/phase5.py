@@ -7,9 +7,10 @@ from pathlib import Path
 from streetvision.calibration import calibrated_probabilities
 from streetvision.config.schema import Config
 from streetvision.contracts.metadata import ArtifactMetadata, prepare_output_dir, write_metadata
-from streetvision.contracts.splits import PHASE_READS, Role
+from streetvision.contracts.splits import Role
 from streetvision.data.shards import load_logits
 from streetvision.phases.phase2 import fit_calibrator_from_config, logits_weights_sha256, policy_summary, write_policy
+from streetvision.phases.registry import PHASE_READS
 from streetvision.progress import log
 from streetvision.selective import guarantee_text, scrc_policy
 

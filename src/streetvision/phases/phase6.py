@@ -20,7 +20,6 @@ from streetvision.contracts.metadata import (
     require_input,
     write_metadata,
 )
-from streetvision.contracts.splits import PHASE_READS
 from streetvision.contracts.validators import (
     BUNDLE_FILES,
     BUNDLE_MANIFEST,
@@ -33,6 +32,7 @@ from streetvision.contracts.validators import (
 )
 from streetvision.data.shards import SplitData, load_split
 from streetvision.drift import save_reference
+from streetvision.phases.registry import PHASE_READS
 
 PHASE = "phase6"
 
