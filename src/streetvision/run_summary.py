@@ -131,7 +131,7 @@ class RunSummary:
                     **{k: record.meta.get(k) for k in ("count", "class_counts")},
                 }
                 numbers = ", ".join(
-                    f"{k}={_short(values[k])}" for k in HEADLINE[output.kind] if values.get(k) is not None
+                    f"{k}={_short(values[k])}" for k in HEADLINE.get(output.kind, ()) if values.get(k) is not None
                 )
                 rows.append((phase, "reused" if self.reused(record) else "done", label, numbers))
         return rows
