@@ -15,7 +15,6 @@ is not part of any task's cache key (the local cache keys on image, command, arg
 """
 
 import contextlib
-import dataclasses
 import io
 import json
 import logging
@@ -154,8 +153,8 @@ SUBPROCESS_IMAGE = "streetvision-local-environment:subprocess"
 def runner_config(cfg: Config, runner: str) -> Config:
     if runner != "subprocess":
         return cfg
-    cluster = dataclasses.replace(cfg.cluster, gpu_image=SUBPROCESS_IMAGE, cpu_image=SUBPROCESS_IMAGE)
-    return dataclasses.replace(cfg, cluster=cluster)
+    cluster = cfg.cluster.model_copy(update={"gpu_image": SUBPROCESS_IMAGE, "cpu_image": SUBPROCESS_IMAGE})
+    return cfg.model_copy(update={"cluster": cluster})
 
 
 def run_local(cfg: Config, run_dir: Path, runner: str = "subprocess", retries: int = 0) -> LocalRun:

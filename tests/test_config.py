@@ -1,17 +1,18 @@
-import dataclasses
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
 from streetvision.cli import main
-from streetvision.config import Config, ConfigError, config_from_json, config_to_json, load_config
+from streetvision.config import Config, ConfigError, config_from_json, config_to_json, load_config, loader
 from streetvision.config.loader import preset_groups, selected_presets
 
 OVERLAYS = ["manifests/overlays/h100/streetvision.yaml", "manifests/overlays/a100/streetvision.yaml"]
 
 
 def test_defaults_live_once_the_schema_equals_the_loaded_defaults():
-    assert dataclasses.asdict(Config()) == dataclasses.asdict(load_config())
+    assert Config().model_dump() == load_config().model_dump() and Config() == load_config()
     cfg = load_config()
     assert cfg.model.img_size == 64 and cfg.model.depth == 4  # the demo_tiny preset is the default
     assert selected_presets() == {"model": "demo_tiny", "training": "cpu"}
@@ -77,7 +78,7 @@ def test_the_cluster_overlays_get_the_gpu_recipe(overlay, capsys):
     assert main(["config", "--config", overlay]) == 0  # what `streetvision config --config OVERLAY` shows
     shown = capsys.readouterr().out
     assert shown.startswith("# presets: model=demo_tiny, training=gpu\n")
-    assert yaml.safe_load(shown)["training"] == dataclasses.asdict(training)
+    assert yaml.safe_load(shown)["training"] == training.model_dump()
 
 
 def test_dotted_overrides_and_presets():
@@ -133,3 +134,89 @@ def test_json_round_trip_is_validated_again():
     assert config_from_json(config_to_json(cfg)) == cfg
     with pytest.raises(ConfigError, match="unknown key"):
         config_from_json('{"training": {"epochs": 3, "bogus": 1}}')
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = ROOT / "src/streetvision/config/defaults"
+SHIPPED_YAML = sorted(
+    [*(ROOT / "manifests/overlays").glob("*/streetvision.yaml"), *DEFAULTS.glob("*.yaml"), *DEFAULTS.glob("*/*.yaml")]
+)
+
+
+def test_every_preset_and_overlay_is_among_the_shipped_yaml():
+    names = {p.relative_to(ROOT).as_posix() for p in SHIPPED_YAML}
+    assert set(OVERLAYS) <= names and "src/streetvision/config/defaults/config.yaml" in names
+    for group, presets in preset_groups().items():
+        assert {f"src/streetvision/config/defaults/{group}/{p}.yaml" for p in presets} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED_YAML, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_shipped_yaml_validates(path, capsys):
+    assert main(["config", "--validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"OK: {path} is a valid ") and out.count("\n") == 1
+    if path.parent.parent == DEFAULTS:  # a preset is checked as its group picks it
+        assert f"{path.parent.name}={path.stem}" in out and "valid preset" in out
+
+
+def test_validate_lists_every_problem_of_a_file_and_exits_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("defaults: {training: gpu}\ntraining: {epohcs: 1, lr: fast}\ncluster: {phase1: {memory: lots}}\n")
+    assert main(["config", "--validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"3 problem(s) in {path}" in err and "training.epohcs: unknown key (did you mean 'epochs'?)" in err
+    assert "training.lr: expected float, got str 'fast'" in err and "cluster.phase1.memory: a Kubernetes memory" in err
+    assert main(["config", "--validate", str(tmp_path / "gone.yaml")]) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_validate_checks_a_preset_over_the_defaults(tmp_path, monkeypatch, capsys):
+    defaults = tmp_path / "defaults"
+    shutil.copytree(DEFAULTS, defaults)
+    (defaults / "training" / "broken.yaml").write_text("precison: bf16\nwarmup_epochs: -1\n")
+    monkeypatch.setattr(loader, "_defaults_dir", lambda: defaults)
+    assert main(["config", "--validate", str(defaults / "training" / "broken.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "training.precison: unknown key (did you mean 'precision'?)" in err
+    assert "training.warmup_epochs: must be >= 0.0, got -1" in err
+
+
+def test_value_ranges_quantities_and_lists_are_checked():
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            [
+                "model.patch_size=0",
+                "model.depth=-1",
+                "training.warmup_epochs=-0.5",
+                "data.max_quarantine_fraction=1.5",
+                "cluster.phase1.cpu=lots",
+                "cluster.evaluate.memory=32 GB",
+                "pipeline.phases=phase1",  # a string is not a list of one-letter phases
+            ]
+        )
+    text = str(info.value)
+    assert len(info.value.problems) == 7, text
+    assert "model.patch_size: must be > 0, got 0" in text and "model.depth: must be > 0, got -1" in text
+    assert "training.warmup_epochs: must be >= 0.0" in text
+    assert "data.max_quarantine_fraction: must be in [0.0, 1.0], got 1.5" in text
+    assert "cluster.phase1.cpu: a Kubernetes CPU quantity" in text and "cluster.evaluate.memory" in text
+    assert "pipeline.phases: expected a list, got str 'phase1'" in text
+    cfg = load_config(["cluster.phase1.cpu=500m", "cluster.phase1.memory=96Gi", "model.patch_size=null"])
+    assert cfg.cluster.resources_for("phase1").cpu == "500m" and cfg.model.patch_size is None
+
+
+def test_cross_field_rules_are_reported_with_the_other_problems_of_their_group():
+    with pytest.raises(ConfigError) as info:
+        load_config(["cluster.retries=-1", "cluster.checkpoint_root=relative", "model.img_size=66", "model.depth=0"])
+    text = str(info.value)
+    assert "cluster.retries" in text and "cluster.checkpoint_root: with checkpoint_pvc set" in text
+    assert "model.patch_size: 8 does not divide model.img_size=66" in text and "model.depth" in text
+
+
+def test_config_objects_copy_and_mutate_like_plain_records():
+    cfg = load_config()
+    copied = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 2})})
+    assert copied.training.epochs == 2 and cfg.training.epochs == Config().training.epochs
+    cfg.training.resume_dir = "/tmp/resume"  # components set run-time locations on the parsed config
+    assert config_from_json(config_to_json(cfg)).training.resume_dir == "/tmp/resume"
+    assert Config().training.resume_dir == ""  # defaults are not shared between instances

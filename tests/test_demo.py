@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 from collections import defaultdict
 
@@ -59,7 +58,7 @@ def test_same_config_gives_identical_records_and_bytes(tmp_path: pathlib.Path) -
     assert read_bytes(tmp_path / "a", a) == read_bytes(tmp_path / "b", b)
     # Exactly the listed files are written, and the seed matters.
     assert files_on_disk(tmp_path / "a") == {r.path for r in a}
-    c = generate_demo_dataset(tmp_path / "c", dataclasses.replace(cfg, seed=8))
+    c = generate_demo_dataset(tmp_path / "c", cfg.model_copy(update={"seed": 8}))
     assert read_bytes(tmp_path / "c", c) != read_bytes(tmp_path / "a", a)
 
 
@@ -147,7 +146,7 @@ def test_label_share_follows_roadwork_fraction(tmp_path: pathlib.Path) -> None:
 def test_label_noise_flips_published_labels_only(tmp_path: pathlib.Path) -> None:
     cfg = small(num_sequences=40, frames_min=3, frames_max=3, width=64, height=48, label_noise=0.0)
     clean = generate_demo_dataset(tmp_path / "clean", cfg)
-    noisy = generate_demo_dataset(tmp_path / "noisy", dataclasses.replace(cfg, label_noise=0.2))
+    noisy = generate_demo_dataset(tmp_path / "noisy", cfg.model_copy(update={"label_noise": 0.2}))
     assert [r.group_id for r in clean] == [r.group_id for r in noisy]
     flips = [a.label != b.label for a, b in zip(clean, noisy)]
     assert 0.1 < np.mean(flips) < 0.3  # 120 frames at p = 0.2

@@ -90,6 +90,11 @@ def _print_table(title: str, columns: list[str], rows: list[tuple]) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    if args.validate:
+        from streetvision.config.loader import validate_file
+
+        print(validate_file(args.validate, list(args.overrides)))
+        return 0
     if args.presets:
         from streetvision.config.loader import preset_groups
 
@@ -491,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     conf = sub.add_parser("config", help="print the resolved config (defaults, presets, --config file, overrides)")
     _add_config_args(conf)
     conf.add_argument("--presets", action="store_true", help="list the presets of each config group")
+    conf.add_argument(
+        "--validate",
+        metavar="FILE",
+        help="check a config file (or a preset file) with every problem listed; exit 0 if valid, 2 if not",
+    )
     conf.set_defaults(func=cmd_config)
 
     report = sub.add_parser("report", help="open the evaluation report of a run (HTML: plots, intervals, blessing)")

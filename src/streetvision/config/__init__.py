@@ -1,12 +1,16 @@
-"""Typed config: dataclasses (schema.py), YAML defaults (defaults/), overrides and validation (loader.py)."""
+"""Typed config: pydantic models and defaults (schema.py), presets (defaults/), composition and errors (loader.py)."""
 
 from streetvision.config.loader import (
     ConfigError,
+    config_from_dict,
     config_from_json,
     config_from_yaml_file,
     config_to_json,
     config_to_yaml,
     load_config,
+    preset_groups,
+    selected_presets,
+    validate_file,
 )
 from streetvision.config.schema import PHASE_NAMES, Config
 
@@ -14,9 +18,13 @@ __all__ = [
     "PHASE_NAMES",
     "Config",
     "ConfigError",
+    "config_from_dict",
     "config_from_json",
     "config_from_yaml_file",
     "config_to_json",
     "config_to_yaml",
     "load_config",
+    "preset_groups",
+    "selected_presets",
+    "validate_file",
 ]

@@ -1,6 +1,6 @@
 """Load, override and validate the typed config.
 
-Defaults live once, in the dataclasses of ``schema.py``. A preset (``defaults/<group>/<name>.yaml``) holds
+Defaults live once, in the models of ``schema.py``. A preset (``defaults/<group>/<name>.yaml``) holds
 only what it changes. Override syntax follows Hydra: ``group=preset`` picks a preset for a group that has
 them (``model=vit_small``), ``a.b.c=value`` sets one key (the value is parsed as YAML, so ``1``, ``true``,
 ``[a, b]`` and ``null`` mean what they say), and a ``--config`` file may pick presets in a ``defaults:`` key.
@@ -10,17 +10,16 @@ unknown presets — is collected and raised once as :class:`ConfigError`.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import difflib
 import json
-import types
 import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from streetvision.config.schema import Config
 
@@ -159,80 +158,76 @@ def _suggest(key: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def _dotted(loc: tuple) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
 
 
-def _coerce(value: Any, tp, where: str, problems: list[str]) -> Any:
-    """Check `value` against annotation `tp`; return the converted value (or the input on failure)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where, problems)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _coerce(value, inner[0], where, problems)
-    if origin is typing.Literal:
-        if value not in args:
-            problems.append(f"{where}: must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            problems.append(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-            return value
-        return [_coerce(v, args[0], f"{where}[{i}]", problems) for i, v in enumerate(value)] if args else value
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-    }.get(tp)
-    if ok is None:
-        raise TypeError(f"config schema uses unsupported annotation {tp!r} at {where}")
-    if not ok(value):
-        problems.append(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-        return value
-    return float(value) if tp is float else value
+def _inner_model(annotation) -> type[BaseModel] | None:
+    """The config group inside an annotation (`SourceConfig` in `list[SourceConfig]`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_inner_model, typing.get_args(annotation))), None)
 
 
-def _build(cls, data: Any, where: str, problems: list[str]):
-    if not isinstance(data, dict):
-        problems.append(f"{where or 'config'}: expected a mapping, got {type(data).__name__} {data!r}")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            problems.append(f"{where + '.' if where else ''}{key}: unknown key{_suggest(str(key), names)}")
-    kwargs = {}
-    for name in names:
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{where + '.' if where else ''}{name}", problems)
-    try:
-        return cls(**kwargs)
-    except TypeError:  # only reached when a problem was already recorded for this group
-        return cls()
+def _field_at(loc: tuple) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    """The group that holds the last key of `loc`, and that key's field (None past the groups)."""
+    model, info = Config, None
+    for i, part in enumerate(loc):
+        if isinstance(part, int):  # a list item: the same group, no field of its own
+            info = None
+            continue
+        if model is None:
+            return None, None
+        info = model.model_fields.get(part)
+        if i < len(loc) - 1:
+            model = _inner_model(info.annotation) if info else None
+    return model, info
 
 
-def _check_values(node, where: str, problems: list[str]) -> None:
-    """Run each (nested) group's own check(), prefixing its problems with the group's path."""
-    check = getattr(node, "check", None)
-    if check is not None:
-        with contextlib.suppress(TypeError):  # a value of the wrong type, already reported by _build
-            problems += [f"{where}.{p}" if where else p for p in check()]
-    for f in dataclasses.fields(node):
-        child = getattr(node, f.name)
-        if dataclasses.is_dataclass(child):
-            _check_values(child, f"{where}.{f.name}" if where else f.name, problems)
+_TYPE_NAMES = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool"}
+_TYPE_NAMES |= {"list_type": "a list", "model_type": "a mapping", "dict_type": "a mapping"}
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _bounds(info: FieldInfo | None, ctx: dict) -> str:
+    """A field's whole valid range ("in [0, 1)"), else the one bound pydantic reports ("> 0")."""
+    found = {k: getattr(m, k) for m in (info.metadata if info else []) for k in _BOUNDS if hasattr(m, k)} or ctx
+    low = next(((k, found[k]) for k in ("ge", "gt") if k in found), None)
+    high = next(((k, found[k]) for k in ("le", "lt") if k in found), None)
+    if low and high:
+        return f"in {'[' if low[0] == 'ge' else '('}{low[1]}, {high[1]}{']' if high[0] == 'le' else ')'}"
+    key, bound = low or high
+    return f"{_BOUNDS[key]} {bound}"
+
+
+def _describe(error: dict) -> list[str]:
+    """One pydantic error as the config's problem lines ("dotted.key: what is wrong")."""
+    loc, kind, value, ctx = error["loc"], error["type"], error.get("input"), error.get("ctx", {})
+    where = _dotted(loc) or "config"
+    model, info = _field_at(loc)
+    note = f" ({info.description})" if info and info.description else ""
+    if kind == "extra_forbidden":
+        return [f"{where}: unknown key{_suggest(str(loc[-1]), model.model_fields if model else [])}"]
+    if kind in _TYPE_NAMES:
+        return [f"{where}: expected {_TYPE_NAMES[kind]}, got {type(value).__name__} {value!r}"]
+    if kind == "literal_error":
+        return [f"{where}: must be {ctx['expected']}, got {value!r}"]
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return [f"{where}: must be {_bounds(info, ctx)}, got {value!r}{note}"]
+    if kind == "string_pattern_mismatch":
+        return [f"{where}: {info.description if info else 'must match ' + ctx['pattern']}, got {value!r}"]
+    if kind == "value_error":  # a field validator's own sentence
+        return [f"{where}: {ctx['error']}"]
+    return [f"{where}: {error['msg']}"]
 
 
 def config_from_dict(data: dict, source: str = "config", problems: list[str] | None = None) -> Config:
+    """Validate a whole config tree; raise one ConfigError with `problems` and every problem found in it."""
     problems = list(problems or [])
-    cfg = _build(Config, data, "", problems)
-    _check_values(cfg, "", problems)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        problems += [line for error in exc.errors(include_url=False) for line in _describe(error)]
     if problems:
         raise ConfigError(problems, source)
     return cfg
@@ -255,7 +250,7 @@ def _compose(overrides: list[str] | None, config_file: str | Path | None) -> tup
             selections.update(_file_selections(user, str(path), problems))
     selections.update(cli_selections)  # a group has one preset: the command line's choice replaces the file's
 
-    tree = _deep_merge(dataclasses.asdict(Config()), package)
+    tree = _deep_merge(config_to_dict(Config()), package)
     for group, preset in selections.items():
         text = _defaults_dir().joinpath(group, f"{preset}.yaml").read_text()
         tree[group] = _deep_merge(tree.get(group, {}), _read_yaml(text, f"defaults/{group}/{preset}.yaml"))
@@ -283,8 +278,26 @@ def selected_presets(overrides: list[str] | None = None, config_file: str | Path
     return _compose(overrides, config_file)[1]
 
 
+def validate_file(path: str | Path, overrides: list[str] | None = None) -> str:
+    """Check one YAML file as it is used and say, in one line, what it resolved to; raise ConfigError if not.
+
+    A preset of this package (``defaults/<group>/<name>.yaml``) is checked as ``group=name`` picks it, over the
+    defaults; any other file as a ``--config`` file.
+    """
+    path, overrides = Path(path), list(overrides or [])
+    group, name = path.parent.name, path.stem
+    defaults = Path(str(_defaults_dir())).resolve()
+    preset = path.resolve().parent.parent == defaults and name in preset_groups().get(group, [])
+    tree, presets, problems = _compose(
+        [f"{group}={name}"] + overrides if preset else overrides, None if preset else path
+    )
+    config_from_dict(tree, str(path), problems)
+    picked = ", ".join(f"{g}={n}" for g, n in presets.items())
+    return f"OK: {path} is a valid {'preset' if preset else 'config file'} (presets: {picked})"
+
+
 def config_to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    return cfg.model_dump()
 
 
 def config_to_yaml(cfg: Config) -> str:

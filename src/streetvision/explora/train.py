@@ -272,7 +272,7 @@ class ExploraTrainer:
 def run_fingerprint(cfg: ExploraConfig, model_spec: dict, data_fingerprint: str) -> str:
     """What a checkpoint must match to be resumed: the phase-4 config, the architecture and the data."""
     payload = json.dumps(
-        {"explora": cfg.__dict__, "model": model_spec, "data": data_fingerprint}, sort_keys=True, default=str
+        {"explora": cfg.model_dump(), "model": model_spec, "data": data_fingerprint}, sort_keys=True, default=str
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -14,7 +14,6 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +68,9 @@ def _load_inputs(train_dir, val_select_dir, val_calib_dir) -> dict[str, SplitDat
 
 def resume_key(cfg: Config, inputs: dict[str, SplitData]) -> str:
     """Names the run's training state: same config (what shapes the weights) + same data -> same key."""
-    training = {k: v for k, v in asdict(cfg.training).items() if k not in _NOT_IN_RESUME_KEY}
+    training = {k: v for k, v in cfg.training.model_dump().items() if k not in _NOT_IN_RESUME_KEY}
     ident = {
-        "model": asdict(cfg.model),
+        "model": cfg.model.model_dump(),
         "training": training,
         "data": {k: v.meta.fingerprint for k, v in inputs.items()},
     }

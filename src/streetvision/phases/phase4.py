@@ -18,7 +18,6 @@ Phase 1 consumes it through `phase1_config_from_backbone` and `add_backbone_line
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import json
 import time
@@ -307,7 +306,7 @@ def phase1_config_from_backbone(cfg: Config, backbone_dir: str | Path, train_dir
             "run phase 4 and phase 1 with the same model.* settings",
         )
     weights = Path(backbone_dir) / BACKBONE_FILE
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=str(weights)))
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": str(weights)})})
 
 
 def add_backbone_lineage(backbone_dir: str | Path, output_dirs: dict[str, str | Path]) -> dict[str, dict]:
