@@ -184,7 +184,7 @@ def test_resume_after_interruption_repeats_the_uninterrupted_run(ingested, tmp_p
     first, _ = trainer_for(cfg)
     with pytest.raises(KeyboardInterrupt):
         train_ssl(first, pool, tmp_path / "resumed", "fp")
-    assert torch.load(tmp_path / "resumed" / CHECKPOINT_FILE, weights_only=True)["step"] == 2
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT_FILE, weights_only=False)["global_step"] == 2
     assert not list((tmp_path / "resumed").glob("*.tmp"))  # atomic: no half-written file left behind
     monkeypatch.setattr(explora_train, "ssl_step", real_step)
 
@@ -192,13 +192,13 @@ def test_resume_after_interruption_repeats_the_uninterrupted_run(ingested, tmp_p
     train_ssl(resumed, pool, tmp_path / "resumed", "fp")
     assert [h["step"] for h in resumed.history] == [0, 1, 2]
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], rel=1e-6)
-    a, b = resumed.state("fp"), straight.state("fp")
+    a, b = resumed.state_dict(), straight.state_dict()
     for name in a["student"]:
         torch.testing.assert_close(a["student"][name], b["student"][name], rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(a["teacher"][name], b["teacher"][name], rtol=1e-6, atol=1e-7)
 
     # A checkpoint of another config or dataset is never resumed.
-    assert explora_train.load_checkpoint(tmp_path / "resumed", "fp")["step"] == 3
+    assert explora_train.load_checkpoint(tmp_path / "resumed", "fp")["global_step"] == 3
     assert explora_train.load_checkpoint(tmp_path / "resumed", "another-fingerprint") is None
 
 

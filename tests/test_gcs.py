@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import split_dirs
 from ingest_data import outcomes, rows_of, write_folder, write_manifest, write_parquet
 
@@ -314,3 +315,47 @@ def test_training_state_goes_to_a_gs_prefix(endpoint):
     assert store.exists("state.pt") and store.describe("state.pt") == f"gs://{bucket}/run-1/phase1/state.pt"
     assert store.fetch("state.pt").read_bytes() == b"weights and optimizer"
     assert fetch_file(f"gs://{bucket}/run-1/phase1/state.pt", "model.weights").read_bytes() == b"weights and optimizer"
+
+
+def test_phase4_resumes_from_a_gs_checkpoint_root(endpoint, ingested, monkeypatch):
+    """Phase 4's training state goes under a gs:// prefix; a preempted run resumes there and ends where an
+    uninterrupted one does."""
+    from test_explora import small_cfg, trainer_for
+
+    from streetvision.contracts import Role
+    from streetvision.data.shards import load_split
+    from streetvision.explora import train as explora_train
+
+    _, dirs, _, _ = ingested
+    train = load_split(dirs[Split.TRAIN], split=Split.TRAIN, role=Role.FIT, phase="test", input_name="train")
+    pool = explora_train.ImagePool([train.images])
+    cfg = small_cfg("explora.steps=3", "explora.checkpoint_every=1", "explora.batch_size=4")
+    root = f"gs://{BUCKET}/run-2/phase4"
+
+    straight, _ = trainer_for(cfg)
+    explora_train.train_ssl(straight, pool, None, "fp")
+
+    real_step, calls = explora_train.ssl_step, {"n": 0}
+
+    def preempted(trainer, batch):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("node preempted")
+        calls["n"] += 1
+        return real_step(trainer, batch)
+
+    monkeypatch.setattr(explora_train, "ssl_step", preempted)
+    first, _ = trainer_for(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        explora_train.train_ssl(first, pool, root, "fp")
+    assert storage.exists(f"{root}/{explora_train.CHECKPOINT_FILE}")
+    assert explora_train.load_checkpoint(root, "fp")["global_step"] == 2
+    monkeypatch.setattr(explora_train, "ssl_step", real_step)
+
+    resumed, _ = trainer_for(cfg)
+    explora_train.train_ssl(resumed, pool, root, "fp")
+    assert [h["step"] for h in resumed.history] == [0, 1, 2]
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], rel=1e-6)
+    a, b = resumed.state_dict(), straight.state_dict()
+    for name in a["student"]:
+        torch.testing.assert_close(a["student"][name], b["student"][name], rtol=1e-6, atol=1e-7)
+    assert explora_train.load_checkpoint(root, "fp")["global_step"] == 3

@@ -12,7 +12,7 @@ from streetvision_pipelines.lint import lint_documents
 from streetvision.config import load_config
 from streetvision.contracts import ContractError, check_access
 from streetvision.phase_graph import resolve_phases
-from streetvision.phases.registry import PHASE_READS
+from streetvision.phases.registry import CHECKPOINTING_PHASES, PHASE_READS
 
 
 def test_component_signatures_read_only_what_their_role_allows():
@@ -149,7 +149,7 @@ def test_compiled_yaml_reads_as_the_cluster_needs(accelerator):
         else:
             assert container["image"] == component_images(cfg)["cpu"]
             assert "accelerator" not in resources and "nodeSelector" not in k8s and "tolerations" not in k8s
-        if phase == "phase1":  # resumable: the checkpoint PVC and the run id (stable across retries)
+        if phase in CHECKPOINTING_PHASES:  # resumable: the checkpoint PVC and the run id (stable across retries)
             assert k8s["pvcMount"][0]["constant"] == cfg.cluster.checkpoint_pvc
             assert k8s["pvcMount"][0]["mountPath"] == cfg.cluster.checkpoint_root
             assert k8s["fieldPathAsEnv"] == [

@@ -1,5 +1,6 @@
-"""The ExPLoRA training loop: student (adapted backbone + fresh heads) and EMA teacher, multi-crop views,
-DINO + iBOT + KoLeo, with an atomic checkpoint that a retried (preempted) task resumes from.
+"""The ExPLoRA recipe: student (adapted backbone + fresh heads) and EMA teacher, multi-crop views, DINO + iBOT +
+KoLeo. The training engine (`streetvision.training.engine`) runs it, with an atomic checkpoint (a local/PVC
+folder or a gs:// prefix) that a retried (preempted) task resumes from.
 
 Determinism makes the resume exact: each step draws its batch from `numpy.random.default_rng([seed, step])`
 and reseeds torch with (seed, step), so a resumed run repeats the same steps an uninterrupted one takes.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from streetvision.config.schema import ExploraConfig
-from streetvision.contracts.errors import CheckpointError, ContractError
-from streetvision.contracts.metadata import atomic_write
+from streetvision.contracts.errors import ContractError
 from streetvision.explora.objective import (
     ProjectionHead,
     build_multicrop,
@@ -34,6 +33,7 @@ from streetvision.explora.objective import (
     vit_tokens,
 )
 from streetvision.progress import log
+from streetvision.training.engine import Checkpoints, Optimization, Plan, fit, param_groups, warmup_cosine
 
 CHECKPOINT_FILE = "explora_state.pt"
 
@@ -82,25 +82,20 @@ class ImagePool:
         return np.concatenate(out)
 
 
-def _cosine(step: int, total: int, start: float, end: float) -> float:
-    progress = min(1.0, step / max(1, total))
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def schedules(cfg: ExploraConfig, step: int) -> dict[str, float]:
     """Learning rate (linear warm-up, cosine to min_lr), teacher EMA momentum (cosine to 1), teacher temperature
     (linear warm-up)."""
-    if step < cfg.warmup_steps:
-        lr = cfg.lr * (step + 1) / cfg.warmup_steps
-    else:
-        lr = _cosine(step - cfg.warmup_steps, cfg.steps - cfg.warmup_steps, cfg.lr, cfg.min_lr)
     if step < cfg.teacher_temp_warmup_steps:
         temp = (
             cfg.teacher_temp_start + (cfg.teacher_temp - cfg.teacher_temp_start) * step / cfg.teacher_temp_warmup_steps
         )
     else:
         temp = cfg.teacher_temp
-    return {"lr": lr, "momentum": _cosine(step, cfg.steps, cfg.ema_momentum, 1.0), "teacher_temp": temp}
+    return {
+        "lr": warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr),
+        "momentum": warmup_cosine(step, cfg.steps, 0, cfg.ema_momentum, 1.0),
+        "teacher_temp": temp,
+    }
 
 
 def local_crop_size(cfg: ExploraConfig, img_size: int, patch_size: int) -> int:
@@ -113,16 +108,6 @@ def local_crop_size(cfg: ExploraConfig, img_size: int, patch_size: int) -> int:
             f"use a multiple of {patch_size} (or 0 for 7/16 of the image size)",
         )
     return size
-
-
-def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        # No decay on norms, biases, tokens and LoRA's DoRA magnitudes (standard ViT practice).
-        (no_decay if param.ndim <= 1 or name.endswith(("bias", "mask_token")) else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class ExploraTrainer:
@@ -156,7 +141,18 @@ class ExploraTrainer:
         )
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.student, cfg.weight_decay), lr=cfg.lr)
+        # The engine's optimisation: AdamW without decay on norms, biases and tokens, the lr schedule, clipping
+        # and autocast. The teacher is the DINO EMA (momentum-scheduled, below), not the engine's weight EMA.
+        self.optimization = Optimization(
+            self.student,
+            param_groups(self.student, cfg.lr, cfg.weight_decay),
+            cfg.lr,
+            lambda step, group: schedules(cfg, step)["lr"] / cfg.lr,
+            device,
+            grad_clip_norm=cfg.grad_clip_norm,
+            amp=amp_dtype,
+        )
+        self.optimizer = self.optimization.optimizer
         self.dino_center = torch.zeros(cfg.prototypes, device=device)
         self.ibot_center = torch.zeros(cfg.prototypes, device=device)
         self.num_patches = (img_size // self.patch_size) ** 2
@@ -170,8 +166,7 @@ class ExploraTrainer:
     def step(self, batch_uint8: np.ndarray) -> dict[str, float]:
         cfg, device = self.cfg, self.device
         sched = schedules(cfg, self.step_index)
-        for group in self.optimizer.param_groups:
-            group["lr"] = sched["lr"]
+        sched["lr"] = self.optimizer.param_groups[0]["lr"]  # what the optimizer uses at this step
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step_index)
         torch.manual_seed(cfg.seed * 1_000_003 + self.step_index)  # kornia draws from the global generator
 
@@ -187,8 +182,7 @@ class ExploraTrainer:
             ).to(device)
         global_batch = torch.cat(globals_)
 
-        amp = dict(device_type=device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-        with torch.no_grad(), torch.autocast(**amp):
+        with torch.no_grad(), self.optimization.autocast():
             t_cls, t_patches = self.teacher(global_batch)
             t_cls_logits = self.teacher.head(t_cls)
             teacher_probs = teacher_probabilities(t_cls_logits, self.dino_center, sched["teacher_temp"]).chunk(2)
@@ -196,7 +190,7 @@ class ExploraTrainer:
                 t_patch_logits = self.teacher.head(t_patches)
                 teacher_patch_probs = teacher_probabilities(t_patch_logits, self.ibot_center, sched["teacher_temp"])
 
-        with torch.autocast(**amp):
+        with self.optimization.autocast():
             s_cls, s_patches = self.student(global_batch, masks)
             student_logits = list(self.student.head(s_cls).chunk(2))
             if locals_:
@@ -215,11 +209,7 @@ class ExploraTrainer:
                 "lower explora.lr, keep training.precision fp32 or bf16, or raise explora.teacher_temp_warmup_steps; "
                 "the run resumes from its last checkpoint",
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if cfg.grad_clip_norm > 0:
-            nn.utils.clip_grad_norm_([p for p in self.student.parameters() if p.requires_grad], cfg.grad_clip_norm)
-        self.optimizer.step()
+        self.optimization.update(total)
         self._ema(sched["momentum"])
         self.dino_center = update_center(self.dino_center, t_cls_logits, cfg.center_momentum)
         if cfg.ibot:
@@ -241,28 +231,31 @@ class ExploraTrainer:
             teacher[name].mul_(momentum).add_(student[name].detach(), alpha=1.0 - momentum)
 
     # -- checkpoint -------------------------------------------------------------------------------------
-    def state(self, fingerprint: str) -> dict:
+    def state_dict(self) -> dict:
+        """Only what training changes: the trained parameters of student and teacher (not the frozen backbone),
+        the optimizer and schedule, the centres, the step and the history."""
         student = dict(self.student.named_parameters())
         teacher = dict(self.teacher.named_parameters())
         return {
-            "fingerprint": fingerprint,
             "step": self.step_index,
             "student": {n: student[n].detach().cpu() for n in self.trained_names},
             "teacher": {n: teacher[n].detach().cpu() for n in self.trained_names},
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.optimization.scheduler.state_dict(),
             "dino_center": self.dino_center.cpu(),
             "ibot_center": self.ibot_center.cpu(),
             "history": json.dumps(self.history),
         }
 
     @torch.no_grad()
-    def load_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         student = dict(self.student.named_parameters())
         teacher = dict(self.teacher.named_parameters())
         for name in self.trained_names:
             student[name].copy_(state["student"][name])
             teacher[name].copy_(state["teacher"][name])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.optimization.scheduler.load_state_dict(state["scheduler"])
         self.dino_center = state["dino_center"].to(self.device)
         self.ibot_center = state["ibot_center"].to(self.device)
         self.step_index = int(state["step"])
@@ -277,65 +270,87 @@ def run_fingerprint(cfg: ExploraConfig, model_spec: dict, data_fingerprint: str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def save_checkpoint(state: dict, directory: Path) -> Path:
-    """Atomic: write a temporary file, then rename over the previous checkpoint."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / CHECKPOINT_FILE
-    atomic_write(target, lambda tmp: torch.save(state, tmp))
-    return target
+def checkpoints(root: str | Path, fingerprint: str) -> Checkpoints:
+    """Phase 4's training state under `root` (a local/PVC folder or gs://bucket/prefix)."""
+    return Checkpoints(str(root), CHECKPOINT_FILE, "phase4 checkpoint", fingerprint)
 
 
-def load_checkpoint(directory: Path, fingerprint: str) -> dict | None:
+def load_checkpoint(root: str | Path, fingerprint: str) -> dict | None:
     """The saved state when it belongs to this run (same config, model and data), else None."""
-    path = directory / CHECKPOINT_FILE
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a torn or foreign file: say so, never resume from it
-        raise CheckpointError(
-            f"phase-4 checkpoint {path} is unreadable: {exc}", "phase4 resume", f"delete {path} to start phase 4 afresh"
-        ) from exc
-    if state.get("fingerprint") != fingerprint:
-        log(f"checkpoint {path} belongs to another config or dataset; starting phase 4 afresh")
-        return None
-    return state
+    return checkpoints(root, fingerprint).load()
 
 
-def train_ssl(trainer: ExploraTrainer, pool: ImagePool, checkpoint_dir: Path | None, fingerprint: str) -> dict:
-    """Run the remaining steps; checkpoint every `checkpoint_every` steps. Returns throughput numbers."""
-    cfg = trainer.cfg
-    if checkpoint_dir is not None:
-        state = load_checkpoint(checkpoint_dir, fingerprint)
-        if state is not None:
-            trainer.load_state(state)
-            log(f"resumed phase 4 from {checkpoint_dir / CHECKPOINT_FILE} at step {trainer.step_index}/{cfg.steps}")
-    trainer.student.train()
-    seen, seconds = 0, 0.0
-    window_images, window_start = 0, time.perf_counter()
-    while trainer.step_index < cfg.steps:
-        step = trainer.step_index
-        rng = np.random.default_rng([cfg.seed, step])
-        idx = rng.choice(len(pool), size=cfg.batch_size, replace=len(pool) < cfg.batch_size)
-        started = time.perf_counter()
-        record = ssl_step(trainer, pool.gather(idx))
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - started
-        seen += cfg.batch_size
-        window_images += cfg.batch_size
-        done = trainer.step_index
+class SSLRecipe:
+    """Phase 4 for the engine: one "epoch" of `explora.steps` steps, each drawing its batch from
+    `numpy.random.default_rng([seed, step])`; no selection (the probes score the result afterwards)."""
+
+    def __init__(self, trainer: ExploraTrainer, pool: ImagePool):
+        self.trainer, self.pool, self.cfg = trainer, pool, trainer.cfg
+        self.steps_per_epoch = self.cfg.steps
+        self.images_seen = 0
+        self._window_images, self._window_start = 0, time.perf_counter()
+
+    def batches(self, epoch: int, first_step: int):
+        for step in range(first_step, self.cfg.steps):
+            rng = np.random.default_rng([self.cfg.seed, step])
+            yield self.pool.gather(
+                rng.choice(len(self.pool), size=self.cfg.batch_size, replace=len(self.pool) < self.cfg.batch_size)
+            )
+
+    def step(self, batch: np.ndarray) -> tuple[torch.Tensor, int]:
+        cfg = self.cfg
+        record = ssl_step(self.trainer, batch)
+        self.images_seen += len(batch)
+        self._window_images += len(batch)
+        done = self.trainer.step_index
         if done % cfg.log_every == 0 or done == cfg.steps:
-            rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+            rate = self._window_images / max(time.perf_counter() - self._window_start, 1e-9)
             parts = " ".join(f"{k} {record[k]:.4f}" for k in ("dino", "ibot", "koleo") if k in record)
             log(
                 f"phase4 step {done}/{cfg.steps} loss {record['loss']:.4f} ({parts}) lr {record['lr']:.2e} "
                 f"{rate:.1f} images/s"
             )
-            window_images, window_start = 0, time.perf_counter()
-        if checkpoint_dir is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            save_checkpoint(trainer.state(fingerprint), checkpoint_dir)
-    return {"images_per_second": seen / seconds if seconds else None, "images_seen_this_attempt": seen}
+            self._window_images, self._window_start = 0, time.perf_counter()
+        return torch.tensor(record["loss"]), len(batch)
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def describe(self, batch) -> str:
+        return f"{len(batch)} sampled images at step {self.trainer.step_index}"
+
+    def train_mode(self) -> None:
+        self.trainer.student.train()
+
+    def last_lr(self) -> float:
+        return self.trainer.optimization.last_lr()
+
+    def state_dict(self) -> dict:
+        return self.trainer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trainer.load_state_dict(state)
+
+
+def train_ssl(trainer: ExploraTrainer, pool: ImagePool, checkpoint_root: str | Path | None, fingerprint: str) -> dict:
+    """Run the remaining steps with the training engine, saving every `explora.checkpoint_every` steps and at
+    the end under `checkpoint_root` (local/PVC or gs://), resuming a saved state of the same run. Returns
+    throughput numbers."""
+    cfg = trainer.cfg
+    recipe = SSLRecipe(trainer, pool)
+    plan = Plan(
+        phase="phase4",
+        epochs=1,
+        save_every_steps=cfg.checkpoint_every,
+        hint="lower explora.lr, keep training.precision fp32 or bf16, or raise explora.teacher_temp_warmup_steps",
+    )
+    store = checkpoints(checkpoint_root, fingerprint) if checkpoint_root else None
+    result = fit(recipe, plan, store, trainer.device)
+    seen = recipe.images_seen
+    return {"images_per_second": result.images_per_second if seen else None, "images_seen_this_attempt": seen}
 
 
 def ssl_step(trainer: ExploraTrainer, batch: np.ndarray) -> dict:

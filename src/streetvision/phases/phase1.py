@@ -39,8 +39,8 @@ from streetvision.phases.registry import PHASE_READS
 from streetvision.progress import log
 from streetvision.training import distributed
 from streetvision.training.curves import curve_metrics, write_curves_html
-from streetvision.training.loop import autocast_dtype, train_classifier
-from streetvision.training.storage import open_store
+from streetvision.training.engine import Checkpoints, autocast_dtype
+from streetvision.training.loop import STATE_FILE, train_classifier
 
 PHASE = "phase1"
 OUTPUTS_FILE = "phase1_outputs.json"
@@ -136,10 +136,10 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
     model = create_model(cfg.model)
     mean, std = normalization(model)
     n_params = sum(p.numel() for p in model.parameters())
-    store = None
+    checkpoints = None
     if cfg.training.resume_dir:
         root = cfg.training.resume_dir.rstrip("/") + f"/phase1-{resume_key(cfg, inputs)}"
-        store = open_store(root, "training.resume_dir")
+        checkpoints = Checkpoints(root, STATE_FILE, "training.resume_dir")
     if rank == 0:
         log(
             f"model {cfg.model.name} ({n_params / 1e6:.2f}M parameters, {cfg.model.img_size}px), "
@@ -157,7 +157,7 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
         mean,
         std,
         cfg.training,
-        store,
+        checkpoints,
         device,
     )
     distributed.barrier()

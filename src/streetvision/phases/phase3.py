@@ -6,11 +6,16 @@ Loss on a TRAIN batch, "correct" meaning the model's own prediction is right:
 The head (and optionally the last blocks) is tuned; the epoch is chosen by AURC on VAL_SELECT, where the
 untuned model (epoch 0) is a candidate too, so the gate never ranks worse than the model it started from
 there. VAL_CALIB is read only to compute the tuned model's logits for the calibrator and the threshold.
+
+The tuning runs in the training engine (`streetvision.training.engine`) with phase 1's settings for what the
+engine shares: gradient clipping (`training.grad_clip_norm`), weight EMA (`training.ema_decay`), bf16 autocast on
+GPU (`training.precision`) and resumable state under `training.resume_dir` (on a cluster, the run's
+checkpoint location), saved every epoch and every `training.checkpoint_every_minutes`.
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import json
 import math
 import time
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streetvision.cluster_env import task_checkpoint_dir
 from streetvision.config.schema import Config
 from streetvision.contracts.metadata import (
     ArtifactMetadata,
@@ -37,8 +43,20 @@ from streetvision.models import load_model_dir, predict_logits, save_model_dir, 
 from streetvision.phases.phase2 import fit_threshold_policy, policy_summary, write_policy
 from streetvision.phases.registry import PHASE_READS
 from streetvision.progress import log, progress
+from streetvision.training import distributed
+from streetvision.training.engine import (
+    Checkpoints,
+    Optimization,
+    Plan,
+    autocast_dtype,
+    cpu_state,
+    epoch_batches,
+    fit,
+    param_groups,
+)
 
 PHASE = "phase3"
+STATE_FILE = "gate_state.pt"
 
 
 def gatekeeper_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -76,6 +94,88 @@ def _select_aurc(model, data: SplitData, mean, std, batch_size, device) -> float
     return aurc_scores(logits.max(axis=1) - logits.min(axis=1), logits.argmax(axis=1) == data.labels)[0]
 
 
+class GateRecipe:
+    """Phase 3 for the training engine: TRAIN batches in a (seed, epoch) order, the Gatekeeper loss, the engine's
+    optimisation (AdamW at a constant lr, clipping, EMA, autocast), AURC on VAL_SELECT for selection."""
+
+    def __init__(self, model, params, train: SplitData, select: SplitData, mean, std, cfg: Config, device):
+        g = cfg.gate
+        self.cfg, self.model, self.train, self.select, self.device = cfg, model, train, select, device
+        self.mean, self.std = mean, std
+        self.mean_t, self.std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+        self.labels = torch.from_numpy(train.labels)
+        # bf16 autocast on GPU as in phase 1 (training.precision); the loss is computed in fp32.
+        amp = autocast_dtype(cfg.training.precision) if device.type == "cuda" else None
+        self.optimization = Optimization(
+            model,
+            param_groups(model, g.lr, g.weight_decay),
+            g.lr,
+            lambda step, group: 1.0,  # a short fine-tune from trained weights: constant lr
+            device,
+            grad_clip_norm=cfg.training.grad_clip_norm,
+            ema_decay=cfg.training.ema_decay,
+            amp=amp,
+        )
+        self.world = distributed.world_size()
+        self.steps_per_epoch = len(self._batches(0))
+        self.trainable = sum(p.numel() for p in params)
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        g = self.cfg.gate
+        return epoch_batches(len(self.train.labels), g.seed, epoch, g.batch_size, self.world)
+
+    def batches(self, epoch: int, first_step: int):
+        rank, batches = distributed.rank(), self._batches(epoch)[first_step:]
+        desc = f"gate epoch {epoch + 1}/{self.cfg.gate.epochs}"
+        for index in progress(batches, len(batches), desc, unit="step"):
+            yield np.sort(index[rank :: self.world])  # sorted: memmap reads stay sequential
+
+    def step(self, index: np.ndarray) -> tuple[torch.Tensor, int]:
+        images = torch.from_numpy(np.array(self.train.images[index])).to(self.device)
+        with self.optimization.autocast():
+            logits = self.optimization.net(to_model_input(images, self.mean_t, self.std_t))
+        loss = gatekeeper_loss(logits.float(), self.labels[index].to(self.device), self.cfg.gate.correct_weight)
+        self.optimization.update(loss / self.world)
+        return distributed.all_reduce_sum(loss.detach() / self.world), len(index) * self.world
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        model = self.optimization.eval_model()
+        score = _select_aurc(model, self.select, self.mean, self.std, self.cfg.evaluation.batch_size, self.device)
+        return {"val_select_aurc": float(score)}
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return cpu_state(self.optimization.eval_model())
+
+    def describe(self, index: np.ndarray) -> str:
+        ids = [self.train.sample_ids[i] for i in index[:8]]
+        return f"sample ids {ids}{' ...' if len(index) > 8 else ''}"
+
+    def train_mode(self) -> None:
+        self.model.train()
+
+    def last_lr(self) -> float:
+        return self.optimization.last_lr()
+
+    def state_dict(self) -> dict:
+        return self.optimization.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimization.load_state_dict(state)
+
+
+def resume_key(cfg: Config, weights_sha256: str, inputs: dict[str, SplitData]) -> str:
+    """Names the run's training state: the settings that shape the tuned weights, the starting weights and the
+    data."""
+    t = cfg.training
+    ident = {
+        "gate": cfg.gate.model_dump(),
+        "training": {"grad_clip_norm": t.grad_clip_norm, "ema_decay": t.ema_decay, "precision": t.precision},
+        "weights": weights_sha256,
+        "data": {k: v.meta.fingerprint for k, v in inputs.items()},
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_phase3(
     cfg: Config,
     checkpoint_dir: str | Path,
@@ -85,6 +185,8 @@ def run_phase3(
     gate_checkpoint_dir: str | Path,
     policy_dir: str | Path,
 ) -> dict[str, dict]:
+    """The tuning runs in the training engine: with training.resume_dir set (on a cluster: the run's checkpoint
+    location), its state is saved there and a retried task resumes it."""
     started = time.time()
     g = cfg.gate
     reads = PHASE_READS[PHASE]
@@ -100,47 +202,40 @@ def run_phase3(
     gate_checkpoint_dir, policy_dir = prepare_output_dir(gate_checkpoint_dir), prepare_output_dir(policy_dir)
 
     torch.manual_seed(g.seed)
+    if cfg.training.num_threads > 0:
+        torch.set_num_threads(cfg.training.num_threads)
     device = task_device(cfg, PHASE)
     model = load_model_dir(checkpoint_dir).to(device)
     preprocessing = json.loads((checkpoint_dir / "preprocessing.json").read_text())
     mean, std = preprocessing["mean"], preprocessing["std"]
-    mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
-    params = _trainable(model, g.unfreeze_blocks)
-    optimizer = torch.optim.AdamW(params, lr=g.lr, weight_decay=g.weight_decay)
     batch = cfg.evaluation.batch_size
-    # bf16 autocast on GPU as in phase 1 (training.precision); the loss is computed in fp32.
-    bf16 = cfg.training.precision == "bf16" and device.type == "cuda"
-
-    best_aurc = _select_aurc(model, select, mean, std, batch, device)
-    best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
-    history = [{"epoch": 0, "val_select_aurc": best_aurc}]
-    log(
-        f"gate: tuning {sum(p.numel() for p in params)} parameters (head + {g.unfreeze_blocks} blocks), "
-        f"alpha={g.correct_weight}, VAL_SELECT AURC before {best_aurc:.4f}"
+    params = _trainable(model, g.unfreeze_blocks)
+    recipe = GateRecipe(model, params, train, select, mean, std, cfg, device)
+    checkpoints = None
+    resume_root = cfg.training.resume_dir or task_checkpoint_dir(cfg, PHASE)
+    if resume_root:
+        key = resume_key(cfg, sha256_file(checkpoint_dir / "model.safetensors"), inputs)
+        checkpoints = Checkpoints(f"{resume_root.rstrip('/')}/{PHASE}-{key}", STATE_FILE, "training.resume_dir")
+    log(f"gate: tuning {recipe.trainable} parameters (head + {g.unfreeze_blocks} blocks), alpha={g.correct_weight}")
+    plan = Plan(
+        phase=PHASE,
+        epochs=g.epochs,
+        select="val_select_aurc",
+        higher_is_better=False,
+        evaluate_before_training=True,  # the untuned model is a candidate: the gate never ranks worse
+        save_every_minutes=cfg.training.checkpoint_every_minutes,
+        hint="lower gate.lr or check those samples, then rerun (with training.resume_dir set the run continues "
+        "from that state)",
     )
-    rng = np.random.default_rng(g.seed)
-    labels_all = torch.from_numpy(train.labels)
-    for epoch in range(1, g.epochs + 1):
-        model.train()
-        order = rng.permutation(len(train.labels))
-        losses = []
-        starts = range(0, len(order), g.batch_size)
-        for start in progress(starts, len(starts), f"gate epoch {epoch}/{g.epochs}", unit="step"):
-            index = np.sort(order[start : start + g.batch_size])  # sorted: memmap reads stay sequential
-            images = torch.from_numpy(np.array(train.images[index])).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(to_model_input(images, mean_t, std_t))
-            loss = gatekeeper_loss(logits.float(), labels_all[index].to(device), g.correct_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        score = _select_aurc(model, select, mean, std, batch, device)
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_select_aurc": score})
-        log(f"gate epoch {epoch}/{g.epochs}: loss {np.mean(losses):.4f}, VAL_SELECT AURC {score:.4f}")
-        if score < best_aurc:
-            best_aurc, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
+    result = fit(recipe, plan, checkpoints, device)
+    # Epoch 0 is the untuned model, 1..epochs the tuned ones.
+    history = [
+        {"epoch": row["epoch"] + 1, **{k: row[k] for k in ("train_loss", "val_select_aurc") if k in row}}
+        for row in result.history
+    ]
+    best_epoch, best_aurc = result.best_epoch + 1, result.best_score
+    log(f"gate: VAL_SELECT AURC before {history[0]['val_select_aurc']:.4f}, best {best_aurc:.4f} (epoch {best_epoch})")
+    model.load_state_dict(result.best_state)
     model.eval()
 
     spec = json.loads((checkpoint_dir / "model_config.json").read_text())

@@ -184,13 +184,8 @@ def run_phase4(
     trainer = ExploraTrainer(peft_model, ecfg, cfg.model.img_size, mean, std, device, amp)
     head_params = sum(p.numel() for p in trainer.student.head.parameters())
     fingerprint = run_fingerprint(ecfg, spec, f"{train.meta.fingerprint}/{pool_report.get('pool_fingerprint')}")
-    if checkpoint_dir and "://" in str(checkpoint_dir):
-        log(
-            f"phase 4 resumes from a mounted path (cluster.checkpoint_pvc); {checkpoint_dir} is an object store, "
-            "which this version does not write checkpoints to: a retried task starts phase 4 afresh"
-        )
-        checkpoint_dir = None
-    throughput = train_ssl(trainer, images, Path(checkpoint_dir) if checkpoint_dir else None, fingerprint)
+    # A local/PVC folder or a gs:// prefix: a retried task resumes from the last saved step either way.
+    throughput = train_ssl(trainer, images, str(checkpoint_dir) if checkpoint_dir else None, fingerprint)
 
     exported = (trainer.teacher if ecfg.export == "teacher" else trainer.student).backbone
     merged = merge_adapters(exported).cpu()

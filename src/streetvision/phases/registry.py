@@ -160,6 +160,7 @@ PHASES: tuple[PhaseSpec, ...] = (
         },
         outputs={"gate_checkpoint": OutputSpec("checkpoint"), "policy": OutputSpec("policy")},
         resources=GPU_TASK,
+        checkpoints=True,
         default=False,
         policy=True,
     ),

@@ -1,6 +1,6 @@
-"""The supervised training loop of phase 1: uint8 cache in, augmentation on the model's device, selection on
-VAL_SELECT with early stopping, preemption-safe training state. The same code path runs on CPU (slowly), on
-one GPU and on every GPU of a node (DDP; see ``training.distributed``).
+"""Phase 1's recipe for the training engine (``training.engine``): uint8 cache in, augmentation on the model's
+device, selection on VAL_SELECT with early stopping, preemption-safe training state. The same code path runs on
+CPU (slowly), on one GPU and on every GPU of a node (DDP; see ``training.distributed``).
 
 Determinism: the sample order of an epoch is a function of (seed, epoch), and so are the JPEG re-compression
 draws of each batch (with the batch and process); the rest of augmentation and dropout draw from torch's
@@ -11,9 +11,6 @@ checkpoint continues exactly as the uninterrupted run would have (bit-identical 
 
 from __future__ import annotations
 
-import io
-import math
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,20 +22,27 @@ from torch import nn
 
 from streetvision.cluster_env import usable_cpus
 from streetvision.config.schema import TrainingConfig
-from streetvision.contracts.errors import ContractError
 from streetvision.devices import resolve_device
 from streetvision.metrics.classification import selection_score
 from streetvision.models import predict_logits
 from streetvision.progress import log
 from streetvision.training import distributed as dist_utils
 from streetvision.training.augment import BatchAugment
-from streetvision.training.storage import Store
+from streetvision.training.engine import (
+    Checkpoints,
+    Optimization,
+    Plan,
+    TrainingDivergedError,
+    autocast_dtype,
+    cpu_state,
+    epoch_batches,
+    fit,
+    fmt_seconds,
+    param_groups,
+    warmup_cosine,
+)
 
 STATE_FILE = "train_state.pt"
-
-
-class TrainingDivergedError(ContractError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -50,60 +54,6 @@ class TrainResult:
     images_per_second: float = 0.0
     resumed_from: dict | None = None  # {"epoch", "step_in_epoch"} when this run continued a saved state
     last_state: dict[str, torch.Tensor] | None = None  # weights after the last epoch (the "last" checkpoint)
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    if precision == "fp16":  # also refused by the config check; kept for callers that build configs in code
-        raise ContractError(
-            "training.precision=fp16 is refused",
-            "phase1",
-            "DINOv2 activations overflow fp16 (no loss scaling here); use bf16 on GPU or fp32",
-        )
-    return torch.bfloat16 if precision == "bf16" else None
-
-
-def param_groups(model: nn.Module, cfg: TrainingConfig) -> list[dict]:
-    """timm's layer-wise-decay groups (no weight decay on norms, biases, tokens, position embeddings), each
-    split into head and backbone parts so the backbone can be frozen for a warm start."""
-    from timm.optim._param_groups import param_groups_layer_decay
-
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
-    groups = param_groups_layer_decay(model, cfg.weight_decay, no_weight_decay_list=skip, layer_decay=cfg.layer_decay)
-    head = {id(p) for p in model.get_classifier().parameters()}
-    out = []
-    for group in groups:
-        for is_head in (False, True):
-            params = [p for p in group["params"] if (id(p) in head) == is_head]
-            if params:
-                scale = group.get("lr_scale", 1.0)
-                out.append(
-                    {
-                        "params": params,
-                        "weight_decay": group["weight_decay"],
-                        "lr": cfg.lr * scale,
-                        "lr_scale": scale,
-                        "is_head": is_head,
-                    }
-                )
-    return out
-
-
-def _schedule(total_steps: int, warmup_steps: int, frozen_steps: int, is_head: bool) -> Callable[[int], float]:
-    """Warmup + cosine; backbone groups get lr 0 while frozen (AdamW then moves them not at all)."""
-
-    def factor(step: int) -> float:
-        if not is_head and step < frozen_steps:
-            return 0.0
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 class _Batches:
@@ -140,13 +90,10 @@ class _Batches:
                 futures[i] = None  # free the batch
 
 
-def _fmt_seconds(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 class Trainer:
-    """One training run: model, optimizer, schedule, EMA, augmentation; steps over the uint8 cache."""
+    """The phase-1 step: augmentation on the model's device, class-weighted label-smoothed cross entropy, and
+    the engine's optimisation (AdamW with layer-wise decay, warm-up + cosine with a frozen-backbone start, EMA,
+    clipping, DDP, autocast)."""
 
     def __init__(
         self,
@@ -160,28 +107,37 @@ class Trainer:
         device: torch.device,
     ):
         self.cfg, self.device = cfg, device
-        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        self.rank = dist_utils.rank()
         self.amp = autocast_dtype(cfg.precision)
         self.model = model.to(device)  # the plain module: state dicts, EMA and evaluation use it
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
         total = steps_per_epoch * cfg.epochs
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
         frozen = cfg.freeze_backbone_epochs * steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, [_schedule(total, warmup, frozen, g["is_head"]) for g in self.optimizer.param_groups]
-        )
-        self.ema = None
-        if cfg.ema_decay > 0:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        self.net = dist_utils.wrap_ddp(model, device) if self.world > 1 else model
-        self.step_fn = torch.compile(self.net) if cfg.compile else self.net
+        def schedule(step: int, group: dict) -> float:
+            if not group["is_head"] and step < frozen:
+                return 0.0  # backbone groups get lr 0 while frozen (AdamW then moves them not at all)
+            return warmup_cosine(step, total, warmup)
+
+        self.optimization = Optimization(
+            model,
+            param_groups(model, cfg.lr, cfg.weight_decay, layer_decay=cfg.layer_decay, split_head=True),
+            cfg.lr,
+            schedule,
+            device,
+            grad_clip_norm=cfg.grad_clip_norm,
+            ema_decay=cfg.ema_decay,
+            amp=self.amp,
+            compile=cfg.compile,
+        )
         self.augment = BatchAugment(img_size, cfg.augment)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32, device=device)
-        self.class_weights_np = np.asarray(class_weights, dtype=np.float64)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.optimization.optimizer
 
     def host_prepare(self, epoch: int, first_batch: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """What the batch readers do to batch `i` of an epoch's batches from `first_batch` on, before the copy to
@@ -191,7 +147,7 @@ class Trainer:
 
     def eval_model(self) -> nn.Module:
         """The weights selection and outputs use: the EMA when it is on."""
-        return self.ema.module if self.ema is not None else self.model
+        return self.optimization.eval_model()
 
     def step(self, batch_u8: torch.Tensor, target: torch.Tensor, global_weight: float) -> torch.Tensor:
         """One optimizer step on this process's share of a global batch; returns the global batch's loss
@@ -201,11 +157,11 @@ class Trainer:
         with torch.no_grad():
             x = self.augment(x.permute(0, 3, 1, 2).float().div_(255.0))
             x = (x - self.mean) / self.std
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            logits = self.step_fn(x)
+        with self.optimization.autocast():
+            logits = self.optimization.net(x)
         # PyTorch's class-weighted, label-smoothed cross entropy, summed here and divided by the class weight
-        # of the whole global batch (what its "mean" divides by); times world size below because DDP averages
-        # gradients: the same gradient as one process on the whole batch.
+        # of the whole global batch (what its "mean" divides by): with the engine's world-size factor, the
+        # same gradient as one process on the whole batch.
         loss = (
             F.cross_entropy(
                 logits.float(),
@@ -216,62 +172,88 @@ class Trainer:
             )
             / global_weight
         )
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss * self.world).backward()
-        if self.cfg.grad_clip_norm > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
+        self.optimization.update(loss)
         return dist_utils.all_reduce_sum(loss.detach())
 
     def state(self) -> dict:
-        return {
-            "model": _cpu_state(self.model),
-            "ema": _cpu_state(self.ema) if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
+        return self.optimization.state_dict()
 
     def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.optimization.load_state_dict(state)
 
 
-def _rng_state(device: torch.device) -> dict:
-    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+class ClassifierRecipe:
+    """Phase 1 for the engine: TRAIN batches (each process reads its share of every global batch), the
+    trainer's step, selection on VAL_SELECT."""
 
+    def __init__(
+        self,
+        trainer: Trainer,
+        train_images,
+        train_labels: np.ndarray,
+        train_ids: list[str],
+        select_images,
+        select_labels: np.ndarray,
+        mean: list[float],
+        std: list[float],
+        class_weights: np.ndarray,
+    ):
+        self.trainer, self.cfg, self.mean, self.std = trainer, trainer.cfg, mean, std
+        self.train_images, self.train_labels, self.train_ids = train_images, train_labels, train_ids
+        self.select_images, self.select_labels = select_images, select_labels
+        self.class_weights = class_weights
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        self.steps_per_epoch = len(self._global_batches(0))
 
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
+    def _global_batches(self, epoch: int) -> list[np.ndarray]:
+        return epoch_batches(len(self.train_labels), self.cfg.seed, epoch, self.cfg.batch_size, self.world)
 
+    def batches(self, epoch: int, first_step: int):
+        """(this process's indices, its uint8 batch, the global batch's indices) for each step."""
+        batches = self._global_batches(epoch)[first_step:]
+        local = [np.sort(b[self.rank :: self.world]) for b in batches]  # sorted reads are faster on a memmap
+        pin = self.trainer.device.type == "cuda"
+        reader = _Batches(self.train_images, local, pin=pin, prepare=self.trainer.host_prepare(epoch, first_step))
+        for gidx, (idx, batch) in zip(batches, reader):
+            yield idx, batch, gidx
 
-def load_train_state(store: Store | None) -> dict | None:
-    if store is None or not store.exists(STATE_FILE):
-        return None
-    return torch.load(str(store.fetch(STATE_FILE)), map_location="cpu", weights_only=False)
+    def step(self, batch) -> tuple[torch.Tensor, int]:
+        idx, images, gidx = batch
+        target = torch.from_numpy(self.train_labels[idx])
+        loss = self.trainer.step(images, target, float(self.class_weights[self.train_labels[gidx]].sum()))
+        return loss, len(gidx)
 
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        logits = predict_logits(
+            self.trainer.eval_model(),
+            self.select_images,
+            self.mean,
+            self.std,
+            batch_size=self.cfg.batch_size * 2,
+            device=self.trainer.device,
+            autocast_dtype=self.trainer.amp,
+        )
+        metric = self.cfg.selection_metric
+        return {f"val_select_{metric}": selection_score(metric, self.select_labels, logits)}
 
-def save_train_state(store: Store, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    store.write(STATE_FILE, lambda handle: handle.write(buffer.getbuffer()))
+    def weights(self) -> dict[str, torch.Tensor]:
+        return cpu_state(self.trainer.eval_model())
 
+    def describe(self, batch) -> str:
+        gidx = batch[2]
+        return f"sample ids {[self.train_ids[i] for i in gidx[:8]]}{' ...' if len(gidx) > 8 else ''}"
 
-def epoch_batches(n: int, seed: int, epoch: int, batch_size: int, world: int) -> list[np.ndarray]:
-    """Global batches of sample indices for one epoch (a function of seed and epoch only). With several
-    processes a last batch smaller than the number of processes is dropped (every process needs a sample)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    if world > 1 and len(batches[-1]) < world:
-        batches.pop()
-    return batches
+    def train_mode(self) -> None:
+        self.trainer.model.train()
+
+    def last_lr(self) -> float:
+        return self.trainer.optimization.last_lr()
+
+    def state_dict(self) -> dict:
+        return self.trainer.state()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trainer.load_state(state)
 
 
 def train_classifier(
@@ -284,12 +266,12 @@ def train_classifier(
     mean: list[float],
     std: list[float],
     cfg: TrainingConfig,
-    store: Store | None = None,
+    checkpoints: Checkpoints | None = None,
     device: torch.device | None = None,
 ) -> TrainResult:
     """Train on TRAIN, pick the best epoch by cfg.selection_metric on VAL_SELECT; leaves the best weights loaded
-    into `model`. With a `store`, training state is saved there and a saved state is resumed. `device`: where to
-    train (phase 1 passes its task's device, `streetvision.devices.task_device`); None: cfg.device."""
+    into `model`. With `checkpoints`, training state is saved there and a saved state is resumed. `device`:
+    where to train (phase 1 passes its task's device, `streetvision.devices.task_device`); None: cfg.device."""
     rank, world = dist_utils.rank(), dist_utils.world_size()
     torch.manual_seed(cfg.seed + rank)  # augmentation and dropout differ per process, as they should
     if cfg.num_threads > 0:
@@ -303,169 +285,48 @@ def train_classifier(
     weights = counts.sum() / (2.0 * np.maximum(counts, 1.0)) if cfg.balance_classes else np.ones(2)
     steps_per_epoch = len(epoch_batches(len(train_labels), cfg.seed, 0, cfg.batch_size, world))
     trainer = Trainer(model, cfg, img_size, mean, std, steps_per_epoch, weights, device)
+    recipe = ClassifierRecipe(
+        trainer, train_images, train_labels, train_ids, select_images, select_labels, mean, std, weights
+    )
 
-    best_score, best_epoch, best_state = -math.inf, -1, None
-    history: list[dict] = []
-    seen_images, train_seconds = 0, 0.0
-    start_epoch, start_step, global_step = 0, 0, 0
-    resumed_from = None
-    saved = load_train_state(store)
-    if saved is not None:
-        trainer.load_state(saved["trainer"])
-        _set_rng_state(saved["rng"][rank], device)
-        best_score, best_epoch, best_state = saved["best_score"], saved["best_epoch"], saved["best_state"]
-        history, seen_images, train_seconds = saved["history"], saved["seen_images"], saved["train_seconds"]
-        start_epoch, start_step, global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
-        resumed_from = {"epoch": start_epoch, "step_in_epoch": start_step, "global_step": global_step}
-        if rank == 0:
-            log(
-                f"resuming from {store.describe(STATE_FILE)}: epoch {start_epoch + 1}, step {start_step} "
-                f"of {steps_per_epoch}"
-            )
-    elif store is not None and rank == 0:
-        log(f"training state will be saved to {store.describe(STATE_FILE)}")
-    last_good = store.describe(STATE_FILE) if saved is not None else "none yet"
-
-    def save(epoch: int, step_in_epoch: int, epoch_loss: float, epoch_seen: int) -> None:
-        nonlocal last_good
-        rng = dist_utils.gather_objects(_rng_state(device))  # every process, to resume each exactly
-        if store is None or rank != 0:
-            return
-        save_train_state(
-            store,
-            {
-                "trainer": trainer.state(),
-                "rng": rng,
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "global_step": global_step,
-                "best_score": best_score,
-                "best_epoch": best_epoch,
-                "best_state": best_state,
-                "history": history,
-                "seen_images": seen_images,
-                "train_seconds": train_seconds,
-                "epoch_loss": epoch_loss,
-                "epoch_seen": epoch_seen,
-            },
+    def log_step(epoch: int, step: int, loss: float, rate: float) -> None:
+        left = (steps_per_epoch - step - 1) * cfg.batch_size + (cfg.epochs - epoch - 1) * len(train_labels)
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch} loss {loss:.4f} {rate:.0f} img/s, "
+            f"eta {fmt_seconds(left / max(rate, 1e-9))} (at most, before early stop)"
         )
-        last_good = store.describe(STATE_FILE)
 
-    last_save = time.monotonic()
-    epoch_loss_carry, epoch_seen_carry = (saved["epoch_loss"], saved["epoch_seen"]) if saved else (0.0, 0)
-    epochs_done = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        if epoch - best_epoch > cfg.patience and best_epoch >= 0:
-            break  # a resumed state that had already stopped early
-        trainer.model.train()
-        batches = epoch_batches(len(train_labels), cfg.seed, epoch, cfg.batch_size, world)
-        first = start_step if epoch == start_epoch else 0
-        local = [np.sort(b[rank::world]) for b in batches[first:]]  # sorted reads are faster on a memmap
-        loss_sum, seen = (epoch_loss_carry, epoch_seen_carry) if first else (0.0, 0)
-        epoch_start = last_log = time.perf_counter()
-        pending = None  # previous step's loss, checked one step late so the GPU queue stays full
-        reader = _Batches(train_images, local, pin=device.type == "cuda", prepare=trainer.host_prepare(epoch, first))
-        for offset, (idx, batch) in enumerate(reader):
-            b = first + offset
-            gidx = batches[b]
-            target = torch.from_numpy(train_labels[idx])
-            loss = trainer.step(batch, target, float(weights[train_labels[gidx]].sum()))
-            if pending is not None:
-                loss_sum += _checked(pending, last_good, train_ids)
-            pending = (loss, epoch, b, gidx)
-            seen += len(gidx)
-            global_step += 1
-            now = time.perf_counter()
-            if cfg.log_every_seconds and now - last_log >= cfg.log_every_seconds and rank == 0:
-                rate = (seen - (epoch_seen_carry if first else 0)) / (now - epoch_start)
-                left = (len(batches) - b - 1) * cfg.batch_size + (cfg.epochs - epoch - 1) * len(train_labels)
-                log(
-                    f"epoch {epoch + 1}/{cfg.epochs} step {b + 1}/{len(batches)} loss {loss_sum / max(seen, 1):.4f} "
-                    f"{rate:.0f} img/s, eta {_fmt_seconds(left / max(rate, 1e-9))} (at most, before early stop)"
-                )
-                last_log = now
-            due = cfg.checkpoint_every_minutes == 0 or time.monotonic() - last_save >= cfg.checkpoint_every_minutes * 60
-            if store is not None and b + 1 < len(batches) and dist_utils.agree(due):
-                loss_sum += _checked(pending, last_good, train_ids)
-                pending = None
-                save(epoch, b + 1, loss_sum, seen)
-                last_save = time.monotonic()
-        if pending is not None:
-            loss_sum += _checked(pending, last_good, train_ids)
-        seconds = time.perf_counter() - epoch_start
-        n_epoch = sum(len(x) for x in batches[first:])
-        seen_images += n_epoch
-        train_seconds += seconds
-
-        score = selection_score(
-            cfg.selection_metric,
-            select_labels,
-            predict_logits(
-                trainer.eval_model(),
-                select_images,
-                mean,
-                std,
-                batch_size=cfg.batch_size * 2,
-                device=device,
-                autocast_dtype=trainer.amp,
-            ),
-        )
-        improved = score > best_score
-        if improved:
-            best_score, best_epoch = score, epoch
-            best_state = _cpu_state(trainer.eval_model())
-        epoch_ips = n_epoch / max(seconds, 1e-9)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": loss_sum / max(seen, 1),
-                f"val_select_{cfg.selection_metric}": score,
-                "lr": trainer.scheduler.get_last_lr()[-1],
-                "images_per_second": epoch_ips,
-            }
-        )
-        if rank == 0:
-            eta = _fmt_seconds((cfg.epochs - epoch - 1) * len(train_labels) / max(epoch_ips, 1e-9))
-            log(
-                f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / max(seen, 1):.4f} "
-                f"VAL_SELECT {cfg.selection_metric} {score:.4f}{' *' if improved else ''} ({epoch_ips:.0f} img/s, "
-                f"eta {eta} at most)"
-            )
-        epochs_done = epoch + 1
-        stop = epoch - best_epoch >= cfg.patience
-        save(epoch + 1, 0, 0.0, 0)
-        last_save = time.monotonic()
-        if stop:
-            if rank == 0:
-                log(f"early stop: no {cfg.selection_metric} gain on VAL_SELECT for {cfg.patience} epochs")
-            break
-    last_state = _cpu_state(trainer.eval_model())
-    if best_state is None:  # nothing trained in this call (the saved state had finished)
-        best_state = last_state
-    model.load_state_dict(best_state)
+    plan = Plan(
+        phase="phase1",
+        epochs=cfg.epochs,
+        select=f"val_select_{cfg.selection_metric}",
+        patience=cfg.patience,
+        save_every_minutes=cfg.checkpoint_every_minutes,
+        log_every_seconds=cfg.log_every_seconds,
+        log_step=log_step,
+        hint="lower training.lr or check those samples, then rerun (with training.resume_dir set the run continues "
+        "from that state)",
+    )
+    result = fit(recipe, plan, checkpoints, device)
+    last_state = cpu_state(trainer.eval_model())
+    model.load_state_dict(result.best_state if result.best_state is not None else last_state)
     return TrainResult(
-        best_epoch=best_epoch,
-        best_score=float(best_score),
-        epochs_run=len(history) if history else epochs_done,
-        history=history,
-        images_per_second=seen_images / max(train_seconds, 1e-9),
-        resumed_from=resumed_from,
+        best_epoch=result.best_epoch,
+        best_score=float(result.best_score),
+        epochs_run=result.epochs_run,
+        history=result.history,
+        images_per_second=result.images_per_second,
+        resumed_from=result.resumed_from,
         last_state=last_state,
     )
 
 
-def _checked(pending: tuple, last_good: str, train_ids: list[str]) -> float:
-    """The summed loss of a finished step (weighted mean x batch size); stops the run if it is not finite."""
-    loss, epoch, step, gidx = pending
-    value = float(loss)
-    if not math.isfinite(value):
-        raise TrainingDivergedError(
-            f"loss is {value} at epoch {epoch + 1}, step {step} of that epoch",
-            f"phase1 training batch of sample ids {[train_ids[i] for i in gidx[:8]]}{' ...' if len(gidx) > 8 else ''}",
-            f"the last good training state is {last_good}; lower training.lr or check those samples, then rerun "
-            "(with training.resume_dir set the run continues from that state)",
-        )
-    return value * len(gidx)
-
-
-__all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "autocast_dtype", "epoch_batches", "train_classifier"]
+__all__ = [
+    "ClassifierRecipe",
+    "Trainer",
+    "TrainResult",
+    "TrainingDivergedError",
+    "autocast_dtype",
+    "epoch_batches",
+    "train_classifier",
+]
