@@ -25,7 +25,7 @@ from streetvision_components.types import (
     ValTestSplit,
 )
 
-from streetvision.phases.registry import PHASES
+from streetvision.registry import PHASES
 
 
 def ingest(

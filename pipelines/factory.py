@@ -15,7 +15,7 @@ from streetvision_pipelines import images
 from streetvision.cluster_env import RUN_ID_ENV, RUN_ID_FIELD_PATH
 from streetvision.config import Config, config_to_json
 from streetvision.phase_graph import resolve_phases
-from streetvision.phases.registry import CHECKPOINTING_PHASES, PHASE_SPECS
+from streetvision.registry import CHECKPOINTING_PHASES, PHASE_SPECS
 
 # GKE node labels for each accelerator choice (cloud.google.com/gke-accelerator).
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"

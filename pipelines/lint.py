@@ -23,7 +23,7 @@ from streetvision_components.types import split_of_type
 from streetvision_pipelines.inspect_spec import load_documents
 
 from streetvision.contracts import ContractError, LeakageViolationError, Split, check_access
-from streetvision.phases.registry import PHASE_READS
+from streetvision.registry import PHASE_READS
 
 # Function the executor runs (`--function_to_execute`) -> phase name in the split policy.
 PHASE_BY_FUNCTION = {func.__name__: phase for phase, func in PHASE_FUNCTIONS.items()}
@@ -134,7 +134,7 @@ def lint_documents(documents: list[dict], path: str = "<pipeline>") -> LintRepor
                         name,
                         input_name,
                         f"reads {declared_split.name} data ({declared_title}), which {phase} has no declared role for",
-                        "remove the input, or declare its role in the phase's `reads` in streetvision.phases.registry",
+                        "remove the input, or declare its role in the phase's `reads` in streetvision.registry",
                     )
                 )
 

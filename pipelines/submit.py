@@ -29,7 +29,7 @@ from streetvision_pipelines.inspect_spec import load_documents
 from streetvision.config import Config, ConfigError, config_from_json, config_to_json
 from streetvision.contracts.errors import ContractError
 from streetvision.phase_graph import resolve_phases
-from streetvision.phases.registry import CHECKPOINTING_PHASES, PHASE_NAMES
+from streetvision.registry import CHECKPOINTING_PHASES, PHASE_NAMES
 
 TOKEN_ENV = "KFP_TOKEN"
 HOST_ENV = "KF_PIPELINES_ENDPOINT"  # the variable kfp.Client itself reads

@@ -30,7 +30,7 @@ from streetvision.contracts.validators import (
     validate_logits,
     validate_policy,
 )
-from streetvision.phases.registry import PHASE_READS
+from streetvision.registry import PHASE_READS
 
 
 @pytest.mark.parametrize(

@@ -249,7 +249,7 @@ def test_config_rejects_bad_explora_values():
 def test_phase4_end_to_end_then_phase1_trains_from_it(ingested, tmp_path):
     from streetvision.phases.phase1 import run_phase1
     from streetvision.phases.phase4 import add_backbone_lineage
-    from streetvision.phases.registry import PHASE_SPECS
+    from streetvision.registry import PHASE_SPECS
     from streetvision.run_summary import HEADLINE, output_name
 
     _, dirs, _, _ = ingested
@@ -326,7 +326,7 @@ def test_pool_from_a_gcs_prefix_and_val_images_in_it_refused(tmp_path, monkeypat
 
     from test_gcs import Emulator  # fake-gcs-server, as the storage tests run it
 
-    from streetvision import storage
+    from streetvision import io as storage
     from streetvision.explora.pool import load_pool, pixel_hashes
 
     (tmp_path / "gcs").mkdir()

@@ -23,7 +23,7 @@ import torch
 from conftest import split_dirs
 from ingest_data import outcomes, rows_of, write_folder, write_manifest, write_parquet
 
-from streetvision import storage
+from streetvision import io as storage
 from streetvision.config import load_config
 from streetvision.contracts import Split
 from streetvision.data.shards import open_shards
@@ -231,6 +231,7 @@ def test_storage_round_trip_paged_listing_and_atomic_local_writes(endpoint, tmp_
     got = dict(storage.read_many([f"{base}/f1.bin", f"{base}/missing", str(tmp_path / "none")], workers=3))
     assert got[f"{base}/f1.bin"] == b"\x01\x01"
     assert type(got[f"{base}/missing"]).__name__ == "NotFound" and isinstance(got[str(tmp_path / "none")], OSError)
+    assert storage.size(f"{base}/f4.bin") == 5
     storage.write_bytes(str(tmp_path / "a" / "b.bin"), b"xyz")
     assert (tmp_path / "a" / "b.bin").read_bytes() == b"xyz" and [p.name for p in (tmp_path / "a").iterdir()] == [
         "b.bin"
@@ -304,17 +305,26 @@ def test_ingest_survives_503s_and_an_emulator_restart(endpoint, tmp_path, monkey
     assert table.num_rows == clean["train"]["count"]
 
 
-def test_training_state_goes_to_a_gs_prefix(endpoint):
-    """Phase 1's checkpoint seam resolves gs:// to this module's store: atomic writes, reads back, exists."""
-    from streetvision.training.storage import fetch_file, open_store
+def test_training_state_and_weights_under_a_gs_prefix(endpoint):
+    """Phase 1's resume store on gs://: atomic writes, reads back, exists; model weights read from gs://."""
+    import torch
+    from safetensors.torch import save
 
-    bucket = BUCKET
-    store = open_store(f"gs://{bucket}/run-1/phase1", "training.resume_dir")
+    from streetvision.models import _read_state_dict
+
+    store = storage.Store(f"gs://{BUCKET}/run-1/phase1")
     assert not store.exists("state.pt")
     store.write("state.pt", lambda handle: handle.write(b"weights and optimizer"))
-    assert store.exists("state.pt") and store.describe("state.pt") == f"gs://{bucket}/run-1/phase1/state.pt"
-    assert store.fetch("state.pt").read_bytes() == b"weights and optimizer"
-    assert fetch_file(f"gs://{bucket}/run-1/phase1/state.pt", "model.weights").read_bytes() == b"weights and optimizer"
+    assert store.exists("state.pt") and store.describe("state.pt") == f"gs://{BUCKET}/run-1/phase1/state.pt"
+    assert store.read("state.pt") == b"weights and optimizer"
+    store.write("state.pt", lambda handle: handle.write(b"the next epoch"))  # replaced whole
+    assert store.read("state.pt") == b"the next epoch"
+
+    tensors = {"w": torch.arange(6.0).reshape(2, 3)}
+    storage.write_bytes(f"gs://{BUCKET}/weights/backbone.safetensors", save(tensors))
+    storage.atomic_write(f"gs://{BUCKET}/weights/full.pt", lambda tmp: torch.save({"model": tensors}, tmp))
+    for name in ("backbone.safetensors", "full.pt"):
+        assert torch.equal(_read_state_dict(f"gs://{BUCKET}/weights/{name}")["w"], tensors["w"])
 
 
 def test_phase4_resumes_from_a_gs_checkpoint_root(endpoint, ingested, monkeypatch):

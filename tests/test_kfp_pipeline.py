@@ -12,7 +12,7 @@ from streetvision_pipelines.lint import lint_documents
 from streetvision.config import load_config
 from streetvision.contracts import ContractError, check_access
 from streetvision.phase_graph import resolve_phases
-from streetvision.phases.registry import CHECKPOINTING_PHASES, PHASE_READS
+from streetvision.registry import CHECKPOINTING_PHASES, PHASE_READS
 
 
 def test_component_signatures_read_only_what_their_role_allows():

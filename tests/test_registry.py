@@ -8,7 +8,7 @@ from streetvision_pipelines.factory import make_component
 from streetvision.config import Config, load_config
 from streetvision.contracts.metadata import METADATA_FILE
 from streetvision.phase_graph import resolve_phases
-from streetvision.phases.registry import PHASE_NAMES, PHASE_SPECS, PHASES
+from streetvision.registry import PHASE_NAMES, PHASE_SPECS, PHASES
 from streetvision.run_summary import summarize_run
 
 

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from streetvision.config import config_to_json, load_config
 from streetvision.contracts import CheckpointError, Split
-from streetvision.training.storage import LocalStore, open_store
+from streetvision.contracts.validators import validate_location
+from streetvision.io import Store
 
 # The training process: runs phase 1 from a job file; with KILL_AT > 0 it SIGKILLs itself right after that
 # many optimizer steps (before the state of that step is saved), like a preempted node.
@@ -110,8 +111,7 @@ def test_resume_key_separates_configs_and_data(ingested):
 
 
 def test_local_store_writes_atomically_and_remote_needs_a_backend(tmp_path):
-    store = open_store(str(tmp_path / "state"), "test")
-    assert isinstance(store, LocalStore)
+    store = Store(validate_location(str(tmp_path / "state"), "test"))
     store.write("a.bin", lambda f: f.write(b"one"))
 
     def failing(handle):
@@ -120,7 +120,7 @@ def test_local_store_writes_atomically_and_remote_needs_a_backend(tmp_path):
 
     with pytest.raises(OSError):
         store.write("a.bin", failing)
-    assert store.fetch("a.bin").read_bytes() == b"one"  # the old file survives a failed write
+    assert store.read("a.bin") == b"one"  # the old file survives a failed write
     assert [p.name for p in (tmp_path / "state").iterdir()] == ["a.bin"]  # no temp file left behind
     with pytest.raises(CheckpointError, match=r"no storage backend for s3://"):
-        open_store("s3://bucket/runs", "training.resume_dir")  # gs:// has a backend
+        validate_location("s3://bucket/runs", "training.resume_dir")  # local and gs:// only

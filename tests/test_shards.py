@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import TINY, split_dirs
 
+from streetvision import io as storage
 from streetvision.config import load_config
 from streetvision.contracts import DataError, Role, Split
 from streetvision.contracts.metadata import METADATA_FILE
-from streetvision.data import shards
 from streetvision.data.shards import load_split, open_shards, write_shard, write_shard_manifest
 
 
@@ -42,10 +42,10 @@ def test_a_crash_while_writing_leaves_no_shard_that_looks_complete(tmp_path, mon
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(shards.os, "replace", crash)
+    monkeypatch.setattr(storage.os, "replace", crash)  # the rename of the one atomic write fails
     with pytest.raises(OSError):
         write_shard(tmp_path, 0, np.zeros((2, 4, 4, 3), np.uint8))
-    assert not list((tmp_path / "shards").glob("images-*.npy"))  # only a hidden .tmp remains
+    assert not list((tmp_path / "shards").iterdir())  # no shard, and the temp file is removed
     with pytest.raises(DataError, match="no shards.json"):
         open_shards(tmp_path)
 

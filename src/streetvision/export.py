@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streetvision import io as storage
 from streetvision.contracts.errors import BundleError
-from streetvision.contracts.validators import BUNDLE_MANIFEST, atomic_write_text, sha256_file
+from streetvision.contracts.validators import BUNDLE_MANIFEST, sha256_file
 from streetvision.inference import Bundle
 from streetvision.models import to_model_input
 
@@ -48,21 +49,23 @@ def export_onnx(bundle_dir: str | Path, out_path: str | Path, opset: int = DEFAU
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapped,
-            (example,),
-            str(tmp),
-            input_names=[ONNX_INPUT],
-            output_names=[ONNX_OUTPUT],
-            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
-            opset_version=opset,
-            dynamo=True,  # torch.export-based exporter (the TorchScript one is deprecated)
-            external_data=False,  # one self-contained file (models here are far below protobuf's 2 GB)
-            verbose=False,
-        )
-    tmp.replace(out_path)
+
+    def export(tmp: Path) -> None:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapped,
+                (example,),
+                str(tmp),
+                input_names=[ONNX_INPUT],
+                output_names=[ONNX_OUTPUT],
+                dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+                opset_version=opset,
+                dynamo=True,  # torch.export-based exporter (the TorchScript one is deprecated)
+                external_data=False,  # one self-contained file (models here are far below protobuf's 2 GB)
+                verbose=False,
+            )
+
+    storage.atomic_write(out_path, export)
     return out_path
 
 
@@ -123,7 +126,7 @@ def export_triton(
         )
     onnx_path = export_onnx(bundle_dir, model_dir / "1" / "model.onnx")
     img_size = json.loads((bundle_dir / "preprocessing.json").read_text())["img_size"]
-    atomic_write_text(model_dir / "config.pbtxt", triton_config(name, img_size, max_batch_size, gpu))
+    storage.write_text(model_dir / "config.pbtxt", triton_config(name, img_size, max_batch_size, gpu))
     for file in ("calibrator.json", "policy.json", "preprocessing.json", BUNDLE_MANIFEST):
         shutil.copyfile(bundle_dir / file, model_dir / file)
     files = sorted(p for p in model_dir.rglob("*") if p.is_file())
@@ -132,5 +135,5 @@ def export_triton(
         "onnx": str(onnx_path.relative_to(model_dir)),
         "files": {str(p.relative_to(model_dir)): sha256_file(p) for p in files},
     }
-    atomic_write_text(model_dir / "export.json", json.dumps(record, indent=2))
+    storage.write_text(model_dir / "export.json", json.dumps(record, indent=2))
     return model_dir

@@ -1,10 +1,10 @@
 """Which phases a run contains: the user's selection plus what it cannot run without (kfp-free); the phases and
-what each requires are declared in `streetvision.phases.registry`."""
+what each requires are declared in `streetvision.registry`."""
 
 from __future__ import annotations
 
 from streetvision.contracts.errors import ContractError
-from streetvision.phases.registry import DEFAULT_PHASES, PHASE_NAMES, POLICY_PHASES, REQUIRES
+from streetvision.registry import DEFAULT_PHASES, PHASE_NAMES, POLICY_PHASES, REQUIRES
 
 
 def resolve_phases(requested: list[str]) -> tuple[list[str], list[str]]:

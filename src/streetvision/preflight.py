@@ -2,7 +2,7 @@
 
 A missing or unreadable input fails the same way on every attempt of a task, so it is reported here, once,
 before a run folder exists, instead of from inside `ingest` (or phase 1/4) after the pipeline has started.
-Only local paths are checked: a `gs://` URI is read by the tasks through `streetvision.storage` (with its own
+Only local paths are checked: a `gs://` URI is read by the tasks through `streetvision.io` (with its own
 retries), and a compiled pipeline's paths are the cluster's (a PVC mount, an image path), which is why
 `plan`, `compile` and `submit` do not call this.
 """
@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from streetvision import storage
+from streetvision import io as storage
 from streetvision.config.schema import Config
 from streetvision.contracts.errors import DataError
 from streetvision.data.sources import MANIFEST_SUFFIXES

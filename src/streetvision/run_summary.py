@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streetvision.contracts.metadata import METADATA_FILE
-from streetvision.phases.registry import PHASE_SPECS, PHASES
+from streetvision.registry import PHASE_SPECS, PHASES
 
 RUN_CONFIG = "config.yaml"
 RUN_RECORD = "run.json"

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from streetvision.phases.registry import DEFAULT_PHASES, PHASE_NAMES, default_resources
+from streetvision.registry import DEFAULT_PHASES, PHASE_NAMES, default_resources
 
 # URI schemes KFP accepts for a pipeline root.
 OBJECT_STORE_SCHEMES = ("gs://", "s3://", "minio://")

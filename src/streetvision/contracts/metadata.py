@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from streetvision import io as storage
 from streetvision.contracts.errors import IncompleteArtifactError, LeakageViolationError
 from streetvision.contracts.splits import Role, Split, check_access
 
@@ -100,19 +100,10 @@ def prepare_output_dir(path: str | Path) -> Path:
     return path
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """`write(tmp_path)` into a temp file beside `path`, then rename it over `path`: readers (and a restarted,
-    preempted task) see the old file or the whole new one, never a truncated one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_metadata(path: str | Path, meta: ArtifactMetadata) -> dict:
     """Write the completion record (atomically, last). Returns it as a dict for KFP artifact metadata."""
     data = meta.to_dict()
-    atomic_write(Path(path) / METADATA_FILE, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
+    storage.write_text(Path(path) / METADATA_FILE, json.dumps(data, indent=2, sort_keys=True))
     return data
 
 

@@ -1,5 +1,5 @@
 """The split policy: which role may read which split (which phase reads what in which role is declared per
-phase in ``streetvision.phases.registry``).
+phase in ``streetvision.registry``).
 
 Leakage makes every reported number a lie, so the rules are data here and enforced three times: by KFP
 artifact types (components/), by run-time metadata checks (``require_access``), and by a lint over the

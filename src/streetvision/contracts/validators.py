@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streetvision import io as storage
 from streetvision.contracts.errors import BundleError, CheckpointError, LabelsError, LogitsError, PolicyError
-from streetvision.contracts.metadata import atomic_write
 
 NUM_CLASSES = 2
 POLICY_KINDS = ("threshold", "gate", "scrc")
@@ -157,9 +157,16 @@ def check_fitted_on(record: dict, weights_path: Path, what: str, where: str) -> 
         )
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file whole or not at all: a temp file beside it, then a rename."""
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+def validate_location(uri: str, where: str) -> str:
+    """`uri` when the IO module can serve it (a local path or gs://); never a silent local fallback for s3:// etc."""
+    scheme = storage.unsupported_scheme(uri)
+    if scheme:
+        raise CheckpointError(
+            f"no storage backend for {scheme}:// paths ({uri})",
+            where,
+            "use a local or mounted (PVC) path, or a gs://bucket/prefix",
+        )
+    return uri
 
 
 def sha256_file(path: Path) -> str:
@@ -214,23 +221,3 @@ def validate_bundle(path: str | Path) -> dict:
         f"{where}/calibrator.json",
     )
     return manifest
-
-
-def validate_checkpoint(path: str | Path) -> dict:
-    """A checkpoint directory: its model config and a safetensors state dict that loads strictly."""
-    from streetvision.models import load_model_dir  # torch is imported only when a checkpoint is checked
-
-    root = Path(path)
-    where = f"checkpoint {root}"
-    for name in ("model.safetensors", "model_config.json"):
-        if not (root / name).is_file():
-            raise CheckpointError(f"missing {name}", where, "write checkpoints with streetvision.models.save_model_dir")
-    try:
-        load_model_dir(root)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(
-            f"weights do not load into the recorded architecture: {str(exc).splitlines()[0]}",
-            where,
-            "the checkpoint and model_config.json disagree; regenerate the checkpoint with phase1",
-        ) from exc
-    return json.loads((root / "model_config.json").read_text())

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from streetvision import storage
+from streetvision import io as storage
 from streetvision.data.shards import class_counts
 
 QUARANTINE = "quarantine"

@@ -12,7 +12,6 @@ of ``contracts.metadata``; readers check it before touching the data.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from streetvision import io as storage
 from streetvision.contracts.errors import DataError, LeakageViolationError
 from streetvision.contracts.metadata import ArtifactMetadata, fingerprint_ids, require_input
 from streetvision.contracts.splits import Role, Split
@@ -152,20 +152,16 @@ def load_split(path: str | Path, *, split: Split, role: Role, phase: str, input_
 
 
 def write_shard(out_dir: str | Path, index: int, images: np.ndarray) -> dict:
-    """Write one shard atomically (temp file, fsync, rename); returns its entry for shards.json."""
+    """Write one shard atomically; returns its entry for shards.json."""
     folder = Path(out_dir) / SHARDS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     name = f"images-{index:05d}.npy"
-    tmp = folder / f".{name}.tmp"
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             np.lib.format.write_array(handle, np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())  # on disk before the rename makes it visible
-        os.replace(tmp, folder / name)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    storage.atomic_write(folder / name, write)
     return {"file": f"{SHARDS_DIR}/{name}", "count": int(len(images)), "bytes": (folder / name).stat().st_size}
 
 
@@ -179,9 +175,7 @@ def write_shard_manifest(out_dir: str | Path, shards: list[dict], image_shape: t
         "count": int(sum(s["count"] for s in shards)),
         "shards": shards,
     }
-    tmp = out_dir / f".{SHARDS_FILE}.tmp"
-    tmp.write_text(json.dumps(body, indent=2))
-    os.replace(tmp, out_dir / SHARDS_FILE)
+    storage.write_text(out_dir / SHARDS_FILE, json.dumps(body, indent=2))
 
 
 def open_shards(path: str | Path, where: str = "") -> ShardedImages:

@@ -1,6 +1,6 @@
 """Where records come from: an image folder, a CSV/JSONL manifest, parquet files, or the demo generator.
 
-Each source is a local path or a ``gs://bucket/prefix`` (read through ``streetvision.storage``: paged
+Each source is a local path or a ``gs://bucket/prefix`` (read through ``streetvision.io``: paged
 listing, retries). A record is not yet validated: its bytes are read and checked at ingest, and any
 problem there quarantines it. Problems with a whole source (a missing manifest, a parquet file without the
 label column) raise ``DataError``: they are configuration mistakes, not bad records.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from streetvision import storage
+from streetvision import io as storage
 from streetvision.config.schema import DataConfig, SourceConfig
 from streetvision.contracts.errors import DataError
 

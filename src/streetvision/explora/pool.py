@@ -1,5 +1,5 @@
 """The optional unlabelled pool: target-domain images from outside the labelled set (a local folder or a
-gs:// prefix, read through `streetvision.storage`).
+gs:// prefix, read through `streetvision.io`).
 
 Decoded with ingest's own decoder at the training resolution, so the pool looks to the model exactly like
 the TRAIN cache. A pool may never carry VAL data: a folder that is a split artifact must be TRAIN, and any
@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from streetvision import storage
+from streetvision import io as storage
 from streetvision.contracts.errors import DataError, LeakageViolationError
 from streetvision.contracts.metadata import METADATA_FILE, fingerprint_ids
 from streetvision.contracts.splits import Role, check_access

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
+from streetvision import io as storage
 from streetvision.config.schema import ModelConfig
 from streetvision.contracts.errors import CheckpointError
-from streetvision.contracts.metadata import atomic_write
+from streetvision.contracts.validators import validate_location
 
 NUM_CLASSES = 2
 _ARCH_OVERRIDES = ("patch_size", "depth", "embed_dim", "num_heads")
@@ -30,10 +32,13 @@ def build_from_spec(spec: dict, pretrained: bool = False) -> torch.nn.Module:
     return timm.create_model(spec["name"], pretrained=pretrained, num_classes=spec["num_classes"], **spec["kwargs"])
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A local file, or a gs:// object read into memory (no local copy is left behind)."""
+    remote = storage.is_gcs(path)
+    if str(path).endswith(".safetensors"):
+        return load(storage.read_bytes(path)) if remote else load_file(str(path))
+    source = io.BytesIO(storage.read_bytes(path)) if remote else str(path)
+    state = torch.load(source, map_location="cpu", weights_only=True)
     # Common wrappers: {"model": sd}, {"state_dict": sd}.
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -41,12 +46,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _local_weights_file(weights: str, where: str) -> Path:
+def _weights_file(weights: str, where: str) -> str | Path:
     """The state-dict file behind model.weights: a file, an artifact directory (e.g. phase 4's adapted
-    backbone or a phase-1 checkpoint), or a remote URI fetched through the storage seam."""
-    from streetvision.training.storage import fetch_file
-
-    path = fetch_file(weights, where)
+    backbone or a phase-1 checkpoint), or a gs:// object."""
+    validate_location(weights, where)
+    if storage.is_gcs(weights):
+        return weights
+    path = Path(weights.removeprefix("file://"))
     if path.is_dir():
         for name in WEIGHT_FILES_IN_DIR:
             if (path / name).is_file():
@@ -88,7 +94,7 @@ def create_model(cfg: ModelConfig) -> torch.nn.Module:
                 where,
                 "connect to the hub, or download the weights once and set model.weights to the local file path",
             ) from exc
-    path = _local_weights_file(cfg.weights, where)
+    path = _weights_file(cfg.weights, where)
     model = build_from_spec(spec)
     fix = "use weights saved from the same timm architecture (any image size; a classifier head may be absent)"
     try:
@@ -115,9 +121,9 @@ def create_model(cfg: ModelConfig) -> torch.nn.Module:
 def save_model_dir(model: torch.nn.Module, spec: dict, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    # Temp file + rename: a preempted writer never leaves a truncated file under the final name.
-    atomic_write(out_dir / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
-    atomic_write(out_dir / "model_config.json", lambda tmp: tmp.write_text(json.dumps(spec, indent=2, sort_keys=True)))
+    # Atomic: a preempted writer never leaves a truncated file under the final name.
+    storage.atomic_write(out_dir / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+    storage.write_text(out_dir / "model_config.json", json.dumps(spec, indent=2, sort_keys=True))
 
 
 def load_model_dir(path: str | Path) -> torch.nn.Module:
@@ -130,6 +136,24 @@ def load_model_dir(path: str | Path) -> torch.nn.Module:
 
         model = MultiViewClassifier(model, spec["multiview"]["aggregation"])
     return model.eval()
+
+
+def validate_checkpoint(path: str | Path) -> dict:
+    """A checkpoint directory: its model config and a safetensors state dict that loads strictly."""
+    root = Path(path)
+    where = f"checkpoint {root}"
+    for name in ("model.safetensors", "model_config.json"):
+        if not (root / name).is_file():
+            raise CheckpointError(f"missing {name}", where, "write checkpoints with streetvision.models.save_model_dir")
+    try:
+        load_model_dir(root)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(
+            f"weights do not load into the recorded architecture: {str(exc).splitlines()[0]}",
+            where,
+            "the checkpoint and model_config.json disagree; regenerate the checkpoint with phase1",
+        ) from exc
+    return json.loads((root / "model_config.json").read_text())
 
 
 def normalization(model: torch.nn.Module) -> tuple[list[float], list[float]]:

@@ -32,8 +32,8 @@ from streetvision.data.shards import class_counts, load_split
 from streetvision.devices import task_device
 from streetvision.inference import Bundle, Predictions
 from streetvision.metrics.evaluation import bootstrap_intervals, evaluation_metrics, risk_coverage_curve
-from streetvision.phases.registry import PHASE_READS
 from streetvision.progress import log
+from streetvision.registry import PHASE_READS
 from streetvision.report import write_html_report
 
 PHASE = "evaluate"

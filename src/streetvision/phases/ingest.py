@@ -11,14 +11,13 @@ samples table, data report, and the completion records last.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import shutil
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streetvision import storage
+from streetvision import io as storage
 from streetvision.cluster_env import usable_cpus
 from streetvision.config.schema import Config, DataConfig, SourceConfig
 from streetvision.contracts.errors import DataError
 from streetvision.contracts.metadata import (
     ArtifactMetadata,
-    atomic_write,
     fingerprint_ids,
     prepare_output_dir,
     write_metadata,
@@ -77,17 +75,6 @@ def label_index(raw: str, names: list[str], src: SourceConfig | None = None) -> 
             return 1
     extra = " or the source's negative_labels/positive_labels" if src is not None else ""
     raise QuarantineReason("unknown_label", f"label {raw!r} is neither 0/1 nor one of data.label_names={names}{extra}")
-
-
-def _bounded_map(pool: Executor, fn: Callable, items: Iterable, ahead: int) -> Iterator:
-    """pool.map with at most `ahead` results in flight (memory stays bounded), results in input order."""
-    pending: collections.deque = collections.deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def _unreadable(exc: BaseException) -> QuarantineReason:
@@ -163,9 +150,9 @@ def decode_records(
         ThreadPoolExecutor(n_io, thread_name_prefix="read") as io_pool,
         ThreadPoolExecutor(n_decode, thread_name_prefix="decode") as decode_pool,
     ):
-        fetched = _bounded_map(io_pool, lambda u: _fetch_unit(u, records, sources), units, ahead=2 * n_io)
+        fetched = storage.prefetch(io_pool, lambda u: _fetch_unit(u, records, sources), units, ahead=2 * n_io)
         flat = (item for batch in fetched for item in batch)
-        yield from _bounded_map(decode_pool, decode, flat, ahead=4 * n_decode)
+        yield from storage.prefetch(decode_pool, decode, flat, ahead=4 * n_decode)
 
 
 def _partition_id(placed: list[Placed], cfg: Config) -> str:
@@ -194,7 +181,7 @@ def _write_split(out_dir: Path, items: list[Placed], staging: np.ndarray, size: 
             "orig_height": pa.array([p.image.height for p in items], pa.int32()),
         }
     )
-    atomic_write(out_dir / SAMPLES_FILE, lambda tmp: pq.write_table(table, tmp))
+    storage.atomic_write(out_dir / SAMPLES_FILE, lambda tmp: pq.write_table(table, tmp))
     write_shard_manifest(out_dir, shards, (size, size, 3))
 
 

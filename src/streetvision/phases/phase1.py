@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streetvision import io as storage
 from streetvision.config.loader import config_from_json, config_to_json
 from streetvision.config.schema import Config
 from streetvision.contracts.metadata import (
     ArtifactMetadata,
-    atomic_write,
     check_same_partition,
     prepare_output_dir,
     write_metadata,
@@ -35,8 +35,8 @@ from streetvision.devices import task_device
 from streetvision.metrics.classification import classification_metrics, probabilities, selection_score
 from streetvision.models import create_model, model_spec, normalization, predict_logits, save_model_dir
 from streetvision.models.multiview import MultiViewClassifier, multiview_cost
-from streetvision.phases.registry import PHASE_READS
 from streetvision.progress import log
+from streetvision.registry import PHASE_READS
 from streetvision.training import distributed
 from streetvision.training.curves import curve_metrics, write_curves_html
 from streetvision.training.engine import Checkpoints, autocast_dtype
@@ -177,7 +177,7 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
     if last:
         from safetensors.torch import save_file
 
-        atomic_write(checkpoint_dir / "last.safetensors", lambda p: save_file(last, str(p)))
+        storage.atomic_write(checkpoint_dir / "last.safetensors", lambda p: save_file(last, str(p)))
     weights_sha256 = sha256_file(checkpoint_dir / "model.safetensors")
     preprocessing = {
         "img_size": cfg.model.img_size,
@@ -200,7 +200,7 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
         ("training_history.json", result.history),
         ("training_summary.json", training_summary),
     ):
-        atomic_write(checkpoint_dir / name, lambda p, payload=payload: p.write_text(json.dumps(payload, indent=2)))
+        storage.write_text(checkpoint_dir / name, json.dumps(payload, indent=2))
     select_metric = f"val_select_{cfg.training.selection_metric}"
     if curves_html:
         write_curves_html(curves_html, result.history, cfg.training.selection_metric, training_summary)

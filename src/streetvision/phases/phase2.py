@@ -7,16 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
+from streetvision import io as storage
 from streetvision.calibration import calibrated_probabilities, fit_calibrator
 from streetvision.config.schema import Config
 from streetvision.contracts.errors import PolicyError
 from streetvision.contracts.metadata import ArtifactMetadata, json_safe, prepare_output_dir, write_metadata
 from streetvision.contracts.splits import Role
-from streetvision.contracts.validators import atomic_write_text, validate_policy
+from streetvision.contracts.validators import validate_policy
 from streetvision.data.shards import load_logits
 from streetvision.metrics.classification import selective_metrics
-from streetvision.phases.registry import PHASE_READS
 from streetvision.progress import log
+from streetvision.registry import PHASE_READS
 from streetvision.selective import accept_mask, guarantee_text, sgr_threshold
 
 PHASE = "phase2"
@@ -62,8 +63,8 @@ def fit_threshold_policy(
 def write_policy(policy_dir: Path, policy: dict, calibrator: dict, where: str) -> None:
     validate_policy(policy, where)
     log(f"WARNING: {policy['guarantee']}" if not policy["feasible"] else policy["guarantee"])
-    atomic_write_text(policy_dir / "policy.json", json.dumps(json_safe(policy), indent=2))
-    atomic_write_text(policy_dir / "calibrator.json", json.dumps(json_safe(calibrator), indent=2))
+    storage.write_text(policy_dir / "policy.json", json.dumps(json_safe(policy), indent=2))
+    storage.write_text(policy_dir / "calibrator.json", json.dumps(json_safe(calibrator), indent=2))
 
 
 def policy_summary(policy: dict, calibrator: dict) -> dict:

@@ -35,14 +35,14 @@ from streetvision.contracts.metadata import (
     write_metadata,
 )
 from streetvision.contracts.splits import Role
-from streetvision.contracts.validators import sha256_file, validate_checkpoint
+from streetvision.contracts.validators import sha256_file
 from streetvision.data.shards import SplitData, load_split
 from streetvision.devices import task_device
 from streetvision.metrics.evaluation import aurc_scores
-from streetvision.models import load_model_dir, predict_logits, save_model_dir, to_model_input
+from streetvision.models import load_model_dir, predict_logits, save_model_dir, to_model_input, validate_checkpoint
 from streetvision.phases.phase2 import fit_threshold_policy, policy_summary, write_policy
-from streetvision.phases.registry import PHASE_READS
 from streetvision.progress import log, progress
+from streetvision.registry import PHASE_READS
 from streetvision.training import distributed
 from streetvision.training.engine import (
     Checkpoints,

@@ -45,8 +45,8 @@ from streetvision.explora.pool import load_pool, pixel_hashes
 from streetvision.explora.probe import extract_features, probe_scores
 from streetvision.explora.train import ExploraTrainer, ImagePool, run_fingerprint, train_ssl
 from streetvision.models import build_from_spec, create_model, model_spec, normalization
-from streetvision.phases.registry import PHASE_READS
 from streetvision.progress import log
+from streetvision.registry import PHASE_READS
 
 PHASE = "phase4"
 KIND = "backbone"

@@ -10,8 +10,8 @@ from streetvision.contracts.metadata import ArtifactMetadata, prepare_output_dir
 from streetvision.contracts.splits import Role
 from streetvision.data.shards import load_logits
 from streetvision.phases.phase2 import fit_calibrator_from_config, logits_weights_sha256, policy_summary, write_policy
-from streetvision.phases.registry import PHASE_READS
 from streetvision.progress import log
+from streetvision.registry import PHASE_READS
 from streetvision.selective import guarantee_text, scrc_policy
 
 PHASE = "phase5"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from streetvision import __version__
+from streetvision import io as storage
 from streetvision.config.loader import config_to_yaml
 from streetvision.config.schema import Config
 from streetvision.contracts.metadata import (
@@ -23,16 +24,15 @@ from streetvision.contracts.metadata import (
 from streetvision.contracts.validators import (
     BUNDLE_FILES,
     BUNDLE_MANIFEST,
-    atomic_write_text,
     check_fitted_on,
     sha256_file,
     validate_bundle,
-    validate_checkpoint,
     validate_policy,
 )
 from streetvision.data.shards import SplitData, load_split
 from streetvision.drift import save_reference
-from streetvision.phases.registry import PHASE_READS
+from streetvision.models import validate_checkpoint
+from streetvision.registry import PHASE_READS
 
 PHASE = "phase6"
 
@@ -112,7 +112,7 @@ def run_phase6(
         "files": {name: sha256_file(bundle_dir / name) for name in BUNDLE_FILES},
     }
     # Written last, atomically: a bundle without its manifest is incomplete and refused by every loader.
-    atomic_write_text(bundle_dir / BUNDLE_MANIFEST, json.dumps(json_safe(manifest), indent=2))
+    storage.write_text(bundle_dir / BUNDLE_MANIFEST, json.dumps(json_safe(manifest), indent=2))
     validate_bundle(bundle_dir)
 
     lineage = list(

@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: written inside pipeline tasks
 import matplotlib.pyplot as plt  # noqa: E402
 
+from streetvision import io as storage
+
 
 def curve_metrics(history: list[dict], metric: str) -> dict[str, float]:
     """Per-epoch scalars for a KFP Metrics artifact (Metrics holds scalars only: one per epoch and curve)."""
@@ -44,6 +46,4 @@ def write_curves_html(path: str | Path, history: list[dict], metric: str, summar
         f"<img alt='training curves' src='data:image/png;base64,{image}'>"
         f"<h3>Summary</h3><pre>{html.escape(json.dumps(summary, indent=2))}</pre></body></html>"
     )
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
+    storage.write_text(path, page)

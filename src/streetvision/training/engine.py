@@ -39,7 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from streetvision import io as storage
 from streetvision.contracts.errors import CheckpointError, ContractError
+from streetvision.contracts.validators import validate_location
 from streetvision.progress import log
 from streetvision.training import distributed as dist_utils
 
@@ -199,9 +201,8 @@ class Checkpoints:
     atomically. With a `fingerprint`, a saved state of another run (config, model, data) is never resumed."""
 
     def __init__(self, root: str, name: str, where: str, fingerprint: str | None = None):
-        from streetvision.training.storage import open_store
-
-        self.store, self.name, self.where, self.fingerprint = open_store(str(root), where), name, where, fingerprint
+        self.store = storage.Store(validate_location(str(root), where))
+        self.name, self.where, self.fingerprint = name, where, fingerprint
 
     def describe(self) -> str:
         return self.store.describe(self.name)
@@ -210,7 +211,7 @@ class Checkpoints:
         if not self.store.exists(self.name):
             return None
         try:
-            state = torch.load(str(self.store.fetch(self.name)), map_location="cpu", weights_only=False)
+            state = torch.load(io.BytesIO(self.store.read(self.name)), map_location="cpu", weights_only=False)
         except Exception as exc:  # a torn or foreign file: say so, never resume from it
             raise CheckpointError(
                 f"training state {self.describe()} is unreadable: {exc}",

@@ -1,0 +1,262 @@
+"""Files at a local path or a ``gs://bucket/key`` URI, through one interface; the bottom of the import graph.
+
+This module imports nothing else of streetvision, so every layer (contracts, data, models, training,
+phases) can use it. Callers import it as ``from streetvision import io as storage``.
+
+- ``read_bytes``, ``open_read`` (a seekable binary file object, e.g. for pyarrow), ``size``, ``exists``,
+  ``is_dir``, ``list_files`` (lazy, page by page: a bucket is never listed into memory at once)
+- ``atomic_write(uri, write)`` and ``write_bytes(uri, data)``: the one atomic write. Locally a temp file
+  with a unique name in the target's folder, fsync of the file and the folder, then ``os.replace``; on GCS
+  an upload (an object only appears once its upload has finished)
+- ``Store``: named files under one folder or prefix (training state, checkpoints)
+- ``prefetch(pool, fn, items, ahead)`` and ``read_many``: parallel reads with at most N in flight
+- ``join``, ``is_gcs``, ``split_gcs``
+
+GCS calls go through google-cloud-storage with its retry predicate (429/5xx, connection resets and
+refusals) and this module's backoff. ``STORAGE_EMULATOR_HOST`` (set by tests that start fake-gcs-server)
+makes the client talk to the emulator with anonymous credentials.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import secrets
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+GCS_SCHEME = "gs://"
+LIST_PAGE_SIZE = 1000
+READ_CHUNK_BYTES = 8 * 1024 * 1024
+# Backoff 0.1 s doubling to 8 s, giving up after 120 s: survives a server restart or a burst of 503s.
+RETRY_INITIAL_S = 0.1
+RETRY_MAXIMUM_S = 8.0
+RETRY_TIMEOUT_S = 120.0
+
+_client_lock = threading.Lock()
+_clients: dict[str, object] = {}
+
+
+def is_gcs(uri: str | Path) -> bool:
+    return str(uri).startswith(GCS_SCHEME)
+
+
+def unsupported_scheme(uri: str | Path) -> str | None:
+    """The scheme of `uri` when this module cannot serve it ('s3' for s3://...), else None."""
+    head, sep, _ = str(uri).partition("://")
+    if sep and head.isalnum() and head not in ("gs", "file"):
+        return head
+    return None
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    """'gs://bucket/a/b' -> ('bucket', 'a/b')."""
+    bucket, _, key = str(uri)[len(GCS_SCHEME) :].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r} is not a gs://bucket/key URI")
+    return bucket, key
+
+
+def join(base: str | Path, relative: str) -> str:
+    """`relative` under the folder or prefix `base`; absolute paths and URIs are returned unchanged."""
+    if is_gcs(relative) or os.path.isabs(relative):
+        return relative
+    if is_gcs(base):
+        return str(base).rstrip("/") + "/" + relative.lstrip("/")
+    return str(Path(base) / relative)
+
+
+def retry_policy():
+    """google-cloud-storage's default retry (which errors are transient) with this module's backoff."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_delay(initial=RETRY_INITIAL_S, maximum=RETRY_MAXIMUM_S, multiplier=2.0).with_timeout(
+        RETRY_TIMEOUT_S
+    )
+
+
+def gcs_client():
+    """One client per process and endpoint (the client is safe to share between threads)."""
+    endpoint = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    with _client_lock:
+        if endpoint not in _clients:
+            from google.cloud import storage
+
+            if endpoint:
+                from google.auth.credentials import AnonymousCredentials
+
+                _clients[endpoint] = storage.Client(credentials=AnonymousCredentials(), project="emulator")
+            else:
+                _clients[endpoint] = storage.Client()
+        return _clients[endpoint]
+
+
+def _blob(uri: str):
+    bucket, key = split_gcs(uri)
+    return gcs_client().bucket(bucket).blob(key)
+
+
+def read_bytes(uri: str | Path) -> bytes:
+    if is_gcs(uri):
+        return _blob(str(uri)).download_as_bytes(retry=retry_policy())
+    return Path(uri).read_bytes()
+
+
+def open_read(uri: str | Path) -> BinaryIO:
+    """A seekable binary file object. GCS objects are read in ranged chunks, not downloaded whole."""
+    if is_gcs(uri):
+        blob = _blob(str(uri))
+        blob.reload(retry=retry_policy())  # the size is needed for seeking from the end (parquet footers)
+        return blob.open("rb", chunk_size=READ_CHUNK_BYTES, retry=retry_policy())
+    return open(uri, "rb")
+
+
+def size(uri: str | Path) -> int:
+    """The file's size in bytes."""
+    if is_gcs(uri):
+        blob = _blob(str(uri))
+        blob.reload(retry=retry_policy())
+        return int(blob.size)
+    return Path(uri).stat().st_size
+
+
+def exists(uri: str | Path) -> bool:
+    if is_gcs(uri):
+        return _blob(str(uri)).exists(retry=retry_policy())
+    return Path(uri).exists()
+
+
+def is_dir(uri: str | Path) -> bool:
+    """A local folder, or a GCS prefix with at least one object under it."""
+    if is_gcs(uri):
+        return next(list_files(str(uri).rstrip("/") + "/"), None) is not None
+    return Path(uri).is_dir()
+
+
+def list_files(prefix: str | Path, suffixes: Iterable[str] | None = None) -> Iterator[str]:
+    """Files under a folder or GCS prefix, recursively, in lexicographic order, fetched page by page.
+
+    `suffixes` (e.g. ('.jpg', '.png')) filters by lower-cased name ending.
+    """
+    wanted = tuple(s.lower() for s in suffixes) if suffixes else None
+    if is_gcs(prefix):
+        bucket, key = split_gcs(str(prefix))
+        pages = gcs_client().list_blobs(bucket, prefix=key, page_size=LIST_PAGE_SIZE, retry=retry_policy()).pages
+        for page in pages:
+            for blob in page:
+                if blob.name.endswith("/"):
+                    continue  # a "folder" placeholder object
+                if wanted is None or blob.name.lower().endswith(wanted):
+                    yield f"{GCS_SCHEME}{bucket}/{blob.name}"
+        return
+    for dirpath, dirnames, filenames in os.walk(prefix):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if wanted is None or name.lower().endswith(wanted):
+                yield str(Path(dirpath) / name)
+
+
+def _fsync_path(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(uri: str | Path, write: Callable[[Path], None]) -> None:
+    """Replace `uri` whole: readers (and a restarted, preempted task) see the old file or the complete new one.
+
+    `write(path)` fills a temp file (e.g. ``lambda tmp: torch.save(state, tmp)``). Locally it lives beside
+    the target under a unique name (concurrent writers never share one), is fsynced, renamed over the target,
+    and the folder is fsynced so the rename survives a crash. A GCS object is uploaded from the temp file;
+    it appears only once the upload has finished.
+    """
+    if is_gcs(uri):
+        with tempfile.TemporaryDirectory(prefix="streetvision-upload-") as scratch:
+            local = Path(scratch) / "object"
+            write(local)
+            # The retry re-sends the same file, so retrying (without preconditions) cannot mix contents.
+            _blob(str(uri)).upload_from_filename(str(local), retry=retry_policy())
+        return
+    target = Path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Not created here: the writer creates it, so the file gets the usual permissions.
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        write(tmp)
+        _fsync_path(tmp)  # the bytes are on disk before the rename makes them visible
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_path(target.parent)
+
+
+def write_bytes(uri: str | Path, data: bytes) -> None:
+    """Write all of `data` or nothing (see `atomic_write`)."""
+    if is_gcs(uri):
+        # From memory: no temp file. A retry re-sends the same bytes.
+        _blob(str(uri)).upload_from_file(io.BytesIO(data), size=len(data), rewind=True, retry=retry_policy())
+        return
+    atomic_write(uri, lambda tmp: tmp.write_bytes(data))
+
+
+def write_text(uri: str | Path, text: str) -> None:
+    write_bytes(uri, text.encode())
+
+
+class Store:
+    """Named files under one folder: a local (or mounted PVC) path or a gs:// prefix, e.g. training state."""
+
+    def __init__(self, root: str | Path):
+        self.root = str(root).removeprefix("file://")
+
+    def describe(self, name: str) -> str:
+        """Where `name` lives (a path or URI), for reading and for messages."""
+        return join(self.root, name)
+
+    def exists(self, name: str) -> bool:
+        return exists(self.describe(name))
+
+    def read(self, name: str) -> bytes:
+        return read_bytes(self.describe(name))
+
+    def write(self, name: str, writer: Callable[[BinaryIO], None]) -> None:
+        """Write `name` atomically from `writer(handle)`."""
+
+        def fill(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                writer(handle)
+
+        atomic_write(self.describe(name), fill)
+
+
+def prefetch(pool: Executor, fn: Callable, items: Iterable, ahead: int) -> Iterator:
+    """`pool.map(fn, items)` with at most `ahead` calls in flight (memory stays bounded), results in input order."""
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def read_many(uris: Iterable[str], workers: int = 16) -> Iterator[tuple[str, bytes | Exception]]:
+    """Read many files in parallel; yields (uri, bytes or the exception) in input order, with bounded memory."""
+
+    def fetch(uri: str) -> tuple[str, bytes | Exception]:
+        try:
+            return uri, read_bytes(uri)
+        except Exception as exc:  # reported to the caller per file, never raised for the whole batch
+            return uri, exc
+
+    workers = max(1, workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from prefetch(pool, fetch, uris, ahead=4 * workers)
