@@ -5,13 +5,18 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import TINY
 
+from streetvision.config import load_config
 from streetvision.contracts import Role, Split
 from streetvision.contracts.errors import BundleError, PolicyError
 from streetvision.contracts.metadata import METADATA_FILE
 from streetvision.contracts.validators import sha256_file, validate_policy
 from streetvision.data.shards import load_split
 from streetvision.inference import Bundle
+from streetvision.models import load_model_dir, predict_logits
+from streetvision.models.multiview import MultiViewClassifier
+from streetvision.phases.phase1 import run_phase1
 from streetvision.phases.phase2 import run_phase2
 from streetvision.phases.phase3 import gatekeeper_loss, run_phase3
 from streetvision.phases.phase5 import run_phase5
@@ -169,8 +174,6 @@ def _ops():
     from streetvision_components.phases import PHASE_FUNCTIONS
     from streetvision_pipelines.factory import make_component
 
-    from streetvision.config import load_config
-
     cfg = load_config()
     return {p: make_component(p, cfg) for p in PHASE_FUNCTIONS}
 
@@ -268,3 +271,29 @@ def test_phase_selection_requires_exactly_one_policy_phase():
     for bad in (["phase2", "phase5", "phase6"], ["all", "phase2", "phase3"], ["phase1", "phase6"]):
         with pytest.raises(ContractError, match="exactly one policy phase"):
             resolve_phases(bad)
+
+
+def test_phase3_tunes_a_multiview_checkpoint_and_its_bundle_scores_all_views(ingested, tmp_path):
+    from streetvision.config import load_config
+
+    _, dirs, _, _ = ingested
+    cfg = load_config(TINY + ["training.multiview=multi", "gate.epochs=1"])
+    ckpt = tmp_path / "checkpoint"
+    run_phase1(
+        cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], ckpt, tmp_path / "sl", tmp_path / "cl"
+    )
+    assert isinstance(load_model_dir(ckpt), MultiViewClassifier)
+    run_phase3(
+        cfg, ckpt, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], tmp_path / "gck", tmp_path / "gate"
+    )
+    tuned = load_model_dir(tmp_path / "gck")
+    assert isinstance(tuned, MultiViewClassifier)  # the gate keeps the views phase 1 chose
+    run_phase6(cfg, tmp_path / "gck", tmp_path / "gate", dirs[Split.VAL_CALIB], tmp_path / "bundle")
+    calib = load_split(dirs[Split.VAL_CALIB], split=Split.VAL_CALIB, role=Role.PREDICTION, phase="test", input_name="x")
+    images = np.asarray(calib.images[:6])
+    preds = Bundle.load(tmp_path / "bundle").predict(images)
+    prep = json.loads((tmp_path / "gck" / "preprocessing.json").read_text())
+    multi = predict_logits(tuned, images, prep["mean"], prep["std"])
+    single = predict_logits(tuned.model, images, prep["mean"], prep["std"])
+    np.testing.assert_allclose(preds.logits, multi, atol=1e-5)
+    assert not np.allclose(multi, single, atol=1e-5)  # the views are really scored

@@ -40,6 +40,7 @@ from streetvision.data.shards import SplitData, load_split
 from streetvision.devices import task_device
 from streetvision.metrics.evaluation import aurc_scores
 from streetvision.models import load_model_dir, predict_logits, save_model_dir, to_model_input, validate_checkpoint
+from streetvision.models.multiview import MultiViewClassifier
 from streetvision.phases.phase2 import fit_threshold_policy, policy_summary, write_policy
 from streetvision.progress import log, progress
 from streetvision.registry import PHASE_READS
@@ -98,9 +99,11 @@ class GateRecipe:
     """Phase 3 for the training engine: TRAIN batches in a (seed, epoch) order, the Gatekeeper loss, the engine's
     optimisation (AdamW at a constant lr, clipping, EMA, autocast), AURC on VAL_SELECT for selection."""
 
-    def __init__(self, model, params, train: SplitData, select: SplitData, mean, std, cfg: Config, device):
+    def __init__(self, model, params, train: SplitData, select: SplitData, mean, std, cfg: Config, device, scorer=None):
         g = cfg.gate
         self.cfg, self.model, self.train, self.select, self.device = cfg, model, train, select, device
+        # How deployment scores the weights (e.g. wrapped in multi-view): selection scores them the same way.
+        self.scorer = scorer or (lambda m: m)
         self.mean, self.std = mean, std
         self.mean_t, self.std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
         self.labels = torch.from_numpy(train.labels)
@@ -139,7 +142,7 @@ class GateRecipe:
         return distributed.all_reduce_sum(loss.detach() / self.world), len(index) * self.world
 
     def evaluate(self, epoch: int) -> dict[str, float]:
-        model = self.optimization.eval_model()
+        model = self.scorer(self.optimization.eval_model())
         score = _select_aurc(model, self.select, self.mean, self.std, self.cfg.evaluation.batch_size, self.device)
         return {"val_select_aurc": float(score)}
 
@@ -205,12 +208,19 @@ def run_phase3(
     if cfg.training.num_threads > 0:
         torch.set_num_threads(cfg.training.num_threads)
     device = task_device(cfg, PHASE)
-    model = load_model_dir(checkpoint_dir).to(device)
+    loaded = load_model_dir(checkpoint_dir).to(device)
+    # A multi-view checkpoint is tuned through its single-view network (every view shares its weights), on single
+    # TRAIN views; selection and the threshold score the views as deployment will.
+    model = loaded.model if isinstance(loaded, MultiViewClassifier) else loaded
+
+    def scorer(m):
+        return MultiViewClassifier(m, loaded.aggregation, loaded.grid) if isinstance(loaded, MultiViewClassifier) else m
+
     preprocessing = json.loads((checkpoint_dir / "preprocessing.json").read_text())
     mean, std = preprocessing["mean"], preprocessing["std"]
     batch = cfg.evaluation.batch_size
     params = _trainable(model, g.unfreeze_blocks)
-    recipe = GateRecipe(model, params, train, select, mean, std, cfg, device)
+    recipe = GateRecipe(model, params, train, select, mean, std, cfg, device, scorer)
     checkpoints = None
     resume_root = cfg.training.resume_dir or task_checkpoint_dir(cfg, PHASE)
     if resume_root:
@@ -245,7 +255,7 @@ def run_phase3(
     weights_sha256 = sha256_file(gate_checkpoint_dir / "model.safetensors")
 
     # The threshold is fitted on logits of exactly the weights just saved.
-    logits = predict_logits(model, calib.images, mean, std, batch, device)
+    logits = predict_logits(scorer(model), calib.images, mean, std, batch, device)
     calibrator, policy = fit_threshold_policy(cfg, logits, calib.labels, weights_sha256, kind="gate")
     policy.update(
         gate_best_epoch=best_epoch,
