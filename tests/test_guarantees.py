@@ -5,6 +5,7 @@ P(y = 1 | z) = sigmoid(2 mu z), and every accepted/selected set is {|z| >= c}, s
 policy is known in closed form (normal CDFs): no test-set noise in the verdict. A policy "holds" on a draw when
 its true risk is <= the target; it must hold on >= 1 - delta of the draws. The allowed number of violations is
 the 1 - 1e-6 quantile of Binomial(trials, delta), so a correct policy fails this test with probability < 1e-6.
+An infeasible policy accepts nothing and so never breaks its promise; it counts as a draw that holds.
 """
 
 import numpy as np
@@ -13,7 +14,17 @@ from scipy.optimize import brentq
 from scipy.special import expit, logit
 from scipy.stats import binom, norm
 
-from streetvision.selective import accept_mask, clopper_pearson_upper, guarantee_text, scrc_policy, sgr_threshold
+from streetvision.selective import (
+    accept_mask,
+    clopper_pearson_upper,
+    clopper_pearson_upper_array,
+    fit_threshold,
+    guarantee_text,
+    ltt_threshold,
+    min_error_free_accepted,
+    scrc_policy,
+    sgr_threshold,
+)
 
 MU = 1.5  # base accuracy Phi(1.5) = 0.933: a 5 % risk target needs partial coverage
 TRIALS = 300
@@ -58,8 +69,8 @@ def empirical_threshold(confidence, correct, target_risk):
     return float(confidence[order][ok[-1]]) if len(ok) else None
 
 
-def _allowed_violations(delta: float) -> int:
-    return int(binom.ppf(1 - 1e-6, TRIALS, delta))
+def _allowed_violations(delta: float, trials: int = TRIALS) -> int:
+    return int(binom.ppf(1 - 1e-6, trials, delta))
 
 
 def test_clopper_pearson_matches_an_independent_binomial_tail_inversion():
@@ -67,6 +78,10 @@ def test_clopper_pearson_matches_an_independent_binomial_tail_inversion():
     for k, m, d in [(0, 50, 0.05), (3, 100, 0.05), (17, 400, 0.01), (40, 60, 0.2)]:
         reference = brentq(lambda b, k=k, m=m, d=d: binom.cdf(k, m, b) - d, 1e-12, 1 - 1e-12, xtol=1e-14)
         assert clopper_pearson_upper(k, m, d) == pytest.approx(reference, abs=1e-9)
+    errors, n = np.array([0, 3, 5, 7, 0]), np.array([50, 100, 5, 3, 0])  # the last three are all-error cases
+    assert clopper_pearson_upper_array(errors, n, 0.05).tolist() == [
+        clopper_pearson_upper(int(e), int(m), 0.05) for e, m in zip(errors, n, strict=True)
+    ]
 
 
 def test_sgr_threshold_meets_its_target_and_the_empirical_threshold_does_not():
@@ -187,3 +202,114 @@ def test_sgr_matches_a_reference_implementation_of_the_paper(seed):
     assert policy["feasible"] == bool(feasible)
     if feasible:  # the most permissive certified threshold, with its bound
         assert np.allclose((policy["threshold"], policy["risk_bound"]), min(feasible), rtol=0, atol=1e-9)
+
+
+# --- Learn-then-Test fixed-sequence thresholds ---
+
+LTT_TRIALS = 1000
+
+
+def threshold_outcomes(method: str, n: int, target: float, delta: float, trials: int, seed: int):
+    """Per draw: (true risk > target, VAL_CALIB coverage, feasible) of the policy `method` fits on n samples."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((trials, 3))
+    for trial in range(trials):
+        probs, y = _draw(rng, n)
+        confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+        policy = fit_threshold(confidence, correct, target, delta, method)
+        broken = policy["feasible"] and true_selective_risk(policy["threshold"]) > target
+        out[trial] = broken, policy["calib_coverage"], policy["feasible"]
+    return out
+
+
+@pytest.mark.parametrize("n", [100, 300, 1000])
+def test_ltt_keeps_its_promise_and_certifies_more_coverage_than_sgr(n):
+    """Same draws, same (alpha, delta): LTT's violation rate stays <= delta, and it accepts more than SGR."""
+    target, delta = 0.05, 0.1
+    ltt = threshold_outcomes("ltt", n, target, delta, LTT_TRIALS, seed=n)
+    sgr = threshold_outcomes("sgr", n, target, delta, LTT_TRIALS, seed=n)
+    assert ltt[:, 0].sum() <= _allowed_violations(delta, LTT_TRIALS)
+    assert sgr[:, 0].sum() <= _allowed_violations(delta, LTT_TRIALS)
+    # Mean coverage; on a rare draw LTT stops at its very first test (an error among the most confident 59)
+    # where SGR's first test sits lower (0.2 % of draws at n = 1000), so per draw it is not always ahead.
+    assert ltt[:, 1].mean() > sgr[:, 1].mean()
+    if n == 100:  # 100 samples: SGR's 7 tests need 79 error-free accepted ones and never get there; LTT needs 45
+        assert sgr[:, 2].mean() == 0 and ltt[:, 2].mean() > 0.5
+
+
+def reference_ltt(kappa, correct, target, delta):
+    """Fixed-sequence testing written out as a loop: thresholds = distinct confidences, most confident first;
+    the first k_min - 1 candidates are skipped (none can pass); stop at the first bound above the target."""
+    k_min = next(k for k in range(1, 10_000) if 1 - delta ** (1 / k) <= target)
+    best = None
+    for theta in np.unique(kappa)[::-1]:
+        accepted = kappa >= theta
+        n, errors = int(accepted.sum()), int((~correct[accepted]).sum())
+        if n < k_min:
+            continue
+        # The bound: the b with P(Binomial(n, b) <= errors) = delta (one-sided Clopper-Pearson).
+        bound = (
+            1.0
+            if errors >= n
+            else brentq(lambda b, n=n, e=errors: binom.cdf(e, n, b) - delta, 1e-15, 1 - 1e-15, xtol=1e-15)
+        )
+        if bound > target:
+            break
+        best = (float(theta), bound, n / len(kappa))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ltt_matches_a_loop_reference_with_ties(seed):
+    rng = np.random.default_rng(200 + seed)
+    probs, y = _draw(rng, int(rng.integers(150, 1500)))
+    kappa = np.round(probs.max(axis=1), 3)  # ties: every candidate accepts all of its tied samples together
+    correct = probs.argmax(axis=1) == y
+    policy = ltt_threshold(kappa, correct, 0.05, 0.05)
+    reference = reference_ltt(kappa, correct, 0.05, 0.05)
+    assert policy["feasible"] == (reference is not None)
+    if reference is not None:
+        ours = (policy["threshold"], policy["risk_bound"], policy["calib_coverage"])
+        assert np.allclose(ours, reference, rtol=0, atol=1e-9)
+        assert accept_mask(kappa, policy).mean() == pytest.approx(policy["calib_coverage"])
+
+
+def test_min_error_free_accepted_is_the_smallest_certifying_count():
+    """k error-free images certify alpha at level d exactly when P(Binomial(k, alpha) = 0) <= d."""
+    for target, delta, method, n_calib, expected in [
+        (0.05, 0.05, "ltt", 0, 59),
+        (0.05, 0.05, "sgr", 200, 99),  # ceil(log2 200) = 8 tests
+        (0.10, 0.05, "ltt", 0, 29),
+        (0.01, 0.10, "ltt", 0, 230),
+    ]:
+        k = min_error_free_accepted(target, delta, method, n_calib)
+        level = delta / (int(np.ceil(np.log2(n_calib))) if method == "sgr" else 1)
+        assert binom.pmf(0, k, target) <= level < binom.pmf(0, k - 1, target)
+        assert k == expected
+    with pytest.raises(ValueError, match="threshold method"):
+        min_error_free_accepted(0.05, 0.05, "bonferroni")
+
+
+def test_ltt_guarantee_text_names_the_test_and_infeasibility_names_the_size_needed():
+    rng = np.random.default_rng(9)
+    probs, y = _draw(rng, 400)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    policy = ltt_threshold(confidence, correct, 0.05, 0.05)
+    assert policy["feasible"] and "Learn-then-Test" in guarantee_text(policy)
+    small = ltt_threshold(confidence[:40], correct[:40], 0.05, 0.05)  # 40 < 59: nothing can pass
+    assert not small["feasible"] and small["tests"] == 0 and not accept_mask(confidence[:40], small).any()
+    assert "at least 59 accepted" in guarantee_text(small)
+
+
+@pytest.mark.parametrize("method", ["ltt", "sgr"])
+def test_the_policy_phases_certify_by_calibration_threshold_method(method):
+    from streetvision.config.schema import Config
+    from streetvision.phases.phase2 import fit_threshold_policy
+
+    rng = np.random.default_rng(11)
+    probs, y = _draw(rng, 300)
+    cfg = Config.model_validate({"calibration": {"threshold_method": method}})
+    _, policy = fit_threshold_policy(cfg, np.log(np.clip(probs, 1e-12, None)), y, "0" * 64)
+    assert policy["method"] == method and policy["feasible"]
+    assert policy["min_error_free_accepted"] == min_error_free_accepted(0.05, 0.05, method, 300)
+    assert ("Learn-then-Test" in policy["guarantee"]) == (method == "ltt")

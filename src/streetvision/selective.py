@@ -1,10 +1,16 @@
-"""Selective classification with a guarantee: the SGR threshold (Geifman & El-Yaniv, 2017).
+"""Selective classification with a guarantee: a confidence threshold certified on VAL_CALIB.
 
-Accept a sample when its calibrated confidence is >= t. SGR binary-searches t over the sorted VAL_CALIB
-confidences; each tested t bounds the accepted-set error by the one-sided Clopper-Pearson upper bound at
-delta / k (k = number of tests, a Bonferroni correction), and the most permissive t whose bound is <= the
-target risk is kept. Then: with probability >= 1 - delta over the calibration draw, the error rate among
-accepted samples (from the same distribution) is <= target risk.
+Accept a sample when its calibrated confidence is >= t. Two ways to choose t, both bounding the accepted-set
+error by the one-sided Clopper-Pearson upper bound, and both promising: with probability >= 1 - delta over the
+calibration draw, the error rate among accepted samples (from the distribution VAL_CALIB was drawn from) is
+<= target risk.
+
+- Learn-then-Test fixed-sequence testing (Angelopoulos et al., 2021; "ltt", the default): candidate
+  thresholds are VAL_CALIB's distinct confidences (no labels used to pick them), tested from the most
+  confident down, each at the full delta; the search stops at the first failure and keeps the last pass.
+  Fixed-sequence testing controls the family-wise error at delta without any multiplicity correction.
+- SGR (Geifman & El-Yaniv, 2017; "sgr"): a binary search over the same sorted confidences, each of its
+  ceil(log2 m) tests at delta / ceil(log2 m) (Bonferroni). It needs more error-free accepted images.
 """
 
 from __future__ import annotations
@@ -24,6 +30,105 @@ def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     return float(beta.ppf(1.0 - delta, errors + 1, n - errors))
 
 
+def clopper_pearson_upper_array(errors: np.ndarray, n: np.ndarray, delta: float) -> np.ndarray:
+    """`clopper_pearson_upper` for arrays of (errors, n) at once."""
+    errors, n = np.asarray(errors, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    full = errors >= n  # includes n == 0
+    bound = beta.ppf(1.0 - delta, errors + 1, np.where(full, 1.0, n - errors))
+    return np.where(full, 1.0, bound)
+
+
+THRESHOLD_METHODS = ("ltt", "sgr")
+
+
+def sgr_tests(n_calib: int) -> int:
+    """How many thresholds SGR's binary search tests on n_calib samples (its Bonferroni factor)."""
+    return max(1, math.ceil(math.log2(n_calib))) if n_calib > 1 else 1
+
+
+def min_error_free_accepted(target_risk: float, delta: float, method: str = "ltt", n_calib: int = 0) -> int:
+    """The fewest accepted VAL_CALIB images, all correct, whose Clopper-Pearson bound certifies `target_risk`.
+
+    The smallest k with upper bound(0 errors of k) <= target_risk, at delta for "ltt" and at delta / tests for
+    "sgr" (tests = ceil(log2 n_calib)). A VAL_CALIB smaller than this can never certify the target, whatever
+    the model: e.g. 59 images for 5 % at delta = 0.05 with ltt, 99 with sgr on 129-256 images (8 tests).
+    """
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"unknown threshold method {method!r}; use one of {THRESHOLD_METHODS}")
+    level = delta / sgr_tests(n_calib) if method == "sgr" else delta
+    # Closed form of 1 - level ** (1 / k) <= target_risk, then checked against the bound itself (float edges).
+    k = max(1, math.ceil(math.log(level) / math.log1p(-target_risk)))
+    while clopper_pearson_upper(0, k, level) > target_risk:
+        k += 1
+    while k > 1 and clopper_pearson_upper(0, k - 1, level) <= target_risk:
+        k -= 1
+    return k
+
+
+def fit_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target_risk: float, delta: float, method: str = "ltt"
+) -> dict:
+    """The certified threshold policy by `method` ("ltt" or "sgr")."""
+    if method == "ltt":
+        return ltt_threshold(confidence, correct, target_risk, delta)
+    if method == "sgr":
+        return sgr_threshold(confidence, correct, target_risk, delta)
+    raise ValueError(f"unknown threshold method {method!r}; use one of {THRESHOLD_METHODS}")
+
+
+def ltt_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: float, delta: float) -> dict:
+    """Fixed-sequence Learn-then-Test threshold; threshold None when the first test already fails.
+
+    The sequence is VAL_CALIB's distinct confidences from the most confident down, starting where the
+    accepted count first reaches `min_error_free_accepted` (any earlier test must fail, and a fixed sequence
+    stops at its first failure). Its order uses the confidences only, never the labels. Each test is the
+    one-sided Clopper-Pearson bound at the full delta.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    m = len(confidence)
+    order = np.argsort(-confidence, kind="stable")
+    conf_sorted, cum_errors = confidence[order], np.cumsum(~correct[order])
+    # One candidate per distinct confidence: ties are accepted together (confidence >= threshold).
+    ends = np.flatnonzero(np.r_[conf_sorted[1:] != conf_sorted[:-1], True]) if m else np.zeros(0, int)
+    k_min = min_error_free_accepted(target_risk, delta, "ltt")
+    ends = ends[ends + 1 >= k_min]
+    accepted, errors = ends + 1, cum_errors[ends]
+    bounds = clopper_pearson_upper_array(errors, accepted, delta)
+    failed = np.flatnonzero(bounds > target_risk)
+    passed = int(failed[0]) if len(failed) else len(bounds)
+    policy = {
+        "kind": "threshold",
+        "method": "ltt",
+        "score": "max calibrated probability",
+        "target_risk": target_risk,
+        "delta": delta,
+        "n_calib": m,
+        "min_error_free_accepted": k_min,
+        "tests": passed + (1 if len(failed) else 0),
+        "stopped_at": None
+        if not len(failed)
+        else {
+            "threshold": float(conf_sorted[ends[passed]]),
+            "accepted": int(accepted[passed]),
+            "errors": int(errors[passed]),
+            "bound": float(bounds[passed]),
+        },
+    }
+    if passed == 0:
+        policy.update(feasible=False, threshold=None, calib_coverage=0.0, calib_risk=None, risk_bound=None)
+        return policy
+    best = passed - 1
+    policy.update(
+        feasible=True,
+        threshold=float(conf_sorted[ends[best]]),
+        calib_coverage=float(accepted[best] / m),
+        calib_risk=float(errors[best] / accepted[best]),
+        risk_bound=float(bounds[best]),
+    )
+    return policy
+
+
 def sgr_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: float, delta: float) -> dict:
     """Fit the SGR threshold. Returns the policy fields (threshold None when no tested t meets the target)."""
     confidence = np.asarray(confidence, dtype=np.float64)
@@ -32,7 +137,7 @@ def sgr_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: floa
     order = np.argsort(-confidence, kind="stable")
     conf_sorted, errors_sorted = confidence[order], ~correct[order]
     cum_errors = np.cumsum(errors_sorted)
-    tests = max(1, math.ceil(math.log2(m))) if m > 1 else 1
+    tests = sgr_tests(m)
     delta_each = delta / tests
 
     def evaluate(n_accept: int) -> tuple[float, int, float]:
@@ -61,10 +166,12 @@ def sgr_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: floa
             z_min = z
     policy = {
         "kind": "threshold",
+        "method": "sgr",
         "score": "max calibrated probability",
         "target_risk": target_risk,
         "delta": delta,
         "n_calib": m,
+        "min_error_free_accepted": min_error_free_accepted(target_risk, delta, "sgr", m),
         "tests": tests,
         "search": trail,
     }
@@ -96,20 +203,30 @@ def accept_mask(confidence: np.ndarray, policy: dict) -> np.ndarray:
     return confidence >= policy["threshold"]
 
 
+def _test_words(policy: dict) -> str:
+    """How the threshold was certified, in words (the two methods differ in their multiplicity correction)."""
+    if policy.get("method") == "ltt":
+        return f"Learn-then-Test fixed-sequence test over {policy['tests']} thresholds, each at the full delta"
+    return f"SGR, Bonferroni over {policy['tests']} tests"
+
+
 def guarantee_text(policy: dict) -> str:
     if policy["kind"] == "scrc":
         return scrc_guarantee_text(policy)
+    drawn = policy.get("distribution", "images drawn like VAL_CALIB")
     if not policy["feasible"]:
         return (
             f"No threshold meets the target: selective accuracy >= {1 - policy['target_risk']:.1%} could not be "
-            f"certified at confidence {1 - policy['delta']:.0%} from {policy['n_calib']} VAL_CALIB samples. "
-            "The policy accepts nothing (every image goes to Stage 2). More VAL_CALIB data, a stronger model or a "
-            "looser calibration.target_risk can make it feasible."
+            f"certified at confidence {1 - policy['delta']:.0%} from {policy['n_calib']} VAL_CALIB samples "
+            f"({_test_words(policy)}; certifying it needs at least {policy['min_error_free_accepted']} accepted "
+            "VAL_CALIB images without one error). The policy accepts nothing (every image goes to Stage 2). More "
+            "VAL_CALIB data (data.split.val_calib), a stronger model or a looser calibration.target_risk can make "
+            "it feasible."
         )
     return (
         f"Among accepted images, accuracy >= {1 - policy['target_risk']:.1%} with probability >= "
-        f"{1 - policy['delta']:.0%} over the VAL_CALIB draw (SGR, Clopper-Pearson bound "
-        f"{policy['risk_bound']:.3f} on the error, Bonferroni over {policy['tests']} tests), at VAL_CALIB coverage "
+        f"{1 - policy['delta']:.0%} over the VAL_CALIB draw, for {drawn} ({_test_words(policy)}; "
+        f"Clopper-Pearson bound {policy['risk_bound']:.3f} on the error), at VAL_CALIB coverage "
         f"{policy['calib_coverage']:.1%} (accept when calibrated confidence >= {policy['threshold']:.4f})."
     )
 

@@ -18,7 +18,7 @@ from streetvision.data.shards import load_logits
 from streetvision.metrics.classification import selective_metrics
 from streetvision.progress import log
 from streetvision.registry import PHASE_READS
-from streetvision.selective import accept_mask, guarantee_text, sgr_threshold
+from streetvision.selective import accept_mask, fit_threshold, guarantee_text
 
 PHASE = "phase2"
 
@@ -45,11 +45,13 @@ def fit_calibrator_from_config(cfg: Config, logits: np.ndarray, labels: np.ndarr
 def fit_threshold_policy(
     cfg: Config, logits: np.ndarray, labels: np.ndarray, weights_sha256: str, kind: str = "threshold"
 ) -> tuple[dict, dict]:
-    """Calibrator + SGR threshold on VAL_CALIB logits; used by phase 2 and, on the tuned model, by phase 3."""
+    """Calibrator + certified threshold (calibration.threshold_method) on VAL_CALIB logits; used by phase 2 and,
+    on the tuned model, by phase 3."""
     calibrator = fit_calibrator_from_config(cfg, logits, labels, weights_sha256)
     probs = calibrated_probabilities(calibrator, logits)
     confidence, pred = probs.max(axis=1), probs.argmax(axis=1)
-    policy = sgr_threshold(confidence, pred == labels, cfg.calibration.target_risk, cfg.calibration.delta)
+    c = cfg.calibration
+    policy = fit_threshold(confidence, pred == labels, c.target_risk, c.delta, c.threshold_method)
     policy["kind"] = kind
     policy["calibrator"] = calibrator["kind"]
     policy["weights_sha256"] = weights_sha256
