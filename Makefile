@@ -8,10 +8,11 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: demo test lint e2e-containers compile lock
 
-$(STAMP): requirements/lock.txt pyproject.toml
+# The library and, beside it, the demo renderer (demo/: not part of the library or its images).
+$(STAMP): requirements/lock.txt pyproject.toml demo/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements/lock.txt
-	$(PIP) install -q --no-deps -e .
+	$(PIP) install -q --no-deps -e . -e demo
 	touch $(STAMP)
 
 # Extra arguments for the run: make demo ARGS="training.epochs=1 --phases phase1 phase2 phase6"

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from streetvision_demo import with_demo_data
+
 from streetvision.config import load_config
 from streetvision.contracts import Split
 from streetvision.contracts.metadata import METADATA_FILE
@@ -34,8 +36,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     parser.add_argument("--out", help="working folder (default: a temporary one)")
     args = parser.parse_args()
-    cfg = load_config(args.overrides)
     root = Path(args.out or tempfile.mkdtemp(prefix="sv-policies-"))
+    cfg = with_demo_data(load_config(args.overrides), root / "demo-cache")  # as `streetvision run` renders it
     dirs = {s: root / s.value for s in Split}
     ckpt, sel, cal = root / "checkpoint", root / "val_select_logits", root / "val_calib_logits"
     if not (cal / METADATA_FILE).is_file():

@@ -3,6 +3,8 @@
 # ../Dockerfile, verify them (non-root, `pip freeze` equal to requirements/lock.txt), then run the whole default
 # pipeline on the demo data with kfp.local.DockerRunner, every task inside its phase's image without network.
 # Fails when a build, a check or any task fails, or when a task's outputs lack their completion records.
+# The images do not carry the demo renderer (demo/): `streetvision run` renders the scenes here and links them
+# into the run's pipeline root, which the runner mounts into every task's container at the same path.
 #
 # Needs: a Docker engine (or Debian's docker.io package, installed and started here, which needs root), and the
 # project's environment (.venv, from `make test` or `make demo`). Where the Dockerfile's base image cannot be

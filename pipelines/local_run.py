@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import secrets
 import sys
@@ -30,7 +31,7 @@ from pathlib import Path
 from kfp import local
 from streetvision_pipelines.factory import RetryPolicy, build_pipeline, compile_pipeline
 
-from streetvision.config import Config, config_from_yaml_file, config_to_json, config_to_yaml
+from streetvision.config import Config, ConfigError, config_from_yaml_file, config_to_json, config_to_yaml
 from streetvision.phase_graph import resolve_phases
 from streetvision.run_summary import PIPELINE_ROOT, RUN_CONFIG, RUN_RECORD, RunSummary, summarize_run
 
@@ -157,14 +158,40 @@ def runner_config(cfg: Config, runner: str) -> Config:
     return cfg.model_copy(update={"cluster": cluster})
 
 
+# Demo scenes rendered for earlier runs, one folder per demo config: the user's cache, not the output folder,
+# which holds only run folders.
+DEMO_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streetvision-demo"
+# Where a run's copy of the rendered scenes goes: inside the pipeline root, the one folder that the docker runner
+# mounts into every task's container.
+DEMO_DATA = "demo-data"
+
+
+def with_rendered_demo(cfg: Config, run_dir: Path, pipeline_root: Path) -> Config:
+    """The demo source as a folder the tasks read (the images do not carry the renderer): see streetvision_demo."""
+    if not cfg.data.uses_demo():
+        return cfg
+    try:
+        from streetvision_demo import with_demo_data
+    except ImportError:
+        raise ConfigError(
+            [
+                "data.source=demo: the demo scenes are rendered by the streetvision-demo package, which is not "
+                "installed here; install it with `pip install -e demo` (make demo does), or choose another source"
+            ],
+            "data.source",
+        ) from None
+    return with_demo_data(cfg, DEMO_CACHE, pipeline_root / DEMO_DATA)
+
+
 def run_local(cfg: Config, run_dir: Path, runner: str = "subprocess", retries: int = 0) -> LocalRun:
     """Run every selected phase locally; a rerun on the same folder resumes from the first unfinished phase.
     A failed task is tried `retries` more times, at once."""
     cfg = runner_config(cfg, runner)
     phases, _ = resolve_phases(cfg.pipeline.phases)
     retry = RetryPolicy(retries)  # no backoff: nothing local is worth waiting out
-    compile_pipeline(cfg, run_dir / "pipeline.yaml", retry)
     pipeline_root = (run_dir / PIPELINE_ROOT).resolve()
+    cfg = with_rendered_demo(cfg, run_dir, pipeline_root)
+    compile_pipeline(cfg, run_dir / "pipeline.yaml", retry)
     local.init(runner=make_runner(runner, pipeline_root), pipeline_root=str(pipeline_root), enable_caching=True)
     started = time.time()
     error = None

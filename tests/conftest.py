@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,11 @@ from streetvision.contracts import Split
 
 # Keep CPU tests predictable on 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The demo renderer is a distribution of its own (demo/, installed by `make test`); the tests, and the
+# `streetvision run` processes they start, import it from this checkout whether or not it is installed.
+DEMO_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1] / "demo")
+sys.path.insert(0, DEMO_PACKAGE_ROOT)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (DEMO_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
 
 TINY = [
     "data.demo.num_sequences=80",
@@ -40,13 +46,20 @@ def split_dirs(root: Path) -> dict[Split, Path]:
     return {split: root / split.value for split in Split}
 
 
+def with_demo(cfg, cache_root: Path):
+    """`cfg` reading the demo scenes as `streetvision run` does: rendered into a folder, read as a manifest."""
+    from streetvision_demo import with_demo_data
+
+    return with_demo_data(cfg, cache_root)
+
+
 @pytest.fixture(scope="session")
 def ingested(tmp_path_factory):
     """One ingest of a small demo set, shared by the tests that only read it."""
     from streetvision.phases.ingest import run_ingest
 
     root = tmp_path_factory.mktemp("ingested")
-    cfg = load_config(TINY)
+    cfg = with_demo(load_config(TINY), root / "demo")
     dirs = split_dirs(root)
     meta = run_ingest(cfg, dirs, root / "report")
     return cfg, dirs, root / "report", meta

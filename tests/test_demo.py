@@ -1,4 +1,4 @@
-"""Tests for the procedural demo dataset (streetvision.data.demo): CPU only, a few seconds in all."""
+"""Tests for the procedural demo dataset (the streetvision_demo package): CPU only, a few seconds in all."""
 
 from __future__ import annotations
 
@@ -12,10 +12,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from streetvision_demo import MANIFEST, with_demo_data
+from streetvision_demo import scenes as demo
+from streetvision_demo.__main__ import main as demo_main
+from streetvision_demo.scenes import DemoRecord, generate_demo_dataset
 
+from streetvision.config import load_config
 from streetvision.config.schema import DemoConfig
-from streetvision.data import demo
-from streetvision.data.demo import DemoRecord, generate_demo_dataset
+from streetvision.contracts.errors import DataError
+from streetvision.data.sources import read_sources
 
 LABELS = ("no_roadwork", "roadwork")
 
@@ -77,8 +82,8 @@ def test_records_are_well_formed(sequences: tuple[pathlib.Path, DemoConfig, list
         folder, name = r.path.split("/")
         assert folder == LABELS[r.label], "a file's folder is the name of its published label"
         assert r.label in (0, 1) and r.source == "demo"
-        index = int(r.group_id.removeprefix("demo-seq"))
-        assert r.group_id == f"demo-seq{index:05d}" and name.startswith(f"seq{index:05d}_f")
+        index = int(r.group_id.removeprefix("seq"))
+        assert r.group_id == f"seq{index:05d}" and name.startswith(f"seq{index:05d}_f")
     # Stable order: sequence by sequence, frame by frame.
     assert [r.path.split("/")[1] for r in records] == sorted(r.path.split("/")[1] for r in records)
     assert files_on_disk(root) == {r.path for r in records}
@@ -230,3 +235,55 @@ def test_colour_baseline_catches_a_colour_leak(tmp_path: pathlib.Path, monkeypat
     monkeypatch.setattr(demo, "_add_stand_in", lambda *args, **kwargs: None)
     score = colour_baseline(tmp_path)
     assert score > COLOUR_BOUND, f"colour baseline only reaches {score:.3f} on a leaking generator"
+
+
+# The seam to the pipeline: the scenes are rendered into a folder (cached) that ingest reads as a manifest.
+
+
+def test_demo_source_becomes_a_cached_manifest_of_the_rendered_scenes(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = load_config(["data.demo.num_sequences=10", "data.demo.width=64", "data.demo.height=48"])
+    rendered = with_demo_data(cfg, tmp_path / "cache", tmp_path / "run")
+    (source,) = rendered.data.source_list()
+    assert rendered.data.source == "sources" and source.kind == "manifest" and source.name == "demo"
+    manifest = pathlib.Path(source.path)
+    assert manifest.name == MANIFEST and manifest.is_relative_to(tmp_path / "run")
+    assert rendered.data.demo == cfg.data.demo and rendered.model.img_size == cfg.model.img_size
+    records = list(read_sources(rendered.data))
+    assert records and all(r.sample_id.startswith("demo/") and r.source == "demo" for r in records)
+    assert all(pathlib.Path(r.uri).is_file() for r in records)
+    # Frames of one dashcam sequence share a group: the manifest carries what a bare folder could not.
+    frames_per_group = defaultdict(set)
+    for r in records:
+        frames_per_group[r.group_id].add(r.sample_id.rsplit("_f", 1)[0])
+    assert len(frames_per_group) == 10 and all(len(v) == 1 for v in frames_per_group.values())
+    assert any(len([r for r in records if r.group_id == g]) > 1 for g in frames_per_group)
+
+    # A second run with the same demo config reuses the rendering; another demo config renders anew.
+    calls: list[int] = []
+    monkeypatch.setattr(demo, "generate_demo_dataset", lambda *a, **k: calls.append(1) or generate_demo_dataset(*a))
+    assert with_demo_data(cfg, tmp_path / "cache", tmp_path / "run2").data.sources[0].path != source.path
+    assert calls == []
+    other = load_config(["data.demo.num_sequences=8", "data.demo.width=64", "data.demo.height=48"])
+    with_demo_data(other, tmp_path / "cache")
+    assert calls == [1] and len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_a_config_without_the_demo_source_is_left_alone(tmp_path: pathlib.Path) -> None:
+    cfg = load_config(["data.source=folder", f"data.path={tmp_path}"])
+    assert with_demo_data(cfg, tmp_path / "cache") is cfg and not (tmp_path / "cache").exists()
+
+
+def test_ingest_refuses_an_unrendered_demo_source_with_the_fix() -> None:
+    with pytest.raises(DataError) as info:
+        list(read_sources(load_config().data))
+    assert "python -m streetvision_demo" in info.value.fix and "kind: demo" in info.value.where
+
+
+def test_module_entry_point_renders_a_folder_with_its_manifest(tmp_path: pathlib.Path) -> None:
+    assert demo_main([str(tmp_path), "data.demo.num_sequences=8", "data.demo.width=48", "data.demo.height=40"]) == 0
+    rows = (tmp_path / MANIFEST).read_text().splitlines()
+    assert rows[0] == "path,label,group_id,source" and len(rows) > 8
+    cfg = load_config(["data.source=manifest", f"data.manifest={tmp_path / MANIFEST}"])
+    assert len(list(read_sources(cfg.data))) == len(rows) - 1

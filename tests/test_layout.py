@@ -31,6 +31,16 @@ def test_library_never_imports_kfp():
     assert reaching == ["cli.py"]
 
 
+def test_the_demo_renderer_stays_outside_the_library_and_its_images():
+    # The library, components and pipelines reach the renderer only through the local runner, lazily.
+    shipped = [*LIBRARY.rglob("*.py"), *(ROOT / "components").rglob("*.py"), *(ROOT / "pipelines").rglob("*.py")]
+    reaching = [p.name for p in shipped if "streetvision_demo" in _imports(p)]
+    assert reaching == ["local_run.py"]
+    from streetvision_pipelines.images import context_files
+
+    assert not [f for f in context_files() if "demo" in f.split("/")[0] or f.endswith("scenes.py")]
+
+
 def test_importing_the_whole_library_does_not_load_kfp():
     modules = sorted(
         ".".join(p.relative_to(LIBRARY.parent).with_suffix("").parts)

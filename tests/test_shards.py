@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import TINY, split_dirs
+from conftest import TINY, split_dirs, with_demo
 
 from streetvision import io as storage
 from streetvision.config import load_config
@@ -75,7 +75,7 @@ def test_ingest_that_fails_mid_write_leaves_every_split_incomplete(tmp_path, mon
         return write_shard(*args)
 
     monkeypatch.setattr(ingest, "write_shard", failing_write_shard)
-    cfg = load_config([*TINY, "data.shard_images=8"])
+    cfg = with_demo(load_config([*TINY, "data.shard_images=8"]), tmp_path / "demo")
     dirs = split_dirs(tmp_path)
     with pytest.raises(OSError, match="node lost"):
         ingest.run_ingest(cfg, dirs, tmp_path / "report")

@@ -203,6 +203,10 @@ class DataConfig(Group):
             return [SourceConfig(kind=self.source, path=self.path)]
         return [SourceConfig(kind="demo")]
 
+    def uses_demo(self) -> bool:
+        """Whether a source is the demo scenes, which the `streetvision_demo` package renders before a run."""
+        return any(src.kind == "demo" for src in self.source_list())
+
     @field_validator("manifest")
     @classmethod
     def _manifest_required(cls, manifest: str, info: ValidationInfo) -> str:

@@ -1,4 +1,4 @@
-"""Where records come from: an image folder, a CSV/JSONL manifest, parquet files, or the demo generator.
+"""Where records come from: an image folder, a CSV/JSONL manifest or parquet files.
 
 Each source is a local path or a ``gs://bucket/prefix`` (read through ``streetvision.io``: paged
 listing, retries). A record is not yet validated: its bytes are read and checked at ingest, and any
@@ -47,35 +47,28 @@ class SourceRecord:
         return f"{self.uri}#row_group={self.row_group},row={self.row}" if self.row_group >= 0 else self.uri
 
 
-def read_sources(cfg: DataConfig, demo_dir: Path) -> Iterator[SourceRecord]:
-    """Every record of every configured source, source by source, in a stable order."""
+def read_sources(cfg: DataConfig) -> Iterator[SourceRecord]:
+    """Every record of every configured source, source by source, in a stable order.
+
+    Raises:
+        DataError: a whole source is unusable (see the module's docstring), or a demo source that was not
+            rendered into a folder first.
+    """
     for src in cfg.source_list():
         if src.kind == "demo":
-            yield from demo_records(cfg, demo_dir)
-        elif src.kind == "folder":
+            # The renderer is a package of its own (streetvision_demo), not part of the library or its images.
+            raise DataError(
+                "the demo scenes were not rendered: a demo source is turned into a manifest before the run",
+                f"data source {src.display_name()!r} (kind: demo)",
+                "run the pipeline with `streetvision run`, which renders them, or render them with "
+                "`python -m streetvision_demo OUT_DIR` and set data.source=manifest data.manifest=OUT_DIR/manifest.csv",
+            )
+        if src.kind == "folder":
             yield from folder_records(src)
         elif src.kind == "manifest":
             yield from manifest_records(src)
         elif src.kind == "parquet":
             yield from parquet_records(src)
-
-
-def demo_records(cfg: DataConfig, out_dir: Path) -> list[SourceRecord]:
-    """Generate the demo scenes as JPEG files under `out_dir` and describe them."""
-    from streetvision.data.demo import generate_demo_dataset
-
-    generated = generate_demo_dataset(out_dir, cfg.demo, tuple(cfg.label_names))
-    return [
-        SourceRecord(
-            sample_id=f"demo/{rec.path}",
-            uri=str(out_dir / rec.path),
-            label=str(rec.label),
-            group_id=rec.group_id,  # already "demo-seqNNNNN": unique, and the demo's split stays as it was
-            source=rec.source,
-            origin="demo",
-        )
-        for rec in generated
-    ]
 
 
 def _folder(path: str) -> str:

@@ -258,9 +258,7 @@ def run_ingest(
     size, data_cfg = cfg.model.img_size, cfg.data
     sources = {src.display_name(): src for src in data_cfg.source_list()}
 
-    if data_cfg.source == "demo":
-        log(f"generating demo scenes ({data_cfg.demo.num_sequences} sequences) ...")
-    records = list(read_sources(data_cfg, report_dir / "demo_images"))
+    records = list(read_sources(data_cfg))
     if not records:
         raise DataError("the sources have no records", f"data.source={data_cfg.source}", "point data.* at images")
     per_source = Counter(r.origin for r in records)

@@ -1,4 +1,4 @@
-"""Deterministic procedural dashcam scenes: the bundled demo dataset.
+"""Deterministic procedural dashcam scenes: the pictures of the bundled demo dataset.
 
 Each dashcam *sequence* is one random street scene (sky, road in perspective, buildings, trees, poles,
 cars, people) drawn once on a 2x supersampled canvas; its frames are crops of that canvas with a little
@@ -48,7 +48,7 @@ class DemoRecord:
 
     path: str  # relative to out_dir, POSIX separators, e.g. "roadwork/seq00012_f03.jpg"
     label: int  # 1 = roadwork, 0 = no roadwork
-    group_id: str  # the dashcam sequence, e.g. "demo-seq00012"
+    group_id: str  # the dashcam sequence, e.g. "seq00012"
     source: str  # always "demo"
 
 
@@ -127,7 +127,7 @@ def _write_sequence(
     n_frames = int(rng.integers(cfg.frames_min, cfg.frames_max + 1))
     canvas, view = _render_scene(rng, cfg.width * SUPERSAMPLE, cfg.height * SUPERSAMPLE, roadwork)
     motion = _Motion.sample(rng)
-    group_id = f"demo-seq{index:05d}"
+    group_id = f"seq{index:05d}"
     records = []
     for k in range(n_frames):
         frame = _render_frame(rng, canvas, view, motion, k, (cfg.width, cfg.height))
