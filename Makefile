@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: demo test lint e2e-containers compile lock
+.PHONY: demo test lint typecheck e2e-containers compile lock
 
 # The library and, beside it, the demo renderer (demo/: not part of the library or its images).
 $(STAMP): requirements/lock.txt pyproject.toml demo/pyproject.toml
@@ -26,6 +26,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Type check (mypy; settings and the checked folders in pyproject.toml).
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 # Build both images and run the whole demo pipeline inside them (kfp.local.DockerRunner); see images/e2e.sh.
 e2e-containers: $(STAMP)

@@ -247,7 +247,7 @@ def evaluate(
     metrics: Output[Metrics],
     classification_metrics: Output[ClassificationMetrics],
     report: Output[HTML],
-) -> NamedTuple("EvaluateOutputs", [("blessed", bool)]):
+) -> NamedTuple("EvaluateOutputs", [("blessed", bool)]):  # type: ignore[valid-type]  # KFP reads outputs from it
     """Final numbers on VAL_TEST, through the bundle's own inference path; the only reader of VAL_TEST.
 
     `blessed` is the pass/fail verdict of `evaluation.blessing`; a cluster pipeline can gate publishing on it

@@ -116,7 +116,7 @@ def lint_documents(documents: list[dict], path: str = "<pipeline>") -> LintRepor
             wired_split = split_of_type(wired_title or "")
 
             role, expected = reads.get(input_name, (None, None))
-            if role is not None:
+            if role is not None and expected is not None:
                 if declared_split != expected:
                     findings.append(
                         Finding(
@@ -161,7 +161,7 @@ def lint_documents(documents: list[dict], path: str = "<pipeline>") -> LintRepor
                         )
                     )
                 if wired_split is not None:
-                    if role is not None and (problem := _violation(role, wired_split, where)):
+                    if role is not None and expected is not None and (problem := _violation(role, wired_split, where)):
                         findings.append(
                             Finding(
                                 name,

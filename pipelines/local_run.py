@@ -123,6 +123,8 @@ def prepare_run(cfg: Config | None, output_dir: str | Path, resume: str | Path |
                 f"{run_dir} is not a run folder (no {RUN_CONFIG}); pass a folder that `streetvision run` created"
             )
         return run_dir, config_from_yaml_file(run_dir / RUN_CONFIG)
+    if cfg is None:
+        raise ValueError("a new run needs a config (cfg=None only with resume)")
     run_dir = new_run_dir(output_dir)
     (run_dir / RUN_CONFIG).write_text(config_to_yaml(cfg))
     return run_dir, cfg

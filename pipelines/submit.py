@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -99,7 +100,7 @@ def embedded_config(pipeline_file: Path) -> Config | None:
     return config_from_json(default) if isinstance(default, str) else None
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[str], object]] = {
     "STRING": str,
     "NUMBER_INTEGER": int,
     "NUMBER_DOUBLE": float,
@@ -125,9 +126,9 @@ def parse_parameters(items: list[str], pipeline_file: Path) -> dict[str, Any]:
                 values[name] = _PARSERS.get(kind, str)(raw)
             except (ValueError, KeyError):
                 problems.append(f"--param {name}: {raw!r} is not a valid {kind}")
-    if isinstance(values.get("config"), str):
+    if isinstance(raw_config := values.get("config"), str):
         try:
-            config_from_json(values["config"])  # a hand-written config gets the same checks as any other
+            config_from_json(raw_config)  # a hand-written config gets the same checks as any other
         except ConfigError as exc:
             problems += [f"--param config: {p}" for p in exc.problems]
     if problems:
@@ -245,7 +246,7 @@ def runtime_contradictions(documents: list[dict], cfg: Config) -> list[Contradic
     differ."""
     tasks = compiled_tasks(documents)
     phases, _ = resolve_phases(cfg.pipeline.phases)
-    found = []
+    found: list[Contradiction] = []
     if set(tasks) != set(phases):
         found.append(Contradiction("pipeline.phases", f"[{', '.join(tasks)}]", f"[{', '.join(phases)}]"))
     # Images: what the factory resolves the config to, per phase, against each task's executor image.
@@ -255,10 +256,10 @@ def runtime_contradictions(documents: list[dict], cfg: Config) -> list[Contradic
         if image != tasks[phase].image:
             key = "cluster.gpu_image" if cfg.cluster.resources_for(phase).gpus > 0 else "cluster.cpu_image"
             differing.setdefault((key, tasks[phase].image, image), []).append(phase)
-    for (key, compiled, runtime), on in differing.items():
+    for (key, compiled, runtime), phases_on in differing.items():
         if not getattr(cfg.cluster, key.split(".")[1]):  # "": the factory named the images built from this checkout
             runtime += f' ({key} is "": the image of this checkout)'
-        found.append(Contradiction(key, f"{compiled} ({', '.join(on)})", runtime))
+        found.append(Contradiction(key, f"{compiled} ({', '.join(phases_on)})", runtime))
     # Checkpoints: the phases that resume read cluster.checkpoint_root at run time; with a PVC it must be where
     # the YAML mounts it, or a retried task writes to (and looks in) the container's own disk.
     resumable = [p for p in tasks if p in CHECKPOINTING_PHASES]

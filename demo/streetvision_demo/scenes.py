@@ -97,12 +97,13 @@ def generate_demo_dataset(
     files already in out_dir are left alone (and are not returned).
     """
     _validate(label_names)
+    negative, positive = label_names
     out_dir = pathlib.Path(out_dir)
     for name in label_names:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
     records: list[DemoRecord] = []
     for index in range(cfg.num_sequences):
-        records.extend(_write_sequence(out_dir, cfg, tuple(label_names), index))
+        records.extend(_write_sequence(out_dir, cfg, (negative, positive), index))
     return records
 
 
@@ -260,7 +261,7 @@ def _draw_ground(draw: Draw, view: _View, rng: np.random.Generator) -> int:
     """Sidewalk, road, kerbs, lane markings, maybe a zebra crossing; returns lanes per direction."""
     sidewalk = _jitter(rng, _pick(rng, [(165, 160, 150), (140, 140, 140), (180, 170, 150)]), 10)
     draw.rectangle([0, view.horizon, view.w, view.h], fill=sidewalk)
-    asphalt = _jitter(rng, (int(rng.uniform(65, 125)),) * 3, 6)  # type: ignore[arg-type]
+    asphalt = _jitter(rng, (int(rng.uniform(65, 125)),) * 3, 6)
     far = 60.0
     draw.polygon([view.at(far, -1), view.at(far, 1), view.at(0.6, 1), view.at(0.6, -1)], fill=asphalt)
     kerb = _jitter(rng, (200, 200, 195), 8)

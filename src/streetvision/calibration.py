@@ -165,7 +165,7 @@ def fit_calibrator(
         cv = {m: cross_validated_nll(m, logits, labels, folds, seed, histogram_bins) for m in METHODS}
         finite = {m: v for m, v in cv.items() if np.isfinite(v)}
         # Too few samples of a class to cross-validate: temperature scaling (one parameter) is the safe choice.
-        method = min(finite, key=finite.get) if finite else "temperature"
+        method = min(finite, key=lambda m: finite[m]) if finite else "temperature"
     calibrator = _fit(method, z, labels, histogram_bins)
     calibrator.update(
         n_calib=int(len(labels)),

@@ -8,6 +8,7 @@ to the one before. Rendering is seeded, so every evaluation of every bundle sees
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ def challenge_augmentation(level: int, size: int) -> torch.nn.Module | None:
         raise ValueError(f"challenge level {level} is not one of {sorted(LEVELS)}")
     if level == 0:
         return None
-    steps = [
+    steps: list[Any] = [  # kornia augmentations
         K.RandomRotation(20.0, p=1.0),
         K.RandomResizedCrop((size, size), scale=(0.2, 1.0)),
         K.RandomHorizontalFlip(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,15 +36,15 @@ def embeddings(
 ) -> np.ndarray:
     """Pooled pre-logit features (N, D) of uint8 NHWC images: what the classifier head reads (for a multi-view
     model, of the whole frame: the global view)."""
-    model = getattr(model, "model", model)  # MultiViewClassifier wraps the timm model
-    model.eval().to(device)
+    timm_model: Any = getattr(model, "model", model)  # MultiViewClassifier wraps the timm model
+    timm_model.eval().to(device)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
-        features = model.forward_features(to_model_input(batch, mean_t, std_t))
-        out.append(model.forward_head(features, pre_logits=True).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.num_features), np.float32)
+        features = timm_model.forward_features(to_model_input(batch, mean_t, std_t))
+        out.append(timm_model.forward_head(features, pre_logits=True).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, timm_model.num_features), np.float32)
 
 
 def build_reference(confidence: np.ndarray, features: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
@@ -68,7 +69,7 @@ def build_reference(confidence: np.ndarray, features: np.ndarray, seed: int = 0)
 def save_reference(directory: str | Path, reference: dict[str, np.ndarray]) -> Path:
     path = Path(directory) / REFERENCE_FILE
     with open(path, "wb") as handle:  # np.savez on a path would append .npz to a temporary name
-        np.savez(handle, **reference)
+        np.savez(handle, **reference)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     return path
 
 

@@ -31,6 +31,9 @@ DEFAULT_OPSET = 18
 class _WithPreprocessing(torch.nn.Module):
     """uint8 NHWC in, logits out: the bundle's normalisation folded into the exported graph."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: torch.nn.Module, mean: list[float], std: list[float]):
         super().__init__()
         self.model = model

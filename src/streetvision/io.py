@@ -169,7 +169,7 @@ def _fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write(uri: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(uri: str | Path, write: Callable[[Path], object]) -> None:
     """Replace `uri` whole: readers (and a restarted, preempted task) see the old file or the complete new one.
 
     `write(path)` fills a temp file (e.g. ``lambda tmp: torch.save(state, tmp)``). Locally it lives beside
@@ -227,7 +227,7 @@ class Store:
     def read(self, name: str) -> bytes:
         return read_bytes(self.describe(name))
 
-    def write(self, name: str, writer: Callable[[BinaryIO], None]) -> None:
+    def write(self, name: str, writer: Callable[[BinaryIO], object]) -> None:
         """Write `name` atomically from `writer(handle)`."""
 
         def fill(tmp: Path) -> None:

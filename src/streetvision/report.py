@@ -183,9 +183,9 @@ def write_html_report(
     )
     plots = [
         _reliability(np.asarray(confidence), np.asarray(correct, dtype=float), ece_bins),
-        _risk_coverage(*risk_coverage, metrics, policy),
+        _risk_coverage(risk_coverage[0], risk_coverage[1], metrics, policy),
         _confusion(np.asarray(matrix), label_names),
-        _roc(*roc, metrics["auroc"]),
+        _roc(roc[0], roc[1], metrics["auroc"]),
     ]
     if results["challenge"]:
         plots.append(_challenge(results["challenge"]))

@@ -147,7 +147,7 @@ def _short(value) -> str:
 
 def output_name(meta: dict) -> str | None:
     """Which output of the phase that wrote it a completion record belongs to (None: not a registry output)."""
-    spec = PHASE_SPECS.get(meta.get("phase"))
+    spec = PHASE_SPECS.get(str(meta.get("phase")))
     for name, output in (spec.outputs if spec else {}).items():
         if output.kind == meta.get("kind") and (output.split is None or output.split.value == meta.get("split")):
             return name
@@ -176,6 +176,7 @@ def summarize_run(run_dir: str | Path, phases: list[str]) -> RunSummary:
 def find_report(path: str | Path) -> Path:
     """The HTML report of a run folder, an evaluation artifact folder, or the report file itself."""
     path = Path(path)
+    report: Path | None
     if path.is_file():
         report = path
     elif (path / PIPELINE_ROOT).is_dir():

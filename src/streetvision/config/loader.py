@@ -118,7 +118,7 @@ def _file_selections(data: dict, source: str, problems: list[str]) -> dict[str, 
     if isinstance(raw, list):
         if raw and raw[-1] == "_self_":
             raw = raw[:-1]
-        entries = []
+        entries: list[tuple[Any, Any]] = []
         for item in raw:
             if not (isinstance(item, dict) and len(item) == 1):
                 problems.append(
@@ -171,7 +171,8 @@ def _inner_model(annotation) -> type[BaseModel] | None:
 
 def _field_at(loc: tuple) -> tuple[type[BaseModel] | None, FieldInfo | None]:
     """The group that holds the last key of `loc`, and that key's field (None past the groups)."""
-    model, info = Config, None
+    model: type[BaseModel] | None = Config
+    info: FieldInfo | None = None
     for i, part in enumerate(loc):
         if isinstance(part, int):  # a list item: the same group, no field of its own
             info = None
@@ -196,11 +197,14 @@ def _bounds(info: FieldInfo | None, ctx: dict) -> str:
     high = next(((k, found[k]) for k in ("le", "lt") if k in found), None)
     if low and high:
         return f"in {'[' if low[0] == 'ge' else '('}{low[1]}, {high[1]}{']' if high[0] == 'le' else ')'}"
-    key, bound = low or high
+    one = low or high
+    if one is None:  # pydantic reported a bound the field does not declare
+        return "out of range"
+    key, bound = one
     return f"{_BOUNDS[key]} {bound}"
 
 
-def _describe(error: dict) -> list[str]:
+def _describe(error: Any) -> list[str]:
     """One pydantic error as the config's problem lines ("dotted.key: what is wrong")."""
     loc, kind, value, ctx = error["loc"], error["type"], error.get("input"), error.get("ctx", {})
     where = _dotted(loc) or "config"

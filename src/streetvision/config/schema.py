@@ -37,7 +37,7 @@ class Group(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
 
-def _checked(value, *problems: str | bool | None):
+def _checked(value, *problems: object):
     """`value`, or the first broken rule raised (a message; a rule that holds is falsy): pydantic names the field."""
     for problem in problems:
         if problem:
@@ -114,7 +114,7 @@ class SplitConfig(Group):
     @classmethod
     def _fractions_sum_to_one(cls, val_test: float, info: ValidationInfo) -> float:
         others = [info.data.get(k) for k in ("train", "val_select", "val_calib")]
-        total = None if None in others else sum(others) + val_test
+        total = None if None in others else sum(float(v) for v in others if v is not None) + val_test
         return _checked(
             val_test,
             total and abs(total - 1.0) > 1e-6 and f"train+val_select+val_calib+val_test must sum to 1, got {total:.6f}",

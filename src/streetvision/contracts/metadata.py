@@ -153,7 +153,9 @@ def check_same_partition(metas: dict[str, ArtifactMetadata], where: str) -> str:
             "use splits, logits and models produced from one ingest run; samples of two different splittings "
             "can sit in TRAIN of one and VAL_TEST of the other",
         )
-    return distinct.pop()
+    partition = distinct.pop()
+    assert partition is not None  # refused above
+    return partition
 
 
 def require_input(

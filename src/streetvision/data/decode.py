@@ -43,7 +43,8 @@ class DecodedImage:
 def perceptual_hash(img: Image.Image) -> tuple[int, bool]:
     """pHash of an image (as in the `imagehash` package) and whether the image is flat."""
     grey = np.asarray(
-        img.convert("L").resize((_PHASH_SIDE, _PHASH_SIDE), Image.BILINEAR, reducing_gap=2.0), dtype=np.float64
+        img.convert("L").resize((_PHASH_SIDE, _PHASH_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0),
+        dtype=np.float64,
     )
     low = dctn(grey, type=2, norm="ortho")[:_PHASH_BITS_SIDE, :_PHASH_BITS_SIDE]
     bits = (low > np.median(low)).ravel()
@@ -59,7 +60,7 @@ def decode_image(data: bytes, size: int, min_size: int) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             fmt = img.format
             mode = img.mode
             if mode == "P" and "transparency" not in img.info:
@@ -93,6 +94,6 @@ def decode_image(data: bytes, size: int, min_size: int) -> DecodedImage:
         raise QuarantineReason("too_small", f"{width}x{height} is below data.min_image_size={min_size}")
     rgb = img.convert("RGB")
     pixel_hash = hashlib.sha256(rgb.tobytes()).hexdigest()
-    resized = rgb.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
+    resized = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     phash, flat = perceptual_hash(resized if size >= 64 else rgb)  # a 64+ px copy holds the 32 px hash input
     return DecodedImage(np.asarray(resized, dtype=np.uint8), pixel_hash, width, height, phash, flat)

@@ -71,7 +71,7 @@ def _thumbnail_grid(staging: np.ndarray, rows: list[int], columns: int = 8) -> I
     n_rows = max(1, -(-len(rows) // columns))
     grid = Image.new("RGB", (columns * THUMB, n_rows * THUMB), (255, 255, 255))
     for k, row in enumerate(rows):
-        tile = Image.fromarray(np.asarray(staging[row])).resize((THUMB, THUMB), Image.BILINEAR)
+        tile = Image.fromarray(np.asarray(staging[row])).resize((THUMB, THUMB), Image.Resampling.BILINEAR)
         grid.paste(tile, ((k % columns) * THUMB, (k // columns) * THUMB))
     return grid
 

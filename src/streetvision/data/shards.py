@@ -186,7 +186,8 @@ def open_shards(path: str | Path, where: str = "") -> ShardedImages:
     if not manifest_path.is_file():
         raise DataError(f"no {SHARDS_FILE} in the split artifact", where, "rerun ingest; the cache is incomplete")
     manifest = json.loads(manifest_path.read_text())
-    image_shape = tuple(int(v) for v in manifest["image_shape"])
+    height, width, channels = (int(v) for v in manifest["image_shape"])
+    image_shape = (height, width, channels)
     shards = []
     for entry in manifest["shards"]:
         file = path / entry["file"]

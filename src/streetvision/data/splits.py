@@ -55,7 +55,7 @@ def near_duplicate_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
     if n < 2 or radius < 0:
         return np.zeros((0, 2), dtype=np.int64)
     edges = np.linspace(0, 64, radius + 2).astype(int)
-    found = set()
+    found: set[tuple[int, int]] = set()
     for lo, hi in zip(edges[:-1], edges[1:]):
         if hi <= lo:
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -75,7 +76,7 @@ def apply_adapters(model: nn.Module, cfg: ExploraConfig) -> tuple[nn.Module, dic
     total = sum(p.numel() for p in model.parameters())
     peft_cfg = LoraConfig(
         r=cfg.rank,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int; it only divides by it
         lora_dropout=cfg.dropout,
         target_modules=plan["lora"],
         modules_to_save=plan["full"] or None,
@@ -113,7 +114,7 @@ def apply_adapters(model: nn.Module, cfg: ExploraConfig) -> tuple[nn.Module, dic
     return peft_model, report
 
 
-def merge_adapters(peft_model: nn.Module) -> nn.Module:
+def merge_adapters(peft_model: Any) -> nn.Module:
     """A plain timm model with LoRA merged into the base weights and the trained modules in place.
 
     Merges a copy, so the PEFT model (and its adapter) stays usable."""
@@ -122,7 +123,7 @@ def merge_adapters(peft_model: nn.Module) -> nn.Module:
     return copy.deepcopy(peft_model).merge_and_unload().eval()
 
 
-def save_adapter(peft_model: nn.Module, out_dir: Path, base_spec: dict) -> None:
+def save_adapter(peft_model: Any, out_dir: Path, base_spec: dict) -> None:
     """PEFT's own layout (`adapter_config.json`, `adapter_model.safetensors`) plus the base architecture."""
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir))

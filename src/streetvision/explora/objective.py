@@ -8,6 +8,8 @@ sharpened distribution and the student's distribution, exactly as in DINO/iBOT.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,7 +41,7 @@ class ProjectionHead(nn.Module):
 
 
 def vit_tokens(
-    vit: nn.Module, images: torch.Tensor, masks: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    vit: Any, images: torch.Tensor, masks: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(class token, patch tokens) of a timm ViT, with masked patches replaced by `mask_token` (iBOT).
 
@@ -47,6 +49,7 @@ def vit_tokens(
     `masks` is (B, num_patches) bool."""
     x = vit.patch_embed(images)  # (B, H, W, C) with dynamic_img_size, else (B, N, C)
     if masks is not None:
+        assert mask_token is not None, "masks need a mask_token"
         x = torch.where(masks.view(*x.shape[:-1], 1), mask_token.to(x.dtype).view(*([1] * (x.ndim - 1)), -1), x)
     x = vit._pos_embed(x)
     x = vit.patch_drop(x)

@@ -59,7 +59,7 @@ def load_pool(
             'set explora.pool_source to a folder or gs:// prefix of images, or to "" for none',
         )
     _refuse_split_artifact(source, where)
-    files = []
+    files: list[str] = []
     for uri in storage.list_files(source, POOL_SUFFIXES):
         if max_images and len(files) >= max_images:
             break

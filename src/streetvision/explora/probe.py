@@ -16,13 +16,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from streetvision.models import to_model_input
+from streetvision.models import ImageRows, to_model_input
 
 
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
-    images: np.ndarray,
+    images: ImageRows,
     mean: list[float],
     std: list[float],
     batch_size: int,

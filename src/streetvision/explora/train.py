@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from streetvision.explora.objective import (
     update_center,
     vit_tokens,
 )
+from streetvision.models import ImageRows
 from streetvision.progress import log
 from streetvision.training.engine import Checkpoints, Optimization, Plan, fit, param_groups, warmup_cosine
 
@@ -42,17 +44,22 @@ class SSLDivergedError(ContractError):
     """The self-supervised loss became NaN or infinite."""
 
 
+def _pair(values: list[float]) -> tuple[float, float]:
+    low, high = values  # the config checks there are two
+    return low, high
+
+
 class Student(nn.Module):
     """What the student trains: the adapted backbone, the projection head and iBOT's mask token."""
 
-    def __init__(self, backbone: nn.Module, embed_dim: int, cfg: ExploraConfig):
+    def __init__(self, backbone: Any, embed_dim: int, cfg: ExploraConfig):
         super().__init__()
         self.backbone = backbone  # a PEFT model around a timm ViT
         self.head = ProjectionHead(embed_dim, cfg.prototypes, cfg.hidden_dim, cfg.bottleneck_dim)
         self.mask_token = nn.Parameter(torch.zeros(embed_dim))
 
     @property
-    def vit(self) -> nn.Module:
+    def vit(self) -> Any:
         return self.backbone.base_model.model  # the timm model, with PEFT's layers injected
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None):
@@ -64,7 +71,7 @@ class Student(nn.Module):
 class ImagePool:
     """uint8 NHWC arrays (TRAIN memmap, decoded pool) sampled as one set without copying them together."""
 
-    arrays: list[np.ndarray]
+    arrays: list[ImageRows]
     offsets: list[int] = field(init=False)
 
     def __post_init__(self):
@@ -115,7 +122,7 @@ class ExploraTrainer:
 
     def __init__(
         self,
-        peft_backbone: nn.Module,
+        peft_backbone: Any,
         cfg: ExploraConfig,
         img_size: int,
         mean: list[float],
@@ -124,19 +131,19 @@ class ExploraTrainer:
         amp_dtype: torch.dtype | None,
     ):
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
-        vit = peft_backbone.base_model.model
+        vit: Any = peft_backbone.base_model.model
         torch.manual_seed(cfg.seed)  # fresh heads: same init on every attempt
         self.student = Student(peft_backbone, vit.embed_dim, cfg).to(device)
         self.teacher = copy.deepcopy(self.student).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.trained_names = [n for n, p in self.student.named_parameters() if p.requires_grad]
-        self.patch_size = vit.patch_embed.patch_size[0]
+        self.patch_size = int(vit.patch_embed.patch_size[0])
         self.local_size = local_crop_size(cfg, img_size, self.patch_size)
         self.global_aug, self.local_aug = (
             m.to(device)
             for m in build_multicrop(
-                img_size, self.local_size, tuple(cfg.global_crop_scale), tuple(cfg.local_crop_scale)
+                img_size, self.local_size, _pair(cfg.global_crop_scale), _pair(cfg.local_crop_scale)
             )
         )
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
@@ -178,7 +185,7 @@ class ExploraTrainer:
         masks = None
         if cfg.ibot:
             masks = random_patch_masks(
-                2 * batch, self.num_patches, tuple(cfg.ibot_mask_ratio), cfg.ibot_mask_probability, gen
+                2 * batch, self.num_patches, _pair(cfg.ibot_mask_ratio), cfg.ibot_mask_probability, gen
             ).to(device)
         global_batch = torch.cat(globals_)
 
@@ -198,9 +205,11 @@ class ExploraTrainer:
                 student_logits += list(self.student.head(l_cls).chunk(cfg.local_crops))
             losses = {"dino": dino_loss(student_logits, list(teacher_probs), cfg.student_temp)}
             if cfg.ibot:
+                assert masks is not None
                 losses["ibot"] = ibot_loss(self.student.head(s_patches), teacher_patch_probs, masks, cfg.student_temp)
             if cfg.koleo:
-                losses["koleo"] = sum(koleo_loss(c) for c in s_cls.chunk(2)) / 2
+                first, second = s_cls.chunk(2)
+                losses["koleo"] = (koleo_loss(first) + koleo_loss(second)) / 2
         total = losses["dino"] + cfg.ibot_weight * losses.get("ibot", 0.0) + cfg.koleo_weight * losses.get("koleo", 0.0)
         if not torch.isfinite(total):
             raise SSLDivergedError(
@@ -213,6 +222,7 @@ class ExploraTrainer:
         self._ema(sched["momentum"])
         self.dino_center = update_center(self.dino_center, t_cls_logits, cfg.center_momentum)
         if cfg.ibot:
+            assert masks is not None
             self.ibot_center = (
                 update_center(self.ibot_center, t_patch_logits[masks], cfg.center_momentum)
                 if masks.any()

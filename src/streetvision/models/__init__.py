@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -67,11 +68,19 @@ def _weights_file(weights: str, where: str) -> str | Path:
     return path
 
 
+class ImageRows(Protocol):
+    """uint8 NHWC images by row: an ndarray, or the shard cache's `ShardedImages` (rows across shard files)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: Any) -> np.ndarray: ...
+
+
 # Artifact directories that can serve as model.weights, in order of preference.
 WEIGHT_FILES_IN_DIR = ("backbone.safetensors", "model.safetensors")
 
 
-def _fit_to_model(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _fit_to_model(state: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
     """timm's own checkpoint filter: resamples position embeddings (and patch embeddings) to this model's size."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -173,7 +182,7 @@ def to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) 
 @torch.no_grad()
 def predict_logits(
     model: torch.nn.Module,
-    images: np.ndarray,
+    images: ImageRows,
     mean: list[float],
     std: list[float],
     batch_size: int = 128,

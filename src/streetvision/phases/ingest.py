@@ -46,6 +46,7 @@ from streetvision.progress import log, progress
 PHASE = "ingest"
 QUARANTINE = "quarantine"
 STAGING_DIR = ".ingest-staging"
+_NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
 
 
 @dataclass
@@ -134,7 +135,7 @@ def decode_records(
     n_decode = decode_workers(cfg)
     n_io = cfg.io_workers if remote else min(cfg.io_workers, 2 * n_decode)
 
-    def decode(item: tuple[int, object]) -> tuple[int, DecodedImage | QuarantineReason]:
+    def decode(item: tuple[int, bytes | QuarantineReason]) -> tuple[int, DecodedImage | QuarantineReason]:
         index, data = item
         if isinstance(data, QuarantineReason):
             return index, data
@@ -143,7 +144,7 @@ def decode_records(
         except QuarantineReason as reason:
             return index, reason
         staging[index] = image.pixels
-        image.pixels = None  # the staging row holds them; keep memory flat
+        image.pixels = _NO_PIXELS  # the staging row holds them; keep memory flat
         return index, image
 
     with (
@@ -159,6 +160,7 @@ def _partition_id(placed: list[Placed], cfg: Config) -> str:
     digest = hashlib.sha256(json.dumps(cfg.data.split.fractions(), sort_keys=True).encode())
     digest.update(str(cfg.data.split.seed).encode())
     for item in sorted(placed, key=lambda p: p.record.sample_id):
+        assert item.split is not None, "placed before the partition is named"
         digest.update(f"{item.record.sample_id}\t{item.split.value}\n".encode())
     return digest.hexdigest()[:16]
 
@@ -253,7 +255,7 @@ def run_ingest(
     """Write the four split artifacts and the data report (and, if given, a copy of its HTML page for the
     KFP UI at `html_path`). Returns the metadata of each, keyed by name."""
     started = time.time()
-    split_dirs = {split: prepare_output_dir(path) for split, path in split_dirs.items()}
+    out_dirs = {split: prepare_output_dir(path) for split, path in split_dirs.items()}
     report_dir = prepare_output_dir(report_dir)
     size, data_cfg = cfg.model.img_size, cfg.data
     sources = {src.display_name(): src for src in data_cfg.source_list()}
@@ -288,8 +290,9 @@ def run_ingest(
             quarantined[index] = reason
 
     todo = [i for i in range(len(records)) if i not in quarantined]
-    staging_dir = split_dirs[Split.TRAIN] / STAGING_DIR
+    staging_dir = out_dirs[Split.TRAIN] / STAGING_DIR
     staging_dir.mkdir(exist_ok=True)
+    staging: np.memmap | None = None
     try:
         staging = np.lib.format.open_memmap(
             staging_dir / "pixels.npy", mode="w+", dtype=np.uint8, shape=(max(1, len(records)), size, size, 3)
@@ -310,6 +313,7 @@ def run_ingest(
         partition = _partition_id(placed, cfg)
         by_split: dict[Split, list[Placed]] = {s: [] for s in Split}
         for item in sorted(placed, key=lambda p: p.record.sample_id):
+            assert item.split is not None
             by_split[item.split].append(item)
 
         report = write_data_report(
@@ -317,9 +321,9 @@ def run_ingest(
         )
         _check_outcome(report, by_split, data_cfg.max_quarantine_fraction, report_dir)
 
-        outputs = {}
+        metas: dict[str, ArtifactMetadata] = {}
         for split, items in by_split.items():
-            _write_split(split_dirs[split], items, staging, size, data_cfg.shard_images)
+            _write_split(out_dirs[split], items, staging, size, data_cfg.shard_images)
             split_labels = np.array([p.label for p in items], dtype=np.int64)
             meta = ArtifactMetadata(
                 kind="split",
@@ -335,14 +339,13 @@ def run_ingest(
                     "sources": dict(sorted(Counter(p.record.source for p in items).items())),
                 },
             )
-            outputs[split.value] = meta
+            metas[split.value] = meta
     finally:
         staging = None
         shutil.rmtree(staging_dir, ignore_errors=True)
 
     # Completion records last: only now is every split (and the report) complete.
-    for split in Split:
-        outputs[split.value] = write_metadata(split_dirs[split], outputs[split.value])
+    outputs = {split.value: write_metadata(out_dirs[split], metas[split.value]) for split in Split}
     report_meta = ArtifactMetadata(
         kind="data_report",
         phase=PHASE,

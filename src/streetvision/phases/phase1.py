@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,7 +95,7 @@ def run_phase1(
     device = task_device(cfg, PHASE)
     for path in (checkpoint_dir, val_select_logits_dir, val_calib_logits_dir):
         prepare_output_dir(path)
-    job = {
+    job: dict[str, Any] = {
         "config": config_to_json(cfg),
         "dirs": [
             str(p)

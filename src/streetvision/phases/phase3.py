@@ -20,6 +20,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ def gatekeeper_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float) ->
     return alpha * ce + (1.0 - alpha) * kl
 
 
-def _trainable(model: torch.nn.Module, unfreeze_blocks: int) -> list[torch.nn.Parameter]:
+def _trainable(model: Any, unfreeze_blocks: int) -> list[torch.nn.Parameter]:
     """Freeze everything, then open the classifier head and (optionally) the last blocks and final norms."""
     for p in model.parameters():
         p.requires_grad_(False)
@@ -245,6 +246,7 @@ def run_phase3(
     ]
     best_epoch, best_aurc = result.best_epoch + 1, result.best_score
     log(f"gate: VAL_SELECT AURC before {history[0]['val_select_aurc']:.4f}, best {best_aurc:.4f} (epoch {best_epoch})")
+    assert result.best_state is not None  # evaluate_before_training: epoch 0 is always a candidate
     model.load_state_dict(result.best_state)
     model.eval()
 

@@ -22,6 +22,7 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from streetvision.explora.adapters import apply_adapters, merge_adapters, save_a
 from streetvision.explora.pool import load_pool, pixel_hashes
 from streetvision.explora.probe import extract_features, probe_scores
 from streetvision.explora.train import ExploraTrainer, ImagePool, run_fingerprint, train_ssl
-from streetvision.models import build_from_spec, create_model, model_spec, normalization
+from streetvision.models import ImageRows, build_from_spec, create_model, model_spec, normalization
 from streetvision.progress import log
 from streetvision.registry import PHASE_READS
 
@@ -72,7 +73,7 @@ def build_backbone(cfg: Config) -> torch.nn.Module:
     any multiple of the patch size as input (local crops are smaller than the global views)."""
     import timm
 
-    classifier = create_model(cfg.model)  # the project's own loading rules (strict except the head)
+    classifier: Any = create_model(cfg.model)  # the project's own loading rules (strict except the head)
     classifier.reset_classifier(0)
     spec = backbone_spec(cfg)
     backbone = timm.create_model(spec["name"], pretrained=False, num_classes=0, dynamic_img_size=True, **spec["kwargs"])
@@ -129,7 +130,7 @@ def run_phase4(
     val_select_dir: str | Path,
     backbone_dir: str | Path,
     checkpoint_dir: str | Path | None = None,
-) -> dict[str, dict]:
+) -> dict[str, Any]:
     """Adapt the backbone; returns {"backbone": metadata, "metrics": scalars for KFP Metrics}."""
     started = time.time()
     ecfg = cfg.explora
@@ -141,7 +142,8 @@ def run_phase4(
     partition = check_same_partition({k: v.meta for k, v in inputs.items()}, PHASE)
     train, select = inputs["train"], inputs["val_select"]
 
-    arrays, pool_report = [train.images], {"pool_images": 0}
+    arrays: list[ImageRows] = [train.images]
+    pool_report: dict[str, Any] = {"pool_images": 0}
     if ecfg.pool_source:
         pool, pool_report = load_pool(
             ecfg.pool_source,

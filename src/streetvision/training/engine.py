@@ -62,7 +62,7 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, start: float =
 
 
 def param_groups(
-    model: nn.Module, lr: float, weight_decay: float, layer_decay: float | None = None, split_head: bool = False
+    model: Any, lr: float, weight_decay: float, layer_decay: float | None = None, split_head: bool = False
 ) -> list[dict]:
     """AdamW groups from timm's public builders: no weight decay on 1-d parameters (norms, biases, tokens) nor on
     the model's `no_weight_decay()` names; with `layer_decay`, layer-wise lr scales (`lr_scale`). With
@@ -142,8 +142,12 @@ class Optimization:
         self.model, self.device, self.amp, self.grad_clip_norm = model, device, amp, grad_clip_norm
         self.world = dist_utils.world_size()
         self.optimizer = torch.optim.AdamW(groups, lr=lr)
+
+        def for_group(group: dict) -> Callable[[int], float]:
+            return lambda step: schedule(step, group)
+
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, [lambda step, g=g: schedule(step, g) for g in self.optimizer.param_groups]
+            self.optimizer, [for_group(g) for g in self.optimizer.param_groups]
         )
         self.ema = None
         if ema_decay > 0:
@@ -175,7 +179,7 @@ class Optimization:
         return self.ema.module if self.ema is not None else self.model
 
     def last_lr(self) -> float:
-        return self.scheduler.get_last_lr()[-1]
+        return float(self.scheduler.get_last_lr()[-1])
 
     def state_dict(self) -> dict:
         return {
@@ -317,7 +321,7 @@ def fit(recipe: Recipe, plan: Plan, checkpoints: Checkpoints | None, device: tor
     run = _Progress()
     resumed_from = None
     saved = checkpoints.load() if checkpoints is not None else None
-    if saved is not None:
+    if checkpoints is not None and saved is not None:
         recipe.load_state_dict(saved["recipe"])
         _set_rng_state(saved["rng"][rank], device)
         run = _Progress(**saved["progress"])
@@ -329,7 +333,7 @@ def fit(recipe: Recipe, plan: Plan, checkpoints: Checkpoints | None, device: tor
             )
     elif checkpoints is not None and rank == 0:
         log(f"{plan.phase}: training state will be saved to {checkpoints.describe()}")
-    last_good = checkpoints.describe() if saved is not None else "none yet"
+    last_good = checkpoints.describe() if checkpoints is not None and saved is not None else "none yet"
 
     def save() -> None:
         nonlocal last_good

@@ -12,7 +12,7 @@ checkpoint continues exactly as the uninterrupted run would have (bit-identical 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,11 +82,15 @@ class _Batches:
 
     def __iter__(self):
         with ThreadPoolExecutor(max_workers=self.ahead) as pool:
-            futures = [pool.submit(self._load, i) for i in range(min(self.ahead, len(self.batches)))]
+            futures: list[Future | None] = [
+                pool.submit(self._load, i) for i in range(min(self.ahead, len(self.batches)))
+            ]
             for i, idx in enumerate(self.batches):
                 if i + self.ahead < len(self.batches):
                     futures.append(pool.submit(self._load, i + self.ahead))
-                yield idx, futures[i].result()
+                future = futures[i]
+                assert future is not None
+                yield idx, future.result()
                 futures[i] = None  # free the batch
 
 
