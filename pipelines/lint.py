@@ -22,7 +22,7 @@ from streetvision_components.phases import PHASE_FUNCTIONS, PHASE_VARIANTS
 from streetvision_components.types import split_of_type
 from streetvision_pipelines.inspect_spec import load_documents
 
-from streetvision.contracts import ContractError, LeakageViolationError, Split, check_access
+from streetvision.contracts import ConfigError, LeakageViolationError, Split, check_access
 from streetvision.registry import PHASE_READS
 
 # Function the executor runs (`--function_to_execute`) -> phase name in the split policy.
@@ -211,11 +211,11 @@ def lint_file(path: str | Path) -> LintReport:
     try:
         documents = load_documents(path.read_text())
     except Exception as exc:  # yaml errors come in many classes
-        raise ContractError(
+        raise ConfigError(
             f"cannot read {path} as YAML: {exc}", str(path), "pass a pipeline compiled by `streetvision compile`"
         ) from exc
     if not documents or "root" not in documents[0] or "components" not in documents[0]:
-        raise ContractError(
+        raise ConfigError(
             f"{path} is not a compiled KFP pipeline (no root DAG / components)",
             str(path),
             "pass a pipeline compiled by `streetvision compile`",

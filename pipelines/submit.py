@@ -28,7 +28,6 @@ from streetvision_pipelines.factory import RetryPolicy, make_component
 from streetvision_pipelines.inspect_spec import load_documents
 
 from streetvision.config import Config, ConfigError, config_from_json, config_to_json
-from streetvision.contracts.errors import ContractError
 from streetvision.phase_graph import resolve_phases
 from streetvision.registry import CHECKPOINTING_PHASES, PHASE_NAMES
 
@@ -39,8 +38,8 @@ IN_CLUSTER_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
 IN_CLUSTER_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 
 
-class SubmitError(ContractError):
-    """A submission that cannot be sent as asked."""
+class SubmitError(ConfigError):
+    """A submission that cannot be sent as asked (a config or command-line problem)."""
 
 
 @dataclass

@@ -97,7 +97,7 @@ def test_run_with_a_missing_manifest_fails_at_once_without_a_run_folder(tmp_path
     code = main(["run", "data.source=manifest", "data.manifest=/nonexistent.csv", "--output-dir", str(tmp_path / "o")])
     seconds = time.time() - started
     err = capsys.readouterr().err
-    assert code == 2 and seconds < 10, (code, seconds)
+    assert code == 4 and seconds < 10, (code, seconds)  # a data error
     assert "data.manifest=/nonexistent.csv: no such manifest: /nonexistent.csv" in err
     assert "where:" in err and "fix:" in err
     assert not (tmp_path / "o").exists()  # nothing was started, nothing to clean up

@@ -238,8 +238,21 @@ def test_rejected_token_is_a_clear_error(monkeypatch, capsys):
     with RecordingKfpServer(require_token=TOKEN) as server:
         code = main(["submit", "--phases", "ingest", "--host", server.url])
     err = capsys.readouterr().err
-    assert code == 2 and "refused or could not be reached" in err and "401" in err
+    assert code == 8 and "the server refused the request" in err and "401" in err  # a cluster error
+    assert "Traceback" not in err and "\n  where: http://" in err and "\n  fix:" in err
     assert server.find("POST", "/apis/v2beta1/runs") == []
+
+
+def test_unreachable_server_is_a_cluster_error_of_its_own(monkeypatch, capsys):
+    import socket
+
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    with socket.socket() as probe:  # a port that nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = main(["submit", "--phases", "ingest", "--host", f"http://127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == 8 and "the server could not be reached" in err and "check --host" in err
 
 
 @pytest.mark.parametrize(

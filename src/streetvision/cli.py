@@ -10,9 +10,30 @@ import argparse
 import sys
 from pathlib import Path
 
-from streetvision.config import ConfigError, config_to_yaml, load_config
-from streetvision.contracts.errors import ContractError
+from streetvision.config import config_to_yaml, load_config
+from streetvision.contracts.errors import (
+    ClusterError,
+    ConfigError,
+    DataError,
+    IntegrityError,
+    LeakageViolationError,
+    StreetVisionError,
+    TrainingError,
+)
 from streetvision.phase_graph import resolve_phases
+
+# The exit status of each kind of error (the first of an error's classes found here); README lists them.
+# 1 is a run whose task failed, or a command with some bad inputs; 3 is `drift`'s verdict "drifted".
+EXIT_CODES: dict[type[Exception], int] = {
+    ConfigError: 2,
+    FileNotFoundError: 2,  # a file named on the command line or in the config
+    DataError: 4,
+    LeakageViolationError: 5,
+    IntegrityError: 6,
+    TrainingError: 7,
+    ClusterError: 8,
+    StreetVisionError: 1,
+}
 
 EPILOG = """\
 overrides (any number, after the command):
@@ -248,6 +269,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     )
 
     from streetvision.config import config_from_json, load_config
+    from streetvision.contracts.errors import ServerUnreachableError
 
     with tempfile.TemporaryDirectory(prefix="streetvision-submit-") as tmp:
         if args.pipeline_file:
@@ -304,11 +326,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         try:
             run_id = submit(sub)
-        except (ApiException, HTTPError, OSError) as exc:
-            raise SubmitError(
-                f"the server refused or could not be reached: {exc}",
+        except ApiException as exc:
+            raise ClusterError(
+                f"the server refused the request: {exc}",
                 sub.host,
-                "check --host, --namespace and the token (or rerun with --dry-run to see the request)",
+                "check --namespace and the token (or rerun with --dry-run to see the request)",
+            ) from exc
+        except (HTTPError, OSError) as exc:
+            raise ServerUnreachableError(
+                f"the server could not be reached: {exc}",
+                sub.host,
+                "check --host and the network path to it (or rerun with --dry-run to see the request)",
             ) from exc
     print(f"run {run_id} ({sub.run_name}) created in experiment '{sub.experiment}', namespace '{sub.namespace}'")
     print(f"  {sub.host.rstrip('/')}/#/runs/details/{run_id}")
@@ -561,9 +589,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ContractError, FileNotFoundError) as exc:
+    except (StreetVisionError, FileNotFoundError) as exc:
+        # What, where and how to fix, without a traceback: these are the user's to fix, not bugs.
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return next(code for kind, code in EXIT_CODES.items() if isinstance(exc, kind))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from streetvision.config.schema import Config
-from streetvision.contracts.errors import ContractError
+from streetvision.contracts.errors import ConfigError
 
 
 def resolve_device(name: str, local_rank: int = 0, where: str = "training.device") -> torch.device:
@@ -20,7 +20,7 @@ def resolve_device(name: str, local_rank: int = 0, where: str = "training.device
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ContractError(
+            raise ConfigError(
                 "training.device=cuda but no CUDA device is visible",
                 where,
                 "set training.device=auto (CUDA when visible, else CPU) or cpu, or run the task on a GPU node",

@@ -3,7 +3,7 @@ what each requires are declared in `streetvision.registry`."""
 
 from __future__ import annotations
 
-from streetvision.contracts.errors import ContractError
+from streetvision.contracts.errors import ConfigError
 from streetvision.registry import DEFAULT_PHASES, PHASE_NAMES, POLICY_PHASES, REQUIRES
 
 
@@ -22,7 +22,7 @@ def resolve_phases(requested: list[str]) -> tuple[list[str], list[str]]:
             chosen.add("phase2")
     unknown = chosen - set(PHASE_NAMES)
     if unknown:
-        raise ContractError(
+        raise ConfigError(
             f"unknown phase(s) {sorted(unknown)}",
             "--phases / pipeline.phases",
             f"choose from {list(PHASE_NAMES)} or all",
@@ -31,7 +31,7 @@ def resolve_phases(requested: list[str]) -> tuple[list[str], list[str]]:
     policies = chosen & set(POLICY_PHASES)
     if needs_bundle and len(policies) != 1:
         found = sorted(policies) or "none"
-        raise ContractError(
+        raise ConfigError(
             f"the bundle takes exactly one policy phase; selected: {found}",
             "--phases / pipeline.phases",
             f"add exactly one of {list(POLICY_PHASES)} (threshold, gate, SCRC; e.g. --phases phase1 phase2 phase6)",

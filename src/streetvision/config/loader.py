@@ -22,21 +22,10 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from streetvision.config.schema import Config
+from streetvision.contracts.errors import ConfigError  # here too: `from streetvision.config import ConfigError`
 
 DEFAULTS_PACKAGE = "streetvision.config"
 _MISSING = object()
-
-
-class ConfigError(ValueError):
-    """All problems found in a config, one per line."""
-
-    def __init__(self, problems: list[str], source: str = "config"):
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(
-            f"{len(self.problems)} problem(s) in {source}:\n{lines}\n"
-            "Fix the keys above (see `streetvision config` for every key and its default)."
-        )
 
 
 def _defaults_dir():

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from streetvision.config.schema import ExploraConfig
-from streetvision.contracts.errors import ContractError
+from streetvision.contracts.errors import ConfigError, TrainingError
 
 # Norm layers of a timm DINOv2 ViT: per block norm1/norm2, and the final norm.
 _BLOCK_NORMS = ("norm1", "norm2")
@@ -25,7 +25,7 @@ _BLOCK_NORMS = ("norm1", "norm2")
 def _block_names(model: nn.Module) -> list[str]:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
-        raise ContractError(
+        raise ConfigError(
             f"{type(model).__name__} has no `blocks` sequence of transformer blocks",
             "explora adapters",
             "use a timm VisionTransformer (e.g. vit_small_patch14_dinov2) for phase 4",
@@ -38,7 +38,7 @@ def adapter_plan(model: nn.Module, cfg: ExploraConfig) -> dict[str, list[str]]:
     blocks = _block_names(model)
     n_unfrozen = cfg.unfreeze_last_blocks
     if not 0 <= n_unfrozen <= len(blocks):
-        raise ContractError(
+        raise ConfigError(
             f"explora.unfreeze_last_blocks={n_unfrozen}, but the model has {len(blocks)} blocks",
             "explora config",
             f"set explora.unfreeze_last_blocks between 0 and {len(blocks)}",
@@ -49,7 +49,7 @@ def adapter_plan(model: nn.Module, cfg: ExploraConfig) -> dict[str, list[str]]:
     lora_targets = [f"{b}.{t}" for b in adapted for t in cfg.target_modules]
     missing = [name for name in lora_targets if not isinstance(modules.get(name), nn.Linear)]
     if missing:
-        raise ContractError(
+        raise ConfigError(
             f"explora.target_modules {cfg.target_modules} name no linear layer at {missing[:3]}",
             "explora config",
             "name linear layers inside a timm ViT block: attn.qkv, attn.proj, mlp.fc1, mlp.fc2",
@@ -68,7 +68,7 @@ def apply_adapters(model: nn.Module, cfg: ExploraConfig) -> tuple[nn.Module, dic
 
     plan = adapter_plan(model, cfg)
     if not plan["lora"]:
-        raise ContractError(
+        raise ConfigError(
             "explora.unfreeze_last_blocks covers every block, so no block is left for the adapter",
             "explora config",
             "unfreeze fewer blocks (ExPLoRA unfreezes 1-2 of 12)",
@@ -90,7 +90,7 @@ def apply_adapters(model: nn.Module, cfg: ExploraConfig) -> tuple[nn.Module, dic
         if type(module).__name__ == "ModulesToSaveWrapper" and any(True for _ in module.parameters())
     }
     if wrapped != set(plan["full"]):
-        raise ContractError(
+        raise TrainingError(
             f"PEFT trained modules {sorted(wrapped)} differ from the plan {sorted(plan['full'])}",
             "explora adapters",
             "this timm/PEFT combination names modules differently; report it with both versions",

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from streetvision.config.schema import ExploraConfig
-from streetvision.contracts.errors import ContractError
+from streetvision.contracts.errors import ConfigError, TrainingDivergedError
 from streetvision.explora.objective import (
     ProjectionHead,
     build_multicrop,
@@ -40,7 +40,7 @@ from streetvision.training.engine import Checkpoints, Optimization, Plan, fit, p
 CHECKPOINT_FILE = "explora_state.pt"
 
 
-class SSLDivergedError(ContractError):
+class SSLDivergedError(TrainingDivergedError):
     """The self-supervised loss became NaN or infinite."""
 
 
@@ -108,7 +108,7 @@ def schedules(cfg: ExploraConfig, step: int) -> dict[str, float]:
 def local_crop_size(cfg: ExploraConfig, img_size: int, patch_size: int) -> int:
     size = cfg.local_crop_size or max(patch_size, (img_size * 7 // 16) // patch_size * patch_size)
     if size % patch_size or size > img_size:
-        raise ContractError(
+        raise ConfigError(
             f"explora.local_crop_size={size} is not a multiple of the patch size {patch_size} at most "
             f"model.img_size={img_size}",
             "explora config",

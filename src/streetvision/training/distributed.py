@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from streetvision.cluster_env import usable_cpus
-from streetvision.contracts.errors import ContractError
+from streetvision.contracts.errors import ConfigError, TrainingError
 
 
 def is_distributed() -> bool:
@@ -80,7 +80,7 @@ def resolve_num_processes(requested: int, device: str) -> int:
         uses_gpu = device != "cpu" and torch.cuda.is_available()
         return max(1, torch.cuda.device_count()) if uses_gpu else 1
     if device != "cpu" and torch.cuda.is_available() and requested > torch.cuda.device_count():
-        raise ContractError(
+        raise ConfigError(
             f"training.num_processes={requested} but only {torch.cuda.device_count()} GPU(s) are visible",
             "phase1",
             "set training.num_processes=0 (one per GPU) or request that many GPUs for the task",
@@ -109,7 +109,7 @@ def launch(num_processes: int, target: str, kwargs: dict, job_dir: str | Path) -
         env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // num_processes)))
     result = subprocess.run(cmd, env=env, check=False)
     if result.returncode != 0:
-        raise ContractError(
+        raise TrainingError(
             f"a training worker failed (torchrun exit code {result.returncode})",
             f"phase1 with training.num_processes={num_processes}",
             "the worker's error is printed above in this task's log; fix it, or set training.num_processes=1",

@@ -40,15 +40,10 @@ import torch
 from torch import nn
 
 from streetvision import io as storage
-from streetvision.contracts.errors import CheckpointError, ContractError
+from streetvision.contracts.errors import CheckpointError, ConfigError, TrainingDivergedError
 from streetvision.contracts.validators import validate_location
 from streetvision.progress import log
 from streetvision.training import distributed as dist_utils
-
-
-class TrainingDivergedError(ContractError):
-    """The loss became NaN or infinite."""
-
 
 # -- schedule and parameter groups ---------------------------------------------------------------------
 
@@ -100,7 +95,7 @@ def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     if precision == "fp16":  # also refused by the config check; kept for callers that build configs in code
-        raise ContractError(
+        raise ConfigError(
             "training.precision=fp16 is refused",
             "training",
             "DINOv2 activations overflow fp16 (no loss scaling here); use bf16 on GPU or fp32",
