@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, reseal_record
 
 from streetvision.config import load_config
 from streetvision.contracts import Role, Split
@@ -82,6 +82,7 @@ def test_policy_fitted_on_other_weights_is_refused_by_export(policies, tmp_path,
     data = json.loads((policy_dir / record).read_text())
     data["weights_sha256"] = sha256_file(root / "bundle_threshold" / "config.yaml")  # some other file's hash
     (policy_dir / record).write_text(json.dumps(data))
+    reseal_record(policy_dir)  # a consistent artifact: the cross-check of weights must catch it
     with pytest.raises(BundleError, match="fitted on logits of weights"):
         run_phase6(cfg, out["checkpoint"], policy_dir, dirs[Split.VAL_CALIB], tmp_path / "bundle")
     assert not (tmp_path / "bundle" / "manifest.json").exists()

@@ -5,9 +5,9 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import build_bundle
+from conftest import build_bundle, reseal_record
 
-from streetvision.contracts import DataError, IncompleteArtifactError, LeakageViolationError, Split
+from streetvision.contracts import IncompleteArtifactError, IntegrityError, LeakageViolationError, Split
 from streetvision.contracts.metadata import METADATA_FILE, read_metadata
 from streetvision.phases.evaluate import run_evaluate
 from streetvision.phases.phase1 import run_phase1
@@ -65,7 +65,7 @@ def test_edited_split_is_refused(ingested, tmp_path):
     shutil.copytree(dirs[Split.VAL_CALIB], edited)
     table = pq.read_table(edited / "samples.parquet")
     pq.write_table(table.slice(1), edited / "samples.parquet")
-    with pytest.raises(DataError):
+    with pytest.raises(IntegrityError, match="samples.parquet"):
         run_phase1(
             cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], edited, tmp_path / "c", tmp_path / "s", tmp_path / "l"
         )
@@ -74,13 +74,17 @@ def test_edited_split_is_refused(ingested, tmp_path):
 def test_evaluate_refuses_a_bundle_touched_by_val_test(trained, ingested, tmp_path):
     cfg, dirs, out = trained
     build_bundle(cfg, dirs, out, tmp_path)
-    # Forge a lineage in which VAL_TEST was used upstream (as a hand-assembled artifact might).
+    # Forge a lineage in which VAL_TEST was used upstream: edited in place, the record no longer verifies ...
     record = tmp_path / "bundle" / METADATA_FILE
     meta = json.loads(record.read_text())
     meta["lineage"].append(
         {"phase": "phase2", "role": "policy_fitting", "split": "val_test", "fingerprint": "x", "count": 1}
     )
     record.write_text(json.dumps(meta))
+    with pytest.raises(IntegrityError, match="a field was edited"):
+        run_evaluate(cfg, tmp_path / "bundle", dirs[Split.VAL_TEST], tmp_path / "eval", tmp_path / "r.html")
+    # ... and written as a consistent record (as a hand-assembled artifact might be), its lineage is refused.
+    reseal_record(tmp_path / "bundle", lineage=meta["lineage"])
     with pytest.raises(LeakageViolationError):
         run_evaluate(cfg, tmp_path / "bundle", dirs[Split.VAL_TEST], tmp_path / "eval", tmp_path / "r.html")
 
@@ -88,10 +92,7 @@ def test_evaluate_refuses_a_bundle_touched_by_val_test(trained, ingested, tmp_pa
 def test_phases_refuse_inputs_from_another_partition(trained, tmp_path):
     cfg, dirs, out = trained
     run_phase2(cfg, out["val_calib_logits"], tmp_path / "policy")
-    record = tmp_path / "policy" / METADATA_FILE
-    meta = json.loads(record.read_text())
-    meta["partition"] = "another-ingest"
-    record.write_text(json.dumps(meta))
+    reseal_record(tmp_path / "policy", partition="another-ingest")
     with pytest.raises(LeakageViolationError, match="different"):
         run_phase6(cfg, out["checkpoint"], tmp_path / "policy", dirs[Split.VAL_CALIB], tmp_path / "bundle")
 

@@ -8,7 +8,7 @@ from conftest import TINY, split_dirs, with_demo
 
 from streetvision import io as storage
 from streetvision.config import load_config
-from streetvision.contracts import DataError, Role, Split
+from streetvision.contracts import DataError, IntegrityError, Role, Split
 from streetvision.contracts.metadata import METADATA_FILE
 from streetvision.data.shards import load_split, open_shards, write_shard, write_shard_manifest
 
@@ -55,10 +55,10 @@ def test_damaged_shards_are_refused(tmp_path):
     file = tmp_path / "shards" / "images-00001.npy"
     with open(file, "r+b") as handle:
         handle.truncate(os.path.getsize(file) - 10)
-    with pytest.raises(DataError, match="images-00001.npy is missing or has the wrong size"):
+    with pytest.raises(IntegrityError, match="images-00001.npy is missing or has the wrong size"):
         open_shards(tmp_path)
     file.unlink()
-    with pytest.raises(DataError, match="missing"):
+    with pytest.raises(IntegrityError, match="missing"):
         open_shards(tmp_path)
 
 

@@ -6,12 +6,16 @@ file, count, bytes) and ``samples.parquet`` (one row per image, in shard order: 
 source, source URI, pixel hash). Every file is written under a temporary name and renamed when complete;
 ``shards.json`` comes after the shards, and the metadata record after everything. A logits
 artifact holds ``predictions.parquet`` (sample_id, label, logit_0, logit_1). Both carry the metadata record
-of ``contracts.metadata``; readers check it before touching the data.
+of ``contracts.metadata``; readers check it before touching the data: its binding, the file list and sizes,
+and the digests of the tables up front; each shard's digest when the shard is first read (once per process),
+so an epoch never re-hashes the cache and a damaged shard is refused before any of it is used.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streetvision import io as storage
-from streetvision.contracts.errors import DataError, LeakageViolationError
-from streetvision.contracts.metadata import ArtifactMetadata, fingerprint_ids, require_input
+from streetvision.contracts.errors import DataError, IntegrityError, LeakageViolationError
+from streetvision.contracts.metadata import ArtifactMetadata, fingerprint_ids, require_input, verify_file
 from streetvision.contracts.splits import Role, Split
 from streetvision.contracts.validators import validate_labels, validate_logits
 
@@ -30,17 +34,26 @@ SHARDS_FILE = "shards.json"
 SAMPLES_FILE = "samples.parquet"
 PREDICTIONS_FILE = "predictions.parquet"
 SHARDS_SCHEMA = "streetvision.shards/v1"
+_NPY_HEADER_BYTES = 128  # a .npy header of a 4-D uint8 array (format 1.0 pads it to a multiple of 64)
 
 
 class ShardedImages:
     """Read-only (N, S, S, 3) uint8 view over several memory-mapped shards.
 
     Supports len(), .shape, .dtype, .ndim, np.asarray(), and indexing by an int, a slice or an int array;
-    indexing returns a plain uint8 numpy array (a copy), gathered shard by shard.
+    indexing returns a plain uint8 numpy array (a copy), gathered shard by shard. `verifiers` (one per shard,
+    or None) check a shard's content before its first read; each runs once.
     """
 
-    def __init__(self, shards: list[np.ndarray], image_shape: tuple[int, int, int]):
+    def __init__(
+        self,
+        shards: list[np.ndarray],
+        image_shape: tuple[int, int, int],
+        verifiers: list[Callable[[], None]] | None = None,
+    ):
         self._shards = shards
+        self._unverified = dict(enumerate(verifiers)) if verifiers else {}
+        self._verify_lock = threading.Lock()  # loader threads may touch a fresh shard at once
         counts = np.array([len(s) for s in shards], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
         self.shape = (int(self._starts[-1]), *image_shape)
@@ -68,12 +81,22 @@ class ShardedImages:
         out = np.empty((len(index), *self.shape[1:]), dtype=np.uint8)
         shard_of = np.searchsorted(self._starts, index, side="right") - 1
         for shard in np.unique(shard_of):
+            self._verify(int(shard))
             where = np.flatnonzero(shard_of == shard)
             rows = index[where] - self._starts[shard]
             # Sorted reads are sequential on disk; scatter back to the requested order.
             order = np.argsort(rows, kind="stable")
             out[where[order]] = self._shards[shard][rows[order]]
         return out
+
+    def _verify(self, shard: int) -> None:
+        if shard not in self._unverified:  # the usual case, without the lock
+            return
+        with self._verify_lock:
+            check = self._unverified.get(shard)
+            if check is not None:
+                check()  # raises on damage, and the shard stays unverified
+                del self._unverified[shard]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         whole = self[slice(None)]
@@ -121,8 +144,8 @@ def load_split(path: str | Path, *, split: Split, role: Role, phase: str, input_
     meta = _require_split(
         require_input(path, kind="split", phase=phase, input_name=input_name, role=role), split, where
     )
-    table = pq.read_table(Path(path) / SAMPLES_FILE)
-    images = open_shards(path, where)
+    table = read_table(Path(path) / SAMPLES_FILE, where)
+    images = open_shards(path, where, meta)
     sample_ids = table.column("sample_id").to_pylist()
     labels = validate_labels(table.column("label").to_numpy(), where, expected_rows=len(sample_ids))
     if images.shape[0] != len(sample_ids) or meta.count != len(sample_ids):
@@ -157,11 +180,13 @@ def write_shard(out_dir: str | Path, index: int, images: np.ndarray) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     name = f"images-{index:05d}.npy"
 
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            np.lib.format.write_array(handle, np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
+            np.lib.format.write_array(handle, images, allow_pickle=False)
 
-    storage.atomic_write(folder / name, write)
+    storage.atomic_write(folder / name, write, size_hint=_NPY_HEADER_BYTES + images.nbytes)
     return {"file": f"{SHARDS_DIR}/{name}", "count": int(len(images)), "bytes": (folder / name).stat().st_size}
 
 
@@ -178,35 +203,52 @@ def write_shard_manifest(out_dir: str | Path, shards: list[dict], image_shape: t
     storage.write_text(out_dir / SHARDS_FILE, json.dumps(body, indent=2))
 
 
-def open_shards(path: str | Path, where: str = "") -> ShardedImages:
-    """Memory-map every shard listed in shards.json, checking each one's count, shape and size."""
+_DAMAGED = "the split artifact is damaged; rerun ingest (`streetvision run --resume RUN` reruns a damaged ingest)"
+
+
+def read_table(file: Path, where: str) -> pa.Table:
+    """A parquet table; a file that does not parse is refused by name, not with a raw pyarrow error."""
+    try:
+        return pq.read_table(file)
+    except (OSError, pa.ArrowException) as exc:  # ArrowInvalid, corrupt snappy data, a torn footer
+        raise IntegrityError(f"{file} is not a readable parquet table: {exc}", where, _DAMAGED) from exc
+
+
+def open_shards(path: str | Path, where: str = "", meta: ArtifactMetadata | None = None) -> ShardedImages:
+    """Memory-map every shard listed in shards.json, checking each one's count, shape and size. With the
+    artifact's (verified) record, each shard's digest is checked when the shard is first read."""
     path = Path(path)
     where = where or str(path)
     manifest_path = path / SHARDS_FILE
     if not manifest_path.is_file():
         raise DataError(f"no {SHARDS_FILE} in the split artifact", where, "rerun ingest; the cache is incomplete")
-    manifest = json.loads(manifest_path.read_text())
-    height, width, channels = (int(v) for v in manifest["image_shape"])
-    image_shape = (height, width, channels)
-    shards = []
-    for entry in manifest["shards"]:
-        file = path / entry["file"]
-        if not file.is_file() or file.stat().st_size != entry["bytes"]:
-            raise DataError(
-                f"shard {entry['file']} is missing or has the wrong size",
+    try:
+        manifest = json.loads(manifest_path.read_bytes())
+        height, width, channels = (int(v) for v in manifest["image_shape"])
+        image_shape = (height, width, channels)
+        entries = [(str(e["file"]), int(e["count"]), int(e["bytes"])) for e in manifest["shards"]]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise IntegrityError(f"{manifest_path} is unreadable: {exc!r}", where, _DAMAGED) from exc
+    shards, verifiers = [], []
+    for name, count, size in entries:
+        file = path / name
+        if not file.is_file() or file.stat().st_size != size:
+            raise IntegrityError(f"shard {name} is missing or has the wrong size", where, _DAMAGED)
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:  # "Cannot parse header", "mmap length is greater than file size"
+            raise IntegrityError(f"shard {file} is not a readable .npy array: {exc}", where, _DAMAGED) from exc
+        if array.dtype != np.uint8 or array.shape != (count, *image_shape):
+            raise IntegrityError(
+                f"shard {name} has shape {array.shape} {array.dtype}, expected "
+                f"({count}, {', '.join(map(str, image_shape))}) uint8",
                 where,
-                "the split artifact is damaged; rerun ingest",
-            )
-        array = np.load(file, mmap_mode="r")
-        if array.dtype != np.uint8 or array.shape != (entry["count"], *image_shape):
-            raise DataError(
-                f"shard {entry['file']} has shape {array.shape} {array.dtype}, expected "
-                f"({entry['count']}, {', '.join(map(str, image_shape))}) uint8",
-                where,
-                "the split artifact is damaged; rerun ingest",
+                _DAMAGED,
             )
         shards.append(array)
-    return ShardedImages(shards, image_shape)
+        if meta is not None:
+            verifiers.append(lambda name=name: verify_file(path, meta, name, where))
+    return ShardedImages(shards, image_shape, verifiers or None)
 
 
 def write_predictions(out_dir: str | Path, sample_ids: list[str], labels: np.ndarray, logits: np.ndarray) -> None:
@@ -229,7 +271,7 @@ def load_logits(path: str | Path, *, split: Split, role: Role, phase: str, input
     meta = _require_split(
         require_input(path, kind="logits", phase=phase, input_name=input_name, role=role), split, where
     )
-    table = pq.read_table(Path(path) / PREDICTIONS_FILE)
+    table = read_table(Path(path) / PREDICTIONS_FILE, where)
     sample_ids = table.column("sample_id").to_pylist()
     logits = np.stack([table.column("logit_0").to_numpy(), table.column("logit_1").to_numpy()], axis=1)
     logits = validate_logits(logits, where, expected_rows=len(sample_ids))
