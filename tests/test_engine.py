@@ -10,7 +10,7 @@ from conftest import TINY
 from safetensors.torch import load_file
 
 from streetvision.config import load_config
-from streetvision.contracts import Split
+from streetvision.contracts import CheckpointError, Split
 from streetvision.models import create_model
 from streetvision.phases import phase3
 from streetvision.training import engine
@@ -110,7 +110,7 @@ def test_phase3_interrupted_then_resumed_equals_the_uninterrupted_run(trained, t
         _phase3(trained, tmp_path / "resumed", resumable)
     [state_dir] = (tmp_path / "resume").iterdir()
     assert state_dir.name.startswith("phase3-")
-    state = torch.load(state_dir / phase3.STATE_FILE, weights_only=False)
+    state = torch.load(state_dir / phase3.STATE_FILE, weights_only=True)
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 4)
 
     monkeypatch.setattr(phase3.GateRecipe, "step", real_step)
@@ -128,3 +128,42 @@ def test_phase3_interrupted_then_resumed_equals_the_uninterrupted_run(trained, t
     assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
     history = [json.loads((d / "gate_history.json").read_text()) for d in (plain_dir, resumed_dir)]
     assert history[0] == history[1] and [row["epoch"] for row in history[0]] == [0, 1, 2]
+
+
+class _RunsCode:
+    """A crafted training state: unpickling it calls exec, which writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_a_crafted_training_state_is_refused_and_runs_nothing(tmp_path):
+    store = engine.Checkpoints(str(tmp_path / "shared"), "train_state.pt", "phase1")
+    marker = tmp_path / "marker"
+    store.save({"epoch": 1, "payload": torch.zeros(2)})  # a real state loads ...
+    assert store.load()["epoch"] == 1
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"epoch": 1, "payload": _RunsCode(marker)}, crafted)
+    torch.load(crafted, weights_only=False)  # the file does run code with the unrestricted unpickler
+    assert marker.read_text() == "ran"
+    marker.unlink()
+    (tmp_path / "shared" / "train_state.pt").write_bytes(crafted.read_bytes())
+    with pytest.raises(CheckpointError, match="refused because loading them could run code") as info:
+        store.load()
+    assert "train_state.pt" in str(info.value) and "delete" in info.value.fix
+    assert not marker.exists()
+
+
+def test_training_state_is_saved_as_tensors_and_plain_data(tmp_path):
+    import numpy as np
+
+    store = engine.Checkpoints(str(tmp_path), "s.pt", "phase1")
+    store.save({"score": np.float64(0.5), "ids": np.arange(3), "steps": {0: (1, 2)}})
+    state = store.load()
+    assert state["score"] == 0.5 and type(state["score"]) is float and torch.equal(state["ids"], torch.arange(3))
+    assert state["steps"] == {0: (1, 2)}  # int keys (optimizer state) survive
+    with pytest.raises(TypeError, match=r"state\['bad'\] is a object"):
+        store.save({"bad": object()})

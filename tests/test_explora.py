@@ -184,7 +184,7 @@ def test_resume_after_interruption_repeats_the_uninterrupted_run(ingested, tmp_p
     first, _ = trainer_for(cfg)
     with pytest.raises(KeyboardInterrupt):
         train_ssl(first, pool, tmp_path / "resumed", "fp")
-    assert torch.load(tmp_path / "resumed" / CHECKPOINT_FILE, weights_only=False)["global_step"] == 2
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT_FILE, weights_only=True)["global_step"] == 2
     assert not list((tmp_path / "resumed").glob("*.tmp"))  # atomic: no half-written file left behind
     monkeypatch.setattr(explora_train, "ssl_step", real_step)
 

@@ -78,7 +78,7 @@ def test_killed_mid_epoch_then_restarted_equals_uninterrupted(ingested, tmp_path
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-3000:]
     assert not (tmp_path / "restarted" / "checkpoint" / "_streetvision.json").exists()
     [state_dir] = (tmp_path / "resume").iterdir()
-    state = torch.load(state_dir / "train_state.pt", weights_only=False)
+    state = torch.load(state_dir / "train_state.pt", weights_only=True)
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 4)  # saved after step 4
 
     again = _run(tmp_path, dirs, "restarted", resumable)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -195,9 +196,29 @@ class Optimization:
 # -- checkpoints ---------------------------------------------------------------------------------------
 
 
+def plain_state(value: Any, where: str = "state") -> Any:
+    """`value` as what `torch.load(weights_only=True)` reads back: tensors, and dicts/lists/tuples of numbers,
+    strings, bools and None (numpy scalars and arrays become Python numbers and tensors). Anything else is
+    refused at save time, so a saved state never needs the unrestricted unpickler to load."""
+    if isinstance(value, torch.Tensor) or value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, dict):
+        return {k: plain_state(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_state(v, f"{where}[{i}]") for i, v in enumerate(value))
+    raise TypeError(f"{where} is a {type(value).__name__}: training state holds only tensors and plain data")
+
+
 class Checkpoints:
     """The training state of one run, `name` under `root` (a local/PVC folder or gs://bucket/prefix); written
-    atomically. With a `fingerprint`, a saved state of another run (config, model, data) is never resumed."""
+    atomically. With a `fingerprint`, a saved state of another run (config, model, data) is never resumed.
+
+    The state is loaded with `weights_only=True`: tensors and plain data only. A resume location can be a
+    shared bucket, and the unrestricted unpickler runs whatever code a crafted file names."""
 
     def __init__(self, root: str, name: str, where: str, fingerprint: str | None = None):
         self.store = storage.Store(validate_location(str(root), where))
@@ -210,7 +231,14 @@ class Checkpoints:
         if not self.store.exists(self.name):
             return None
         try:
-            state = torch.load(io.BytesIO(self.store.read(self.name)), map_location="cpu", weights_only=False)
+            state = torch.load(io.BytesIO(self.store.read(self.name)), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # weights_only refused an object: never run a file's code
+            raise CheckpointError(
+                f"training state {self.describe()} holds objects other than tensors and plain data, which are "
+                f"refused because loading them could run code: {exc}",
+                f"{self.where} resume",
+                f"delete {self.describe()} to start afresh (a state this version saved never holds such objects)",
+            ) from exc
         except Exception as exc:  # a torn or foreign file: say so, never resume from it
             raise CheckpointError(
                 f"training state {self.describe()} is unreadable: {exc}",
@@ -224,7 +252,7 @@ class Checkpoints:
 
     def save(self, state: dict) -> None:
         buffer = io.BytesIO()
-        torch.save({**state, "fingerprint": self.fingerprint}, buffer)
+        torch.save(plain_state({**state, "fingerprint": self.fingerprint}), buffer)
         self.store.write(self.name, lambda handle: handle.write(buffer.getbuffer()))
 
 
