@@ -10,7 +10,9 @@ would and checks, for every task, every input artifact against the split policy 
 - what is actually wired in (the producer task's output type) is the type the input declares and carries a
   split the role may read — this is what catches a re-wired edge or a split laundered through a generic
   `system.Artifact` input;
-- VAL_TEST is read by one task at most.
+- VAL_TEST is read by one task at most;
+- no task but a known phase produces split data or split logits: an importer task typed `system.TrainSplit`
+  (or any split type) would make whatever lies at its URI pass as that split.
 """
 
 from __future__ import annotations
@@ -63,6 +65,18 @@ def _function_of(spec: dict, component: dict) -> str | None:
     return None
 
 
+def _split_outputs(component: dict) -> dict[str, str]:
+    """Output name -> schema title, for the outputs of a component that carry a split."""
+    outputs = component.get("outputDefinitions", {}).get("artifacts", {})
+    titles = {key: art.get("artifactType", {}).get("schemaTitle", "") for key, art in outputs.items()}
+    return {key: title for key, title in titles.items() if split_of_type(title) is not None}
+
+
+def _importer_of(spec: dict, component: dict) -> dict | None:
+    executor = spec.get("deploymentSpec", {}).get("executors", {}).get(component.get("executorLabel", ""), {})
+    return executor.get("importer")
+
+
 def _violation(role, split, where: str) -> str | None:
     try:
         check_access(role, split, where)
@@ -93,6 +107,24 @@ def lint_documents(documents: list[dict], path: str = "<pipeline>") -> LintRepor
         declared_inputs = component.get("inputDefinitions", {}).get("artifacts", {})
         wired_inputs = task.get("inputs", {}).get("artifacts", {})
         if phase is None:
+            importer = _importer_of(spec, component)
+            for key, title in sorted(_split_outputs(component).items()):
+                split = split_of_type(title)
+                source = (
+                    f"an importer task: it makes the artifact at "
+                    f"{importer.get('artifactUri', {}).get('constant', 'a run-time URI')!r} pass as {split.name}"
+                    if importer is not None
+                    else f"{function!r}, which is not a known phase"
+                )
+                findings.append(
+                    Finding(
+                        name,
+                        None,
+                        f"produces {split.name} data (output '{key}', {title}) from {source}",
+                        "split data and split logits come only from the ingest and phase tasks of the same "
+                        "pipeline; remove the task and wire the producing phase's output instead",
+                    )
+                )
             if declared_inputs:
                 findings.append(
                     Finding(

@@ -107,6 +107,47 @@ def test_unknown_component_cannot_be_vouched_for(tmp_path):
     assert "runs 'my_calibrator', which is not a known phase" in messages
 
 
+def _importer_pipeline(tmp_path, artifact_class, uri: str) -> dict:
+    """A real importer task, compiled by KFP, of `artifact_class` at `uri`."""
+    from kfp import compiler, dsl
+
+    @dsl.pipeline(name="importer")
+    def importing():
+        dsl.importer(artifact_uri=uri, artifact_class=artifact_class, reimport=False)
+
+    compiler.Compiler().compile(importing, str(tmp_path / "importer.yaml"))
+    return load_documents((tmp_path / "importer.yaml").read_text())[0]
+
+
+@pytest.mark.parametrize("wired", [True, False])
+def test_an_importer_task_of_a_split_type_fails(tmp_path, capsys, wired):
+    """An importer typed system.TrainSplit makes any URI pass as TRAIN, with a type KFP accepts downstream."""
+    from streetvision_components.types import TrainSplit
+
+    importer = _importer_pipeline(tmp_path, TrainSplit, "gs://anywhere/val_test")
+    docs = _committed()
+    spec = docs[0]
+    spec["components"]["comp-importer"] = importer["components"]["comp-importer"]
+    spec["deploymentSpec"]["executors"]["exec-importer"] = importer["deploymentSpec"]["executors"]["exec-importer"]
+    tasks = spec["root"]["dag"]["tasks"]
+    tasks["importer"] = importer["root"]["dag"]["tasks"]["importer"]
+    if wired:
+        [(task_name, task)] = [(n, t) for n, t in tasks.items() if "train" in t.get("inputs", {}).get("artifacts", {})]
+        task["inputs"]["artifacts"]["train"]["taskOutputArtifact"] = {
+            "producerTask": "importer",
+            "outputArtifactKey": "artifact",
+        }
+        task.setdefault("dependentTasks", []).append("importer")
+    path = _write(tmp_path, docs)
+    messages = _messages(lint_file(path))
+    assert (
+        "task 'importer': produces TRAIN data (output 'artifact', system.TrainSplit) from an importer task" in messages
+    )
+    assert "'gs://anywhere/val_test' pass as TRAIN" in messages
+    assert main(["lint", str(path)]) == 1
+    capsys.readouterr()
+
+
 def test_lint_refuses_what_is_not_a_pipeline(tmp_path, capsys):
     other = tmp_path / "other.yaml"
     other.write_text("apiVersion: v1\nkind: ConfigMap\n")
