@@ -5,7 +5,13 @@ Layout of a run folder (under --output-dir):
   pipeline.yaml the compiled pipeline that ran
   run.json      status, timings, and where the bundle and report are
   run.log       the complete log of every task (the console shows the readable part)
+  run.lock      held (fcntl.flock) while a run or resume works in the folder: a second one is refused
   kfp/          the KFP pipeline root: task outputs and the local cache (.kfp_cache) that makes resume work
+  damaged/      outputs of an earlier attempt that failed verification on resume, moved aside (kept, not deleted)
+
+A resume first verifies every output the local cache would reuse (completion record, file list, every
+file's digest). An output that fails is moved to damaged/ and its cache entry removed, so the task that wrote
+it runs again, and so does everything downstream of it (their cache keys name its new output).
 
 A failed task is reported at its first attempt unless retries are asked for (`--retries N`: N more attempts,
 at once). The cluster's policy (cluster.retries, waiting cluster.retry_backoff, doubling) stays in the YAML
@@ -15,12 +21,16 @@ is not part of any task's cache key (the local cache keys on image, command, arg
 """
 
 import contextlib
+import errno
+import fcntl
 import io
 import json
 import logging
 import os
 import re
 import secrets
+import shutil
+import socket
 import sys
 import time
 import warnings
@@ -29,13 +39,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kfp import local
+from kfp.local.cache import LocalCache
 from streetvision_pipelines.factory import RetryPolicy, build_pipeline, compile_pipeline
 
+from streetvision import io as storage
 from streetvision.config import Config, ConfigError, config_from_yaml_file, config_to_json, config_to_yaml
+from streetvision.contracts import ContractError, StreetVisionError
+from streetvision.contracts.metadata import SCHEMA, verify_artifact
 from streetvision.phase_graph import resolve_phases
 from streetvision.run_summary import PIPELINE_ROOT, RUN_CONFIG, RUN_RECORD, RunSummary, summarize_run
 
 RUN_LOG = "run.log"
+RUN_LOCK = "run.lock"
+DAMAGED = "damaged"
+# Where kfp 2.17.3's local runner keeps its task cache when local.init gets no cache_root.
+CACHE_DIR = ".kfp_cache"
+# run.json is always written this large (padded with spaces, which JSON ignores): if the disk fills during a
+# run or before a resume, the final record still fits in blocks the file already has.
+RECORD_RESERVE_BYTES = 16 * 1024
 # What the local runner's own log lines say when it reuses a cached task or retries a failed one
 # (kfp.local.orchestrator.task_executor: "Task X cache hit ...", "Task X failed (attempt i/n). Retrying in ...").
 TASK_EVENTS = ("cache hit", "Retrying in")
@@ -56,8 +77,18 @@ class ConsoleFilter(io.TextIOBase):
         self.pending = ""
         self.in_dump = False
 
+    def _to_log(self, action) -> None:
+        """A log that cannot be written (a full disk) stops the log, never the run; the console says so once."""
+        if self.log_file is None:
+            return
+        try:
+            action(self.log_file)
+        except OSError as exc:
+            self.log_file = None
+            self.console.write(f"[streetvision] {RUN_LOG} is no longer written: {exc}\n")
+
     def write(self, text: str) -> int:
-        self.log_file.write(text)
+        self._to_log(lambda log: log.write(text))
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
         for line in lines:
@@ -76,7 +107,7 @@ class ConsoleFilter(io.TextIOBase):
             self.console.write(line + "\n")
 
     def flush(self) -> None:
-        self.log_file.flush()
+        self._to_log(lambda log: log.flush())
         self.console.flush()
 
 
@@ -107,6 +138,70 @@ def _show_task_events():
         root.setLevel(level)
 
 
+class RunFolderInUseError(StreetVisionError):
+    """Another run or resume holds the run folder."""
+
+
+@contextlib.contextmanager
+def hold_run_folder(run_dir: Path):
+    """Hold the run folder's lock (an exclusive, non-blocking flock on run.lock) for a run or a resume. The
+    kernel drops it when the holder exits, however it exits, so a killed run never leaves the folder locked."""
+    with open(run_dir / RUN_LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not written its name yet"
+            raise RunFolderInUseError(
+                f"run folder {run_dir} is in use by another run or resume ({holder})",
+                f"{run_dir / RUN_LOCK}",
+                "wait for that run to finish (or stop it), then resume; two runs in one folder would overwrite "
+                "each other's outputs and records",
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def reverify_cached_outputs(run_dir: Path) -> list[str]:
+    """Verify every streetvision artifact the local cache of `run_dir` would reuse; for a cache entry with an
+    output that fails, move that output to damaged/ and remove the entry, so its task reruns. Returns one line
+    per output moved aside. Artifacts of other kinds (KFP metrics, HTML) carry no record and are not checked."""
+    pipeline_root = (run_dir / PIPELINE_ROOT).resolve()
+    cache_root = pipeline_root / CACHE_DIR
+    if not cache_root.is_dir():
+        return []
+    cache = LocalCache(str(cache_root))  # kfp's own reader: an entry whose outputs are missing is a miss
+    said = []
+    for entry in sorted(cache_root.glob("*.json")):
+        outputs = cache.get(entry.stem) or {}
+        artifacts = [a for v in outputs.values() for a in (v if isinstance(v, list) else [v]) if hasattr(a, "uri")]
+        damaged = []
+        for artifact in artifacts:
+            if (artifact.metadata or {}).get("schema") != SCHEMA:
+                continue
+            try:
+                verify_artifact(artifact.uri, f"resume of {run_dir}: cached output {artifact.uri}")
+            except ContractError as exc:
+                damaged.append((Path(artifact.uri), exc.what))
+        if not damaged:
+            continue
+        entry.unlink()
+        for path, what in damaged:
+            relative = path.relative_to(pipeline_root) if path.is_relative_to(pipeline_root) else Path(path.name)
+            aside = run_dir / DAMAGED / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") / relative
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, aside)
+            said.append(f"{relative} failed verification ({what}); moved to {aside}, and the task that wrote it reruns")
+    return said
+
+
 def new_run_dir(output_dir: str | Path) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(output_dir) / f"{stamp}-{secrets.token_hex(3)}"
@@ -126,7 +221,7 @@ def prepare_run(cfg: Config | None, output_dir: str | Path, resume: str | Path |
     if cfg is None:
         raise ValueError("a new run needs a config (cfg=None only with resume)")
     run_dir = new_run_dir(output_dir)
-    (run_dir / RUN_CONFIG).write_text(config_to_yaml(cfg))
+    storage.write_text(run_dir / RUN_CONFIG, config_to_yaml(cfg))
     return run_dir, cfg
 
 
@@ -186,27 +281,69 @@ def with_rendered_demo(cfg: Config, run_dir: Path, pipeline_root: Path) -> Confi
 
 
 def run_local(cfg: Config, run_dir: Path, runner: str = "subprocess", retries: int = 0) -> LocalRun:
-    """Run every selected phase locally; a rerun on the same folder resumes from the first unfinished phase.
-    A failed task is tried `retries` more times, at once."""
+    """Run every selected phase locally; a rerun on the same folder resumes from the first unfinished phase,
+    after verifying the outputs it would reuse. A failed task is tried `retries` more times, at once. The run
+    folder is locked for the whole run (RunFolderInUseError when another run holds it)."""
+    with hold_run_folder(run_dir):
+        return _run_locked(cfg, run_dir, runner, retries)
+
+
+def write_run_record(run_dir: Path, record: dict) -> None:
+    """run.json, atomically and padded to RECORD_RESERVE_BYTES. On a full disk, overwrite the existing record
+    in place (its blocks are allocated already); if even that fails, print the record, so it is never lost."""
+    path, text = run_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n"
+    data = text.encode() + b" " * max(0, RECORD_RESERVE_BYTES - len(text.encode()))
+    try:
+        storage.write_bytes(path, data)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        failure = exc
+    try:
+        with open(path, "r+b") as handle:
+            room = os.fstat(handle.fileno()).st_size
+            if len(text.encode()) > room:
+                raise OSError(errno.ENOSPC, f"the record needs {len(text.encode())} bytes, {room} are reserved")
+            handle.write(data[:room].ljust(room))  # no truncate: the padding keeps the reservation
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        print(f"error: {path} could not be written ({failure}; {exc}); the record is:\n{text}", file=sys.stderr)
+
+
+def _run_locked(cfg: Config, run_dir: Path, runner: str, retries: int) -> LocalRun:
     cfg = runner_config(cfg, runner)
     phases, _ = resolve_phases(cfg.pipeline.phases)
     retry = RetryPolicy(retries)  # no backoff: nothing local is worth waiting out
-    pipeline_root = (run_dir / PIPELINE_ROOT).resolve()
-    cfg = with_rendered_demo(cfg, run_dir, pipeline_root)
-    compile_pipeline(cfg, run_dir / "pipeline.yaml", retry)
-    local.init(runner=make_runner(runner, pipeline_root), pipeline_root=str(pipeline_root), enable_caching=True)
     started = time.time()
     error = None
-    with open(run_dir / RUN_LOG, "a") as log_file, warnings.catch_warnings():
-        # Resource requests and node selectors are for the cluster; the local runner says so once per task.
-        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-        # The local runner uses this environment, not the image; it warns that the image is not "python".
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        with contextlib.redirect_stdout(ConsoleFilter(sys.stdout, log_file)), _show_task_events():
-            try:
-                build_pipeline(cfg, retry)(config=config_to_json(cfg))
-            except RuntimeError as exc:  # the local runner reports a failed task this way
-                error = str(exc)
+    # Written first, so that the record's space is held before the run can fill the disk.
+    write_run_record(
+        run_dir, {"status": "running", "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    )
+    try:
+        with open(run_dir / RUN_LOG, "a") as log_file, warnings.catch_warnings():
+            # Resource requests and node selectors are for the cluster; the local runner says so once per task.
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+            # The local runner uses this environment, not the image; it warns that the image is not "python".
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            with contextlib.redirect_stdout(ConsoleFilter(sys.stdout, log_file)), _show_task_events():
+                pipeline_root = (run_dir / PIPELINE_ROOT).resolve()
+                cfg = with_rendered_demo(cfg, run_dir, pipeline_root)
+                compile_pipeline(cfg, run_dir / "pipeline.yaml", retry)
+                local.init(
+                    runner=make_runner(runner, pipeline_root), pipeline_root=str(pipeline_root), enable_caching=True
+                )
+                for line in reverify_cached_outputs(run_dir):
+                    print(f"resume: {line}", flush=True)
+                try:
+                    build_pipeline(cfg, retry)(config=config_to_json(cfg))
+                except RuntimeError as exc:  # the local runner reports a failed task this way
+                    error = str(exc)
+    except (OSError, ConfigError) as exc:  # a full disk, or no demo renderer: the run's failure, not a crash
+        error = f"{type(exc).__name__}: {exc}"
+        print(f"error: {error}", file=sys.stderr)
     seconds = time.time() - started
     summary = summarize_run(run_dir, phases)
     succeeded = error is None and all(summary.status(p) == "done" for p in phases)
@@ -221,5 +358,5 @@ def run_local(cfg: Config, run_dir: Path, runner: str = "subprocess", retries: i
         "report": str(summary.report) if summary.report else None,
         "evaluation": summary.evaluation,
     }
-    (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2))
+    write_run_record(run_dir, record)
     return LocalRun(run_dir, succeeded, error, seconds, summary)

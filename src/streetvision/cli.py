@@ -7,6 +7,7 @@ when they are called.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -593,6 +594,11 @@ def main(argv: list[str] | None = None) -> int:
         # What, where and how to fix, without a traceback: these are the user's to fix, not bugs.
         print(f"error: {exc}", file=sys.stderr)
         return next(code for kind, code in EXIT_CODES.items() if isinstance(exc, kind))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {exc}", file=sys.stderr)  # a full disk: says where, and how much was needed
+        return EXIT_CODES[StreetVisionError]
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ phases) can use it. Callers import it as ``from streetvision import io as storag
   ``is_dir``, ``list_files`` (lazy, page by page: a bucket is never listed into memory at once)
 - ``atomic_write(uri, write)`` and ``write_bytes(uri, data)``: the one atomic write. Locally a temp file
   with a unique name in the target's folder, fsync of the file and the folder, then ``os.replace``; on GCS
-  an upload (an object only appears once its upload has finished)
+  an upload (an object only appears once its upload has finished). A full disk raises ``NoSpaceError``,
+  saying where and how much was needed (``reserve`` allocates a file to be memory-mapped up front)
 - ``Store``: named files under one folder or prefix (training state, checkpoints)
 - ``prefetch(pool, fn, items, ahead)`` and ``read_many``: parallel reads with at most N in flight
 - ``join``, ``is_gcs``, ``split_gcs``
@@ -20,9 +21,13 @@ makes the client talk to the emulator with anonymous credentials.
 from __future__ import annotations
 
 import collections
+import contextlib
+import errno
 import io
 import os
+import re
 import secrets
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -161,6 +166,66 @@ def list_files(prefix: str | Path, suffixes: Iterable[str] | None = None) -> Ite
                 yield str(Path(dirpath) / name)
 
 
+class NoSpaceError(OSError):
+    """A write that ran out of disk: says where, how much was needed (when known) and how much is free."""
+
+    def __init__(self, target: Path, needed: int | None, written: int):
+        try:
+            free = f"{shutil.disk_usage(target.parent).free} bytes are free there"
+        except OSError:
+            free = "the free space there is unknown"
+        need = f"needs {needed} bytes" if needed is not None else "needs more space"
+        super().__init__(
+            errno.ENOSPC,
+            f"no space left on device: writing {target} {need} ({written} written before the disk filled; "
+            f"{free}). Free space on that disk, or point the output at a larger one, then rerun or resume",
+            str(target),
+        )
+        self.target, self.needed, self.written = target, needed, written
+
+
+# numpy's `tofile` (under np.save) reports a short write as "N requested and M written", without an errno.
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+
+
+def _disk_full(exc: BaseException, target: Path, size_hint: int | None, written: int) -> NoSpaceError | None:
+    if not isinstance(exc, OSError) or isinstance(exc, NoSpaceError):
+        return None
+    short = _SHORT_WRITE.search(str(exc)) if exc.errno is None else None
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT) and short is None:
+        return None
+    needed = size_hint if size_hint is not None else (written - int(short[2]) + int(short[1]) if short else None)
+    return NoSpaceError(target, needed, written)
+
+
+@contextlib.contextmanager
+def naming_disk_full(target: str | Path, needed: int | None = None) -> Iterator[None]:
+    """Turn a full disk met inside the block into NoSpaceError naming `target` and the bytes `needed`."""
+    try:
+        yield
+    except OSError as exc:
+        target = Path(target)
+        full = _disk_full(exc, target, needed, target.stat().st_size if target.is_file() else 0)
+        if full is None:
+            raise
+        raise full from exc
+
+
+def reserve(path: str | Path) -> None:
+    """Allocate a local file's blocks now (for a file about to be memory-mapped and written). A mapped write
+    that meets a full disk kills the process with SIGBUS and no message; this fails first, with NoSpaceError."""
+    needed = Path(path).stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with naming_disk_full(path, needed):
+            os.posix_fallocate(fd, 0, needed)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without fallocate: map as before
+            raise
+    finally:
+        os.close(fd)
+
+
 def _fsync_path(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -169,13 +234,14 @@ def _fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write(uri: str | Path, write: Callable[[Path], object]) -> None:
+def atomic_write(uri: str | Path, write: Callable[[Path], object], size_hint: int | None = None) -> None:
     """Replace `uri` whole: readers (and a restarted, preempted task) see the old file or the complete new one.
 
     `write(path)` fills a temp file (e.g. ``lambda tmp: torch.save(state, tmp)``). Locally it lives beside
     the target under a unique name (concurrent writers never share one), is fsynced, renamed over the target,
     and the folder is fsynced so the rename survives a crash. A GCS object is uploaded from the temp file;
-    it appears only once the upload has finished.
+    it appears only once the upload has finished. A full disk raises `NoSpaceError` (an OSError, ENOSPC)
+    naming the target and, with `size_hint` (the file's final size) or from numpy's report, the bytes needed.
     """
     if is_gcs(uri):
         with tempfile.TemporaryDirectory(prefix="streetvision-upload-") as scratch:
@@ -192,8 +258,12 @@ def atomic_write(uri: str | Path, write: Callable[[Path], object]) -> None:
         write(tmp)
         _fsync_path(tmp)  # the bytes are on disk before the rename makes them visible
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
+        full = _disk_full(exc, target, size_hint, written)
+        if full is not None:
+            raise full from exc
         raise
     _fsync_path(target.parent)
 
@@ -204,7 +274,7 @@ def write_bytes(uri: str | Path, data: bytes) -> None:
         # From memory: no temp file. A retry re-sends the same bytes.
         _blob(str(uri)).upload_from_file(io.BytesIO(data), size=len(data), rewind=True, retry=retry_policy())
         return
-    atomic_write(uri, lambda tmp: tmp.write_bytes(data))
+    atomic_write(uri, lambda tmp: tmp.write_bytes(data), size_hint=len(data))
 
 
 def write_text(uri: str | Path, text: str) -> None:

@@ -294,9 +294,10 @@ def run_ingest(
     staging_dir.mkdir(exist_ok=True)
     staging: np.memmap | None = None
     try:
-        staging = np.lib.format.open_memmap(
-            staging_dir / "pixels.npy", mode="w+", dtype=np.uint8, shape=(max(1, len(records)), size, size, 3)
-        )
+        shape = (max(1, len(records)), size, size, 3)
+        with storage.naming_disk_full(staging_dir / "pixels.npy", int(np.prod(shape))):
+            staging = np.lib.format.open_memmap(staging_dir / "pixels.npy", mode="w+", dtype=np.uint8, shape=shape)
+            storage.reserve(staging_dir / "pixels.npy")  # a full disk fails here, by name, not by SIGBUS later
         placed: list[Placed] = []
         decode_started = time.time()
         outcomes = decode_records(records, todo, data_cfg, size, staging, sources)
