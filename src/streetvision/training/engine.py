@@ -200,10 +200,10 @@ def plain_state(value: Any, where: str = "state") -> Any:
     """`value` as what `torch.load(weights_only=True)` reads back: tensors, and dicts/lists/tuples of numbers,
     strings, bools and None (numpy scalars and arrays become Python numbers and tensors). Anything else is
     refused at save time, so a saved state never needs the unrestricted unpickler to load."""
+    if isinstance(value, np.generic):  # first: np.float64 is also a float, but pickles as a numpy object
+        return value.item()
     if isinstance(value, torch.Tensor) or value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(value))
     if isinstance(value, dict):
@@ -233,9 +233,11 @@ class Checkpoints:
         try:
             state = torch.load(io.BytesIO(self.store.read(self.name)), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:  # weights_only refused an object: never run a file's code
+            # torch's message ends by suggesting weights_only=False; keep only what was refused.
+            detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), str(exc))
             raise CheckpointError(
                 f"training state {self.describe()} holds objects other than tensors and plain data, which are "
-                f"refused because loading them could run code: {exc}",
+                f"refused because loading them could run code ({detail})",
                 f"{self.where} resume",
                 f"delete {self.describe()} to start afresh (a state this version saved never holds such objects)",
             ) from exc
