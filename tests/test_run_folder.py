@@ -61,9 +61,11 @@ def test_the_lock_is_exclusive_and_released(tmp_path):
 
     with hold_run_folder(tmp_path):
         assert "pid" in (tmp_path / RUN_LOCK).read_text()
-        with pytest.raises(RunFolderInUseError, match="is in use by another run or resume") as info:
-            with hold_run_folder(tmp_path):
-                pass
+        with (
+            pytest.raises(RunFolderInUseError, match="is in use by another run or resume") as info,
+            hold_run_folder(tmp_path),
+        ):
+            pass
         assert str(tmp_path) in info.value.what and "pid" in info.value.what
     with hold_run_folder(tmp_path):  # released on exit
         pass

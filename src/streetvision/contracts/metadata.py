@@ -10,7 +10,7 @@ for a finished one.
 The record is bound by a digest over the canonical JSON of all its other fields, content digests included,
 so editing one field (a relabelled ``split``) or one file (a flipped byte in a shard) fails verification.
 This is integrity, not authenticity: anyone can recompute the digests. What it buys is that damage, and a
-label edited alone, are refused; deployment bundles carry a signature for the rest.
+label edited alone, are refused; trusting who wrote an artifact needs a signature.
 
 Readers check the binding, the file list and the sizes up front (cheap), hash the small files (parquet
 tables, checkpoints, JSON) before using them, and leave the image shards to ``data.shards``, which hashes

@@ -13,6 +13,7 @@ so an epoch never re-hashes the cache and a damaged shard is refused before any 
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable
@@ -229,7 +230,8 @@ def open_shards(path: str | Path, where: str = "", meta: ArtifactMetadata | None
         entries = [(str(e["file"]), int(e["count"]), int(e["bytes"])) for e in manifest["shards"]]
     except (ValueError, TypeError, KeyError) as exc:
         raise IntegrityError(f"{manifest_path} is unreadable: {exc!r}", where, _DAMAGED) from exc
-    shards, verifiers = [], []
+    shards: list[np.ndarray] = []
+    verifiers: list[Callable[[], None]] = []
     for name, count, size in entries:
         file = path / name
         if not file.is_file() or file.stat().st_size != size:
@@ -247,7 +249,7 @@ def open_shards(path: str | Path, where: str = "", meta: ArtifactMetadata | None
             )
         shards.append(array)
         if meta is not None:
-            verifiers.append(lambda name=name: verify_file(path, meta, name, where))
+            verifiers.append(functools.partial(verify_file, path, meta, name, where))
     return ShardedImages(shards, image_shape, verifiers or None)
 
 
