@@ -26,6 +26,7 @@ from streetvision.contracts import Split
 from streetvision.data.decode import decode_image
 from streetvision.data.shards import open_shards
 from streetvision.phases.ingest import run_ingest
+from streetvision.phases.result import PhasePaths
 
 LABELS = ("no_roadwork", "roadwork")
 
@@ -88,7 +89,8 @@ def ingest_rate(root: Path, out: Path, size: int, workers: int) -> tuple[float, 
     )
     n = sum(1 for _ in root.rglob("*.jpg"))
     start = time.perf_counter()
-    meta = run_ingest(cfg, {s: out / s.value for s in Split}, out / "report")
+    paths = PhasePaths.of("ingest", **{s.value: out / s.value for s in Split}, data_report=out / "report")
+    meta = run_ingest(cfg, paths).outputs
     seconds = time.perf_counter() - start
     return n / seconds, meta["data_report"]["summary"]["decode_images_per_second"], out
 

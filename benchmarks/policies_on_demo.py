@@ -29,6 +29,7 @@ from streetvision.phases.phase2 import run_phase2
 from streetvision.phases.phase3 import run_phase3
 from streetvision.phases.phase5 import run_phase5
 from streetvision.phases.phase6 import run_phase6
+from streetvision.phases.result import PhasePaths
 
 
 def main() -> None:
@@ -40,24 +41,32 @@ def main() -> None:
     cfg = with_demo_data(load_config(args.overrides), root / "demo-cache")  # as `streetvision run` renders it
     dirs = {s: root / s.value for s in Split}
     ckpt, sel, cal = root / "checkpoint", root / "val_select_logits", root / "val_calib_logits"
+    splits = {s.value: d for s, d in dirs.items()}
     if not (cal / METADATA_FILE).is_file():
-        run_ingest(cfg, dirs, root / "report")
+        run_ingest(cfg, PhasePaths.of("ingest", **splits, data_report=root / "report"))
         started = time.time()
-        run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], ckpt, sel, cal)
+        fit_on = {k: splits[k] for k in ("train", "val_select", "val_calib")}
+        run_phase1(cfg, PhasePaths.of("phase1", **fit_on, checkpoint=ckpt, val_select_logits=sel, val_calib_logits=cal))
         print(f"phase1: {time.time() - started:.0f} s")
     root = root / f"policies_risk{cfg.calibration.target_risk}_delta{cfg.calibration.delta}"
     fits = {
-        "threshold": lambda: (run_phase2(cfg, cal, root / "threshold"), ckpt),
-        "scrc": lambda: (run_phase5(cfg, cal, root / "scrc"), ckpt),
+        "threshold": lambda: (
+            run_phase2(cfg, PhasePaths.of("phase2", val_calib_logits=cal, policy=root / "threshold")),
+            ckpt,
+        ),
+        "scrc": lambda: (run_phase5(cfg, PhasePaths.of("phase5", val_calib_logits=cal, policy=root / "scrc")), ckpt),
         "gate": lambda: (
             run_phase3(
                 cfg,
-                ckpt,
-                dirs[Split.TRAIN],
-                dirs[Split.VAL_SELECT],
-                dirs[Split.VAL_CALIB],
-                root / "gate_checkpoint",
-                root / "gate",
+                PhasePaths.of(
+                    "phase3",
+                    checkpoint=ckpt,
+                    train=dirs[Split.TRAIN],
+                    val_select=dirs[Split.VAL_SELECT],
+                    val_calib=dirs[Split.VAL_CALIB],
+                    gate_checkpoint=root / "gate_checkpoint",
+                    policy=root / "gate",
+                ),
             ),
             root / "gate_checkpoint",
         ),
@@ -67,16 +76,15 @@ def main() -> None:
         started = time.time()
         _, weights = fit()
         seconds = time.time() - started
-        run_phase6(cfg, weights, root / kind, dirs[Split.VAL_CALIB], root / f"bundle_{kind}")
+        bundle = root / f"bundle_{kind}"
+        export = {"checkpoint": weights, "policy": root / kind, "val_calib": dirs[Split.VAL_CALIB], "bundle": bundle}
+        run_phase6(cfg, PhasePaths.of("phase6", **export))
+        evaluation = root / f"evaluation_{kind}"
         result = run_evaluate(
-            cfg,
-            root / f"bundle_{kind}",
-            dirs[Split.VAL_TEST],
-            root / f"evaluation_{kind}",
-            root / f"report_{kind}.html",
+            cfg, PhasePaths.of("evaluate", bundle=bundle, val_test=dirs[Split.VAL_TEST], evaluation=evaluation)
         )
         policy = json.loads((root / kind / "policy.json").read_text())
-        m = result["scalars"]
+        m = result.metrics
         rows.append((kind, policy, m, seconds))
     print(f"\ntarget: selective risk <= {cfg.calibration.target_risk} with probability >= {1 - cfg.calibration.delta}")
     for kind, policy, m, seconds in rows:

@@ -1,4 +1,8 @@
-"""Thin KFP components, one per phase: typed artifacts -> paths -> the streetvision phase -> metadata.
+"""Thin KFP components, one per phase (and variant): a typed signature, then the one adapter.
+
+The signatures encode the split rules (each input names only the artifact types its role may read); every
+body is the same call, `run_component(phase, config, **artifacts)` (adapter.py), which hands the artifacts'
+paths to the phase's library function and its result back to KFP.
 
 These are plain functions; the pipeline factory wraps them with `dsl.component` and the configured image
 (lightweight components, kfp baked into the image, `install_kfp_package=False`), because the KFP local
@@ -38,20 +42,18 @@ def ingest(
     data_report_html: Output[HTML],
 ):
     """Read the sources, validate every image, group duplicates, split by group, write the uint8 shard cache."""
-    from streetvision.config import config_from_json
-    from streetvision.contracts import Split
-    from streetvision.phases.ingest import run_ingest
+    from streetvision_components.adapter import run_component
 
-    outs = {Split.TRAIN: train, Split.VAL_SELECT: val_select, Split.VAL_CALIB: val_calib, Split.VAL_TEST: val_test}
-    meta = run_ingest(
-        config_from_json(config),
-        {s: a.path for s, a in outs.items()},
-        data_report.path,
-        html_path=data_report_html.path,
+    run_component(
+        "ingest",
+        config,
+        train=train,
+        val_select=val_select,
+        val_calib=val_calib,
+        val_test=val_test,
+        data_report=data_report,
+        data_report_html=data_report_html,
     )
-    for split, artifact in outs.items():
-        artifact.metadata.update(meta[split.value])
-    data_report.metadata.update(meta["data_report"])
 
 
 def phase1_train(
@@ -67,32 +69,20 @@ def phase1_train(
 ):
     """Train on TRAIN, select on VAL_SELECT, write logits for VAL_SELECT and VAL_CALIB. On a cluster, training
     state goes to the run's checkpoint location, so a retried (preempted) task resumes."""
-    import json
+    from streetvision_components.adapter import run_component
 
-    from streetvision.cluster_env import task_checkpoint_dir
-    from streetvision.config import config_from_json
-    from streetvision.phases.phase1 import run_phase1
-
-    cfg = config_from_json(config)
-    cfg.training.resume_dir = cfg.training.resume_dir or task_checkpoint_dir(cfg, "phase1") or ""
-    meta = run_phase1(
-        cfg,
-        train.path,
-        val_select.path,
-        val_calib.path,
-        checkpoint.path,
-        val_select_logits.path,
-        val_calib_logits.path,
-        training_curves.path,
+    run_component(
+        "phase1",
+        config,
+        train=train,
+        val_select=val_select,
+        val_calib=val_calib,
+        checkpoint=checkpoint,
+        val_select_logits=val_select_logits,
+        val_calib_logits=val_calib_logits,
+        training_metrics=training_metrics,
+        training_curves=training_curves,
     )
-    checkpoint.metadata.update(meta["checkpoint"])
-    val_select_logits.metadata.update(meta["val_select_logits"])
-    val_calib_logits.metadata.update(meta["val_calib_logits"])
-    for name, value in meta["training_metrics"].items():
-        training_metrics.log_metric(name, value)
-    # KFP's local cache treats an output whose path does not exist as missing.
-    with open(training_metrics.path, "w") as handle:
-        json.dump(meta["training_metrics"], handle, indent=2)
 
 
 def phase4_explora(
@@ -105,21 +95,17 @@ def phase4_explora(
 ):
     """ExPLoRA: adapt the backbone on TRAIN (+ an unlabelled pool) with DINOv2's objective and LoRA; probe
     TRAIN -> VAL_SELECT before and after. Resumes from its checkpoint when a retried task finds one."""
-    import json
-    import shutil
+    from streetvision_components.adapter import run_component
 
-    from streetvision.cluster_env import task_checkpoint_dir
-    from streetvision.config import config_from_json
-    from streetvision.phases.phase4 import run_phase4
-
-    cfg = config_from_json(config)
-    result = run_phase4(cfg, train.path, val_select.path, backbone.path, task_checkpoint_dir(cfg, "phase4"))
-    backbone.metadata.update(result["backbone"])
-    for name, value in result["metrics"].items():
-        ssl_metrics.log_metric(name, value)
-    with open(ssl_metrics.path, "w") as handle:  # the local cache needs a file behind every output
-        json.dump(result["metrics"], handle, indent=2)
-    shutil.copyfile(result["curves_html"], ssl_curves.path)
+    run_component(
+        "phase4",
+        config,
+        train=train,
+        val_select=val_select,
+        backbone=backbone,
+        ssl_metrics=ssl_metrics,
+        ssl_curves=ssl_curves,
+    )
 
 
 def phase1_train_adapted(
@@ -135,40 +121,21 @@ def phase1_train_adapted(
     training_curves: Output[HTML],
 ):
     """Phase 1 from phase 4's adapted backbone: `model.weights` is set to it, lineage records its TRAIN read."""
-    import json
+    from streetvision_components.adapter import run_component
 
-    from streetvision.cluster_env import task_checkpoint_dir
-    from streetvision.config import config_from_json
-    from streetvision.phases.phase1 import run_phase1
-    from streetvision.phases.phase4 import add_backbone_lineage, phase1_config_from_backbone
-
-    cfg = phase1_config_from_backbone(config_from_json(config), backbone.path, train.path)
-    cfg.training.resume_dir = cfg.training.resume_dir or task_checkpoint_dir(cfg, "phase1") or ""
-    trained = run_phase1(
-        cfg,
-        train.path,
-        val_select.path,
-        val_calib.path,
-        checkpoint.path,
-        val_select_logits.path,
-        val_calib_logits.path,
-        training_curves.path,
+    run_component(
+        "phase1",
+        config,
+        train=train,
+        val_select=val_select,
+        val_calib=val_calib,
+        backbone=backbone,
+        checkpoint=checkpoint,
+        val_select_logits=val_select_logits,
+        val_calib_logits=val_calib_logits,
+        training_metrics=training_metrics,
+        training_curves=training_curves,
     )
-    meta = add_backbone_lineage(
-        backbone.path,
-        {
-            "checkpoint": checkpoint.path,
-            "val_select_logits": val_select_logits.path,
-            "val_calib_logits": val_calib_logits.path,
-        },
-    )
-    checkpoint.metadata.update(meta["checkpoint"])
-    val_select_logits.metadata.update(meta["val_select_logits"])
-    val_calib_logits.metadata.update(meta["val_calib_logits"])
-    for name, value in trained["training_metrics"].items():
-        training_metrics.log_metric(name, value)
-    with open(training_metrics.path, "w") as handle:  # the local cache needs a file behind every output
-        json.dump(trained["training_metrics"], handle, indent=2)
 
 
 def phase2_threshold(
@@ -177,11 +144,9 @@ def phase2_threshold(
     policy: Output[SelectivePolicy],
 ):
     """Fit temperature scaling and the SGR threshold policy on VAL_CALIB logits only."""
-    from streetvision.config import config_from_json
-    from streetvision.phases.phase2 import run_phase2
+    from streetvision_components.adapter import run_component
 
-    meta = run_phase2(config_from_json(config), val_calib_logits.path, policy.path)
-    policy.metadata.update(meta["policy"])
+    run_component("phase2", config, val_calib_logits=val_calib_logits, policy=policy)
 
 
 def phase3_gate(
@@ -194,20 +159,18 @@ def phase3_gate(
     policy: Output[SelectivePolicy],
 ):
     """Gatekeeper fine-tune on TRAIN (epoch by AURC on VAL_SELECT), then its SGR threshold on VAL_CALIB."""
-    from streetvision.config import config_from_json
-    from streetvision.phases.phase3 import run_phase3
+    from streetvision_components.adapter import run_component
 
-    meta = run_phase3(
-        config_from_json(config),
-        checkpoint.path,
-        train.path,
-        val_select.path,
-        val_calib.path,
-        gate_checkpoint.path,
-        policy.path,
+    run_component(
+        "phase3",
+        config,
+        checkpoint=checkpoint,
+        train=train,
+        val_select=val_select,
+        val_calib=val_calib,
+        gate_checkpoint=gate_checkpoint,
+        policy=policy,
     )
-    gate_checkpoint.metadata.update(meta["gate_checkpoint"])
-    policy.metadata.update(meta["policy"])
 
 
 def phase5_scrc(
@@ -216,11 +179,9 @@ def phase5_scrc(
     policy: Output[SelectivePolicy],
 ):
     """Fit the calibrator and the SCRC-I policy (selection + conformal risk control) on VAL_CALIB logits only."""
-    from streetvision.config import config_from_json
-    from streetvision.phases.phase5 import run_phase5
+    from streetvision_components.adapter import run_component
 
-    meta = run_phase5(config_from_json(config), val_calib_logits.path, policy.path)
-    policy.metadata.update(meta["policy"])
+    run_component("phase5", config, val_calib_logits=val_calib_logits, policy=policy)
 
 
 def phase6_export(
@@ -232,11 +193,9 @@ def phase6_export(
 ):
     """Export the deployment bundle with exactly one policy (threshold, gate or SCRC: one required input),
     and the drift reference of the policy's own data (VAL_CALIB)."""
-    from streetvision.config import config_from_json
-    from streetvision.phases.phase6 import run_phase6
+    from streetvision_components.adapter import run_component
 
-    meta = run_phase6(config_from_json(config), checkpoint.path, policy.path, val_calib.path, bundle.path)
-    bundle.metadata.update(meta["bundle"])
+    run_component("phase6", config, checkpoint=checkpoint, policy=policy, val_calib=val_calib, bundle=bundle)
 
 
 def evaluate(
@@ -252,26 +211,18 @@ def evaluate(
 
     `blessed` is the pass/fail verdict of `evaluation.blessing`; a cluster pipeline can gate publishing on it
     (`dsl.If(evaluate_task.outputs["blessed"] == True)`)."""
-    import json
-    from collections import namedtuple
+    from streetvision_components.adapter import run_component
 
-    from streetvision.config import config_from_json
-    from streetvision.phases.evaluate import run_evaluate
-
-    cfg = config_from_json(config)
-    result = run_evaluate(cfg, bundle.path, val_test.path, evaluation.path, report.path)
-    evaluation.metadata.update(result["evaluation"])
-    for name, value in result["scalars"].items():
-        metrics.log_metric(name, value)
-    classification_metrics.log_confusion_matrix(cfg.data.label_names, result["confusion_matrix"])
-    roc = result["roc"]
-    classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
-    # KFP's local cache treats an output whose path does not exist as missing: give both metric artifacts a file.
-    with open(metrics.path, "w") as handle:
-        json.dump(result["scalars"], handle, indent=2)
-    with open(classification_metrics.path, "w") as handle:
-        json.dump({"confusion_matrix": result["confusion_matrix"], "roc": roc}, handle)
-    return namedtuple("EvaluateOutputs", ["blessed"])(result["blessed"])
+    return run_component(
+        "evaluate",
+        config,
+        bundle=bundle,
+        val_test=val_test,
+        evaluation=evaluation,
+        metrics=metrics,
+        classification_metrics=classification_metrics,
+        report=report,
+    )
 
 
 # Phase name -> its component function, and phase -> {feeding phase: the variant it runs as then}; both named

@@ -10,6 +10,7 @@ import pytest
 
 from streetvision.config import load_config
 from streetvision.contracts import Split
+from streetvision.phases.result import PhasePaths
 
 # Keep CPU tests predictable on 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -53,6 +54,20 @@ def with_demo(cfg, cache_root: Path):
     return with_demo_data(cfg, cache_root)
 
 
+def ingest_paths(root: Path) -> PhasePaths:
+    """Ingest's outputs: the four splits (as `split_dirs`) and the data report under root."""
+    return PhasePaths.of("ingest", **{s.value: p for s, p in split_dirs(root).items()}, data_report=root / "report")
+
+
+PHASE1_OUTPUTS = ("checkpoint", "val_select_logits", "val_calib_logits")
+
+
+def phase1_paths(dirs: dict[Split, Path], root: Path, **replaced) -> PhasePaths:
+    """Phase 1 on the ingested splits (any input replaced by `replaced`), its outputs under root."""
+    splits = {s.value: dirs[s] for s in (Split.TRAIN, Split.VAL_SELECT, Split.VAL_CALIB)}
+    return PhasePaths.of("phase1", **{**splits, **{n: root / n for n in PHASE1_OUTPUTS}, **replaced})
+
+
 @pytest.fixture(scope="session")
 def ingested(tmp_path_factory):
     """One ingest of a small demo set, shared by the tests that only read it."""
@@ -60,9 +75,8 @@ def ingested(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ingested")
     cfg = with_demo(load_config(TINY), root / "demo")
-    dirs = split_dirs(root)
-    meta = run_ingest(cfg, dirs, root / "report")
-    return cfg, dirs, root / "report", meta
+    meta = run_ingest(cfg, ingest_paths(root)).outputs
+    return cfg, split_dirs(root), root / "report", meta
 
 
 @pytest.fixture(scope="session")
@@ -72,17 +86,9 @@ def trained(ingested, tmp_path_factory):
 
     cfg, dirs, _, _ = ingested
     root = tmp_path_factory.mktemp("trained")
-    out = {name: root / name for name in ("checkpoint", "val_select_logits", "val_calib_logits")}
-    run_phase1(
-        cfg,
-        dirs[Split.TRAIN],
-        dirs[Split.VAL_SELECT],
-        dirs[Split.VAL_CALIB],
-        out["checkpoint"],
-        out["val_select_logits"],
-        out["val_calib_logits"],
-    )
-    return cfg, dirs, out
+    paths = phase1_paths(dirs, root)
+    run_phase1(cfg, paths)
+    return cfg, dirs, {name: paths.output(name) for name in PHASE1_OUTPUTS}
 
 
 def reseal_record(path: Path, **fields) -> None:
@@ -97,12 +103,27 @@ def reseal_record(path: Path, **fields) -> None:
     write_metadata(path, ArtifactMetadata.from_dict(data))
 
 
-def build_bundle(cfg, dirs, out, root: Path, fit_policy=None) -> Path:
-    """A policy fitted on the `trained` fixture's VAL_CALIB logits (phase 2's threshold unless `fit_policy` is
-    another policy phase) in root/policy, and phase 6's bundle of it in root/bundle; returns the bundle."""
-    from streetvision.phases.phase2 import run_phase2
-    from streetvision.phases.phase6 import run_phase6
+def phase3_paths(dirs: dict[Split, Path], checkpoint: Path, root: Path) -> PhasePaths:
+    """Phase 3 tuning `checkpoint` on the ingested splits; its gate checkpoint and policy (root/gate) under root."""
+    splits = {s.value: dirs[s] for s in (Split.TRAIN, Split.VAL_SELECT, Split.VAL_CALIB)}
+    outputs = {"gate_checkpoint": root / "gate_checkpoint", "policy": root / "gate"}
+    return PhasePaths.of("phase3", checkpoint=checkpoint, **splits, **outputs)
 
-    (fit_policy or run_phase2)(cfg, out["val_calib_logits"], root / "policy")
-    run_phase6(cfg, out["checkpoint"], root / "policy", dirs[Split.VAL_CALIB], root / "bundle")
+
+def build_bundle(cfg, dirs, out, root: Path, policy_phase: str = "phase2") -> Path:
+    """A policy fitted by `policy_phase` (phase 2's threshold, or phase 5) on the `trained` fixture's VAL_CALIB
+    logits in root/policy, and phase 6's bundle of it in root/bundle; returns the bundle."""
+    from streetvision.phases.phase6 import run_phase6
+    from streetvision.registry import PHASE_SPECS
+
+    fit_policy = PHASE_SPECS[policy_phase].library_function()
+    fit_policy(cfg, PhasePaths.of(policy_phase, val_calib_logits=out["val_calib_logits"], policy=root / "policy"))
+    bundle = PhasePaths.of(
+        "phase6",
+        checkpoint=out["checkpoint"],
+        policy=root / "policy",
+        val_calib=dirs[Split.VAL_CALIB],
+        bundle=root / "bundle",
+    )
+    run_phase6(cfg, bundle)
     return root / "bundle"

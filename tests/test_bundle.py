@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY, reseal_record
+from conftest import TINY, phase1_paths, phase3_paths, reseal_record
 
 from streetvision.config import load_config
 from streetvision.contracts import Role, Split
@@ -21,6 +21,11 @@ from streetvision.phases.phase2 import run_phase2
 from streetvision.phases.phase3 import gatekeeper_loss, run_phase3
 from streetvision.phases.phase5 import run_phase5
 from streetvision.phases.phase6 import run_phase6
+from streetvision.phases.result import PhasePaths
+
+
+def _export(dirs, checkpoint, policy, bundle) -> PhasePaths:
+    return PhasePaths.of("phase6", checkpoint=checkpoint, policy=policy, val_calib=dirs[Split.VAL_CALIB], bundle=bundle)
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +33,12 @@ def policies(trained, tmp_path_factory):
     """Each policy phase once on the shared tiny model, and a bundle from each."""
     cfg, dirs, out = trained
     root = tmp_path_factory.mktemp("policies")
-    run_phase2(cfg, out["val_calib_logits"], root / "threshold")
-    run_phase5(cfg, out["val_calib_logits"], root / "scrc")
-    run_phase3(
-        cfg,
-        out["checkpoint"],
-        dirs[Split.TRAIN],
-        dirs[Split.VAL_SELECT],
-        dirs[Split.VAL_CALIB],
-        root / "gate_checkpoint",
-        root / "gate",
-    )
-    run_phase6(cfg, out["checkpoint"], root / "threshold", dirs[Split.VAL_CALIB], root / "bundle_threshold")
-    run_phase6(cfg, out["checkpoint"], root / "scrc", dirs[Split.VAL_CALIB], root / "bundle_scrc")
-    run_phase6(cfg, root / "gate_checkpoint", root / "gate", dirs[Split.VAL_CALIB], root / "bundle_gate")
+    run_phase2(cfg, PhasePaths.of("phase2", val_calib_logits=out["val_calib_logits"], policy=root / "threshold"))
+    run_phase5(cfg, PhasePaths.of("phase5", val_calib_logits=out["val_calib_logits"], policy=root / "scrc"))
+    run_phase3(cfg, phase3_paths(dirs, out["checkpoint"], root))
+    run_phase6(cfg, _export(dirs, out["checkpoint"], root / "threshold", root / "bundle_threshold"))
+    run_phase6(cfg, _export(dirs, out["checkpoint"], root / "scrc", root / "bundle_scrc"))
+    run_phase6(cfg, _export(dirs, root / "gate_checkpoint", root / "gate", root / "bundle_gate"))
     return cfg, dirs, out, root
 
 
@@ -84,7 +81,7 @@ def test_policy_fitted_on_other_weights_is_refused_by_export(policies, tmp_path,
     (policy_dir / record).write_text(json.dumps(data))
     reseal_record(policy_dir)  # a consistent artifact: the cross-check of weights must catch it
     with pytest.raises(BundleError, match="fitted on logits of weights"):
-        run_phase6(cfg, out["checkpoint"], policy_dir, dirs[Split.VAL_CALIB], tmp_path / "bundle")
+        run_phase6(cfg, _export(dirs, out["checkpoint"], policy_dir, tmp_path / "bundle"))
     assert not (tmp_path / "bundle" / "manifest.json").exists()
 
 
@@ -280,20 +277,16 @@ def test_phase3_tunes_a_multiview_checkpoint_and_its_bundle_scores_all_views(ing
     _, dirs, _, _ = ingested
     cfg = load_config(TINY + ["training.multiview=multi", "gate.epochs=1"])
     ckpt = tmp_path / "checkpoint"
-    run_phase1(
-        cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], ckpt, tmp_path / "sl", tmp_path / "cl"
-    )
+    run_phase1(cfg, phase1_paths(dirs, tmp_path))
     assert isinstance(load_model_dir(ckpt), MultiViewClassifier)
-    run_phase3(
-        cfg, ckpt, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], tmp_path / "gck", tmp_path / "gate"
-    )
-    tuned = load_model_dir(tmp_path / "gck")
+    run_phase3(cfg, phase3_paths(dirs, ckpt, tmp_path))
+    tuned = load_model_dir(tmp_path / "gate_checkpoint")
     assert isinstance(tuned, MultiViewClassifier)  # the gate keeps the views phase 1 chose
-    run_phase6(cfg, tmp_path / "gck", tmp_path / "gate", dirs[Split.VAL_CALIB], tmp_path / "bundle")
+    run_phase6(cfg, _export(dirs, tmp_path / "gate_checkpoint", tmp_path / "gate", tmp_path / "bundle"))
     calib = load_split(dirs[Split.VAL_CALIB], split=Split.VAL_CALIB, role=Role.PREDICTION, phase="test", input_name="x")
     images = np.asarray(calib.images[:6])
     preds = Bundle.load(tmp_path / "bundle").predict(images)
-    prep = json.loads((tmp_path / "gck" / "preprocessing.json").read_text())
+    prep = json.loads((tmp_path / "gate_checkpoint" / "preprocessing.json").read_text())
     multi = predict_logits(tuned, images, prep["mean"], prep["std"])
     single = predict_logits(tuned.model, images, prep["mean"], prep["std"])
     np.testing.assert_allclose(preds.logits, multi, atol=1e-5)

@@ -4,11 +4,10 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
-from conftest import TINY
+from conftest import TINY, phase1_paths
 from safetensors.torch import load_file
 
 from streetvision.config import load_config
-from streetvision.contracts import Split
 from streetvision.phases.phase1 import run_phase1
 
 # Augmentation and dropout draw different random numbers in each process, so they are off here: then the
@@ -20,9 +19,9 @@ SAME_MATH = ["training.augment.strength=0", "model.head_dropout=0.0", "training.
 def _phase1(ingested, root, overrides):
     cfg = load_config(TINY + SAME_MATH + overrides)
     _, dirs, _, _ = ingested
-    outs = [root / name for name in ("checkpoint", "select", "calib")]
-    meta = run_phase1(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], *outs)
-    return meta, outs
+    paths = phase1_paths(dirs, root)
+    meta = run_phase1(cfg, paths).outputs
+    return meta, [paths.output(name) for name in ("checkpoint", "val_select_logits", "val_calib_logits")]
 
 
 def test_two_gloo_processes_match_one_process(ingested, tmp_path):

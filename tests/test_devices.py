@@ -3,11 +3,11 @@ setting says. CUDA visibility is set explicitly in each test, so the tests mean 
 
 import pytest
 import torch
-from conftest import TINY, build_bundle
+from conftest import TINY, build_bundle, phase1_paths
 
 from streetvision.config import load_config
 from streetvision.config.schema import PHASE_NAMES
-from streetvision.contracts import ContractError, Split
+from streetvision.contracts import ContractError
 from streetvision.devices import task_device
 from streetvision.drift import REFERENCE_FILE
 from streetvision.phases.phase1 import run_phase1
@@ -66,14 +66,6 @@ def test_phase1_with_training_device_cuda_fails_clearly_before_writing(ingested,
     _, dirs, _, _ = ingested
     cfg = load_config(TINY + ["training.device=cuda"])
     with pytest.raises(ContractError, match="no CUDA device is visible") as info:
-        run_phase1(
-            cfg,
-            dirs[Split.TRAIN],
-            dirs[Split.VAL_SELECT],
-            dirs[Split.VAL_CALIB],
-            tmp_path / "c",
-            tmp_path / "s",
-            tmp_path / "l",
-        )
+        run_phase1(cfg, phase1_paths(dirs, tmp_path))
     assert "phase1" in info.value.where
-    assert not (tmp_path / "c").exists()
+    assert not (tmp_path / "checkpoint").exists()

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, phase3_paths
 from safetensors.torch import load_file
 
 from streetvision.config import load_config
-from streetvision.contracts import CheckpointError, Split
+from streetvision.contracts import CheckpointError
 from streetvision.models import create_model
 from streetvision.phases import phase3
 from streetvision.training import engine
@@ -53,15 +53,7 @@ def _phase3(trained, root, overrides, monkeypatch=None):
             return result
 
         monkeypatch.setattr(phase3, "fit", fit)
-    phase3.run_phase3(
-        cfg,
-        out["checkpoint"],
-        dirs[Split.TRAIN],
-        dirs[Split.VAL_SELECT],
-        dirs[Split.VAL_CALIB],
-        root / "gate_checkpoint",
-        root / "gate",
-    )
+    phase3.run_phase3(cfg, phase3_paths(dirs, out["checkpoint"], root))
     return root / "gate_checkpoint", (recipes[-1] if recipes else None)
 
 

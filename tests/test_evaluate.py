@@ -14,6 +14,7 @@ from streetvision.cli import main
 from streetvision.config import load_config
 from streetvision.contracts import Split
 from streetvision.phases.evaluate import bless, run_evaluate
+from streetvision.phases.result import PhasePaths
 
 
 def _images(n=6, size=32, seed=0):
@@ -51,8 +52,11 @@ def test_evaluate_writes_intervals_challenge_blessing_and_the_report_command_fin
     cfg = copy.deepcopy(cfg)  # the fixture's config is shared
     cfg.evaluation.blessing.min_accuracy = 1.01  # unreachable: the verdict must say FAILED
     build_bundle(cfg, dirs, out, tmp_path)
-    result = run_evaluate(cfg, tmp_path / "bundle", dirs[Split.VAL_TEST], tmp_path / "eval", tmp_path / "r.html")
-    assert result["blessed"] is False
+    paths = PhasePaths.of(
+        "evaluate", bundle=tmp_path / "bundle", val_test=dirs[Split.VAL_TEST], evaluation=tmp_path / "eval"
+    )
+    result = run_evaluate(cfg, paths)
+    assert result.parameters["blessed"] is False
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     low, high = saved["intervals"]["accuracy"]
     assert low <= saved["metrics"]["accuracy"] <= high
@@ -60,11 +64,12 @@ def test_evaluate_writes_intervals_challenge_blessing_and_the_report_command_fin
     above_majority = saved["metrics"]["accuracy"] > saved["metrics"]["majority_rate"]
     assert [c["passed"] for c in saved["blessing"]["checks"]] == [above_majority, False]
     assert {t["metric"] for t in saved["seed_targets"]} >= {"accuracy", "ece", "auroc"}
-    page = (tmp_path / "r.html").read_text()
+    page = result.reports["report"]
     for text in ("Blessing: FAILED", "Challenge levels", "Against the seed", "bootstrap interval"):
         assert text in page
     assert page.count("<img") == 5
-    assert "accuracy_ci_low" in result["scalars"] and "challenge_level3_accuracy" in result["scalars"]
+    assert "accuracy_ci_low" in result.metrics and "challenge_level3_accuracy" in result.metrics
+    assert result.classification is not None and len(result.classification.fpr) == len(result.classification.tpr)
 
     assert main(["report", str(tmp_path / "eval"), "--no-open"]) == 0
     assert str(tmp_path / "eval" / "report.html") in capsys.readouterr().out

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, phase1_paths
 from PIL import Image
 from safetensors.torch import load_file
 from scipy.spatial import cKDTree
@@ -32,6 +32,7 @@ from streetvision.phases.phase4 import (
     phase1_config_from_backbone,
     run_phase4,
 )
+from streetvision.phases.result import PhasePaths
 
 SMALL = TINY + [
     "model.depth=2",
@@ -47,6 +48,10 @@ SMALL = TINY + [
     "explora.log_every=2",
     "explora.knn_k=5",
 ]
+
+
+def phase4_paths(train, val_select, backbone) -> PhasePaths:
+    return PhasePaths.of("phase4", train=train, val_select=val_select, backbone=backbone)
 
 
 def small_cfg(*extra):
@@ -207,15 +212,16 @@ def test_phase4_refuses_val_splits_at_run_time(ingested, tmp_path):
     cfg = small_cfg()
     for bad in (Split.VAL_SELECT, Split.VAL_CALIB, Split.VAL_TEST):
         with pytest.raises(LeakageViolationError, match="role is fit"):
-            run_phase4(cfg, dirs[bad], dirs[Split.VAL_SELECT], tmp_path / "b")
+            run_phase4(cfg, phase4_paths(dirs[bad], dirs[Split.VAL_SELECT], tmp_path / "b"))
     for bad in (Split.VAL_CALIB, Split.VAL_TEST):
         with pytest.raises(LeakageViolationError, match="role is model_selection"):
-            run_phase4(cfg, dirs[Split.TRAIN], dirs[bad], tmp_path / "b")
+            run_phase4(cfg, phase4_paths(dirs[Split.TRAIN], dirs[bad], tmp_path / "b"))
     # The unlabelled pool: a split artifact must be TRAIN; a VAL_SELECT image among pool files is found.
     for bad in (Split.VAL_SELECT, Split.VAL_TEST):
         with pytest.raises(LeakageViolationError):
             run_phase4(
-                small_cfg(f"explora.pool_source={dirs[bad]}"), dirs[Split.TRAIN], dirs[Split.VAL_SELECT], tmp_path / "b"
+                small_cfg(f"explora.pool_source={dirs[bad]}"),
+                phase4_paths(dirs[Split.TRAIN], dirs[Split.VAL_SELECT], tmp_path / "b"),
             )
     select = load_split(
         dirs[Split.VAL_SELECT], split=Split.VAL_SELECT, role=Role.MODEL_SELECTION, phase="test", input_name="val_select"
@@ -225,7 +231,10 @@ def test_phase4_refuses_val_splits_at_run_time(ingested, tmp_path):
     Image.fromarray(np.array(select.images[0])).save(pool / "street_0001.png")
     Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(pool / "street_0002.png")
     with pytest.raises(LeakageViolationError, match="identical to VAL_SELECT"):
-        run_phase4(small_cfg(f"explora.pool_source={pool}"), dirs[Split.TRAIN], dirs[Split.VAL_SELECT], tmp_path / "b")
+        run_phase4(
+            small_cfg(f"explora.pool_source={pool}"),
+            phase4_paths(dirs[Split.TRAIN], dirs[Split.VAL_SELECT], tmp_path / "b"),
+        )
     assert not (tmp_path / "b").exists()  # refused before any output was started
 
 
@@ -248,7 +257,6 @@ def test_config_rejects_bad_explora_values():
 
 def test_phase4_end_to_end_then_phase1_trains_from_it(ingested, tmp_path):
     from streetvision.phases.phase1 import run_phase1
-    from streetvision.phases.phase4 import add_backbone_lineage
     from streetvision.registry import PHASE_SPECS
     from streetvision.run_summary import HEADLINE, output_name
 
@@ -258,9 +266,13 @@ def test_phase4_end_to_end_then_phase1_trains_from_it(ingested, tmp_path):
     rng = np.random.default_rng(3)
     for i in range(4):
         Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(pool / f"unlabelled_{i}.jpg")
-    cfg = small_cfg("explora.steps=3", "explora.checkpoint_every=2", f"explora.pool_source={pool}")
-    result = run_phase4(cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], tmp_path / "backbone", tmp_path / "ckpt")
+    resume = tmp_path / "ckpt"
+    cfg = small_cfg(
+        "explora.steps=3", "explora.checkpoint_every=2", f"explora.pool_source={pool}", f"training.resume_dir={resume}"
+    )
     out = tmp_path / "backbone"
+    result = run_phase4(cfg, phase4_paths(dirs[Split.TRAIN], dirs[Split.VAL_SELECT], out))
+    assert (resume / CHECKPOINT_FILE).is_file()  # training state under training.resume_dir
     meta = read_metadata(out, "test")
     assert meta.kind == "backbone" and meta.phase == "phase4"
     assert [(e.phase, e.role, e.split) for e in meta.lineage] == [
@@ -284,8 +296,9 @@ def test_phase4_end_to_end_then_phase1_trains_from_it(ingested, tmp_path):
     assert (out / ADAPTER_DIR / "adapter_config.json").is_file()
     assert (out / ADAPTER_DIR / "adapter_model.safetensors").is_file()
     assert json.loads((out / "probe.json").read_text())["scored_on"] == "val_select"
-    assert "<img" in (out / "ssl_curves.html").read_text()
-    assert result["metrics"]["steps"] == 3.0
+    assert "<img" in result.reports["ssl_curves"]
+    assert result.reports["ssl_curves"] == (out / "ssl_curves.html").read_text()
+    assert result.metrics["steps"] == 3.0
     backbone = load_backbone(out)  # strict keys into a fresh timm model
 
     # Phase 1 from the adapted backbone: weights loaded (head fresh), lineage shows TRAIN adaptation.
@@ -294,10 +307,11 @@ def test_phase4_end_to_end_then_phase1_trains_from_it(ingested, tmp_path):
     classifier = create_model(p1_cfg.model)
     for key, value in backbone.state_dict().items():
         assert torch.equal(classifier.state_dict()[key], value), key
-    outs = {name: tmp_path / name for name in ("checkpoint", "val_select_logits", "val_calib_logits")}
-    run_phase1(p1_cfg, dirs[Split.TRAIN], dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], *outs.values())
-    updated = add_backbone_lineage(out, outs)
-    for name, path in outs.items():
+    # The adapted variant: phase 1 given the backbone sets the weights itself and extends the lineage.
+    paths = phase1_paths(dirs, tmp_path / "phase1", backbone=out)
+    updated = run_phase1(cfg, paths).outputs
+    assert updated["checkpoint"]["summary"]["backbone"] == f"phase4 {cfg.explora.adapter}"
+    for name, path in paths.outputs.items():
         lineage = [(e["phase"], e["role"], e["split"]) for e in updated[name]["lineage"]]
         assert ("phase4", "fit", "train") in lineage and ("phase1", "fit", "train") in lineage
         assert read_metadata(path, "test").lineage == read_metadata(path, "test").lineage  # readable record

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import split_dirs
+from conftest import ingest_paths
 from ingest_data import outcomes, rows_of, write_folder, write_manifest, write_parquet
 
 from streetvision import io as storage
@@ -210,7 +210,7 @@ def upload_tree(local: Path, prefix: str) -> str:
 
 def ingest(out, *overrides):
     cfg = load_config([*SMALL, *overrides])
-    return run_ingest(cfg, split_dirs(out), out / "report")
+    return run_ingest(cfg, ingest_paths(out)).outputs
 
 
 def test_storage_round_trip_paged_listing_and_atomic_local_writes(endpoint, tmp_path, monkeypatch):

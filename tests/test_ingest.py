@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, split_dirs
+from conftest import TINY, ingest_paths, split_dirs
 from PIL import Image
 
 from streetvision.config import load_config
@@ -43,7 +43,7 @@ def test_every_record_lands_in_exactly_one_place(ingested):
 
 def test_rerun_gives_the_same_splits(ingested, tmp_path):
     cfg, dirs, _, meta = ingested
-    again = run_ingest(cfg, split_dirs(tmp_path), tmp_path / "report")
+    again = run_ingest(cfg, ingest_paths(tmp_path)).outputs
     for split in Split:
         assert again[split.value]["fingerprint"] == meta[split.value]["fingerprint"]
         assert np.array_equal(np.asarray(open_shards(dirs[split])), np.asarray(open_shards(tmp_path / split.value)))
@@ -85,7 +85,7 @@ def test_manifest_quarantine_names_every_bad_record(tmp_path):
     manifest = _manifest(tmp_path, bad=BAD)
     cfg = _manifest_cfg(manifest, "data.max_quarantine_fraction=0.2")
     out = tmp_path / "out"
-    run_ingest(cfg, split_dirs(out), out / "report")
+    run_ingest(cfg, ingest_paths(out))
     rows = {r["sample_id"].removeprefix("manifest/"): r for r in _rows(out / "report")}
     reasons = {name: rows[name]["reason"].split(":")[0] for name, _, _ in BAD}
     assert reasons == {
@@ -103,7 +103,7 @@ def test_too_many_bad_records_fail_loudly_without_complete_outputs(tmp_path):
     manifest = _manifest(tmp_path, n_good=20, bad=BAD)
     out = tmp_path / "out"
     with pytest.raises(DataError) as info:
-        run_ingest(_manifest_cfg(manifest), split_dirs(out), out / "report")
+        run_ingest(_manifest_cfg(manifest), ingest_paths(out))
     message = str(info.value)
     assert "5 of 25 records quarantined" in message and "max_quarantine_fraction" in message
     assert "zero_byte" in message or "not_an_image" in message
@@ -120,7 +120,7 @@ def test_exact_duplicates_share_a_group_and_conflicts_are_quarantined(tmp_path):
         handle.write("copy_same.jpg,roadwork,other1,real\ncopy_conflict.jpg,no_roadwork,other2,real\n")
     cfg = _manifest_cfg(manifest)
     out = tmp_path / "out"
-    run_ingest(cfg, split_dirs(out), out / "report")
+    run_ingest(cfg, ingest_paths(out))
     rows = {r["sample_id"].removeprefix("manifest/"): r for r in _rows(out / "report")}
     assert rows["copy_same.jpg"]["group_id"] == rows["img3.jpg"]["group_id"]
     assert rows["copy_same.jpg"]["placement"] == rows["img3.jpg"]["placement"] != "quarantine"
@@ -133,7 +133,7 @@ def test_repeated_sample_ids_are_quarantined_not_dropped(tmp_path):
     with open(manifest, "a") as handle:
         handle.write("img7.jpg,roadwork,g3,real\n")
     out = tmp_path / "out"
-    run_ingest(_manifest_cfg(manifest), split_dirs(out), out / "report")
+    run_ingest(_manifest_cfg(manifest), ingest_paths(out))
     rows = _rows(out / "report")
     assert len(rows) == 101
     assert [r["reason"].split(":")[0] for r in rows if r["sample_id"] == "manifest/img7.jpg"] == [

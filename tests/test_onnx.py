@@ -13,14 +13,13 @@ from streetvision.contracts.errors import BundleError
 from streetvision.contracts.validators import sha256_file
 from streetvision.export import export_onnx, export_triton, onnx_logits
 from streetvision.inference import Bundle
-from streetvision.phases.phase5 import run_phase5
 
 
 @pytest.fixture(scope="module")
 def bundle(trained, tmp_path_factory):
     cfg, dirs, out = trained
     root = tmp_path_factory.mktemp("onnx")
-    return build_bundle(cfg, dirs, out, root, fit_policy=run_phase5)
+    return build_bundle(cfg, dirs, out, root, policy_phase="phase5")
 
 
 @pytest.fixture(scope="module")

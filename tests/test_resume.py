@@ -22,6 +22,7 @@ import json, os, signal, sys
 import torch
 from streetvision.config import config_from_json
 from streetvision.phases.phase1 import run_phase1
+from streetvision.phases.result import PhasePaths
 
 job, kill_at = json.loads(open(sys.argv[1]).read()), int(sys.argv[2])
 if kill_at > 0:
@@ -33,19 +34,20 @@ if kill_at > 0:
             os.kill(os.getpid(), signal.SIGKILL)
         return out
     torch.optim.AdamW.step = step
-run_phase1(config_from_json(job["config"]), *job["dirs"])
+run_phase1(config_from_json(job["config"]), PhasePaths.of("phase1", **job["paths"]))
 """
 
 
 def _run(tmp_path, dirs, out: str, overrides: list[str], kill_at: int = 0) -> subprocess.CompletedProcess:
     cfg = load_config(TINY + overrides)
-    outs = [str(tmp_path / out / name) for name in ("checkpoint", "select", "calib")]
+    splits = {s.value: str(dirs[s]) for s in (Split.TRAIN, Split.VAL_SELECT, Split.VAL_CALIB)}
+    outs = {name: str(tmp_path / out / name) for name in ("checkpoint", "val_select_logits", "val_calib_logits")}
     job = tmp_path / f"{out}-{kill_at}.json"
     job.write_text(
         json.dumps(
             {
                 "config": config_to_json(cfg),
-                "dirs": [str(dirs[Split.TRAIN]), str(dirs[Split.VAL_SELECT]), str(dirs[Split.VAL_CALIB]), *outs],
+                "paths": {**splits, **outs},
             }
         )
     )

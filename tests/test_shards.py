@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import TINY, split_dirs, with_demo
+from conftest import TINY, ingest_paths, split_dirs, with_demo
 
 from streetvision import io as storage
 from streetvision.config import load_config
@@ -78,7 +78,7 @@ def test_ingest_that_fails_mid_write_leaves_every_split_incomplete(tmp_path, mon
     cfg = with_demo(load_config([*TINY, "data.shard_images=8"]), tmp_path / "demo")
     dirs = split_dirs(tmp_path)
     with pytest.raises(OSError, match="node lost"):
-        ingest.run_ingest(cfg, dirs, tmp_path / "report")
+        ingest.run_ingest(cfg, ingest_paths(tmp_path))
     assert not any((d / METADATA_FILE).exists() for d in [*dirs.values(), tmp_path / "report"])
     assert not (dirs[Split.TRAIN] / ingest.STAGING_DIR).exists()
     with pytest.raises(IncompleteArtifactError):

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import split_dirs
+from conftest import ingest_paths
 from ingest_data import outcomes, rows_of, write_folder, write_manifest, write_parquet
 from PIL import Image
 
@@ -32,8 +32,8 @@ SMALL = [
 def ingest(tmp_path, *overrides, name="out"):
     cfg = load_config([*SMALL, *overrides])
     out = tmp_path / name
-    meta = run_ingest(cfg, split_dirs(out), out / "report", html_path=out / "report.html")
-    return cfg, out, meta
+    result = run_ingest(cfg, ingest_paths(out))
+    return cfg, out, result
 
 
 def check_invariants(out):
@@ -71,8 +71,8 @@ def test_folder_source_accounts_for_every_file(folder, tmp_path):
         assert a["group_id"] == b["group_id"] and a["placement"] == b["placement"]
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["duplicates"]["near_duplicate_pairs"] >= 40
-    assert report["records"] == len(expect) == meta["data_report"]["count"]
-    assert "<img" in (out / "report.html").read_text() and (out / "report" / "report.md").is_file()
+    assert report["records"] == len(expect) == meta.outputs["data_report"]["count"]
+    assert "<img" in meta.reports["data_report_html"] and (out / "report" / "report.md").is_file()
 
 
 def test_cache_holds_the_decoded_training_copy(folder, tmp_path):
@@ -123,15 +123,15 @@ def test_several_sources_in_one_run_tag_every_record(folder, tmp_path):
     # positive_labels maps the 'maybe' folder to roadwork for that source.
     assert [r["placement"] != "quarantine" for r in rows if r["sample_id"] == "bucket/maybe/unknown.jpg"] == [True]
     check_invariants(out)
-    assert set(meta["train"]["summary"]["sources"]) >= {"natix", "real", "bucket"}
+    assert set(meta.outputs["train"]["summary"]["sources"]) >= {"natix", "real", "bucket"}
 
 
 def test_rerun_is_identical_and_new_samples_never_move_old_ones(tmp_path):
     write_folder(tmp_path / "v1", n=100, with_bad=False)
     _, first, meta1 = ingest(tmp_path, "data.source=folder", f"data.path={tmp_path / 'v1'}", name="a")
     _, again, meta2 = ingest(tmp_path, "data.source=folder", f"data.path={tmp_path / 'v1'}", name="b")
-    assert {k: v["fingerprint"] for k, v in meta1.items() if k != "data_report"} == {
-        k: v["fingerprint"] for k, v in meta2.items() if k != "data_report"
+    assert {k: v["fingerprint"] for k, v in meta1.outputs.items() if k != "data_report"} == {
+        k: v["fingerprint"] for k, v in meta2.outputs.items() if k != "data_report"
     }
     for split in Split:
         assert np.array_equal(

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, phase1_paths
 
 from streetvision.config import ConfigError, load_config
 from streetvision.contracts import ContractError, Split
@@ -187,15 +187,9 @@ def test_phase1_outputs_prior_correction_and_view_choice(ingested, tmp_path):
             "training.ema_decay=0.9",
         ]
     )
-    outs = [tmp_path / n for n in ("checkpoint", "select", "calib")]
-    meta = run_phase1(
-        cfg,
-        dirs[Split.TRAIN],
-        dirs[Split.VAL_SELECT],
-        dirs[Split.VAL_CALIB],
-        *outs,
-        curves_html=tmp_path / "curves.html",
-    )
+    paths = phase1_paths(dirs, tmp_path)
+    result = run_phase1(cfg, paths)
+    outs = [paths.output(n) for n in ("checkpoint", "val_select_logits", "val_calib_logits")]
     ckpt = outs[0]
     summary = json.loads((ckpt / "training_summary.json").read_text())
     prior = summary["prior_correction"]
@@ -215,10 +209,10 @@ def test_phase1_outputs_prior_correction_and_view_choice(ingested, tmp_path):
     written = np.stack([table.column("logit_0").to_numpy(), table.column("logit_1").to_numpy()], 1)
     again = predict_logits(model, select, prep["mean"], prep["std"])
     assert np.allclose(written, again, atol=1e-4), "VAL_SELECT logits must be the deployed (multi-view) scores"
-    assert (ckpt / "last.safetensors").is_file() and (tmp_path / "curves.html").read_text().count("<img") == 1
-    metrics = meta["training_metrics"]
+    assert (ckpt / "last.safetensors").is_file() and result.reports["training_curves"].count("<img") == 1
+    metrics = result.metrics
     assert "epoch_001_train_loss" in metrics and metrics["epochs_run"] == 1
-    assert meta["checkpoint"]["summary"]["views"] == "multi"
+    assert result.outputs["checkpoint"]["summary"]["views"] == "multi"
 
 
 def _split(dirs, split, role):

@@ -32,3 +32,9 @@ def task_checkpoint_dir(cfg: Config, phase: str) -> str | None:
     if not run_id or not root:
         return None
     return f"{root}/{run_id}/{phase}"
+
+
+def resume_root(cfg: Config, phase: str) -> str | None:
+    """Where a training phase keeps resumable state: `training.resume_dir` when set, else (on a cluster) the
+    run's checkpoint location for the phase, else None (no resumable state)."""
+    return cfg.training.resume_dir or task_checkpoint_dir(cfg, phase)

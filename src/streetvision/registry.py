@@ -5,7 +5,8 @@ role in which it reads each split-carrying input, the outputs it leaves behind (
 their completion records say), its default resources, whether it checkpoints, and its library function.
 Everything else is derived from this table: phase resolution (`phase_graph`), the config's phase names and
 default resources, the split policy per phase (`PHASE_READS`, checked at run time and by the lint), the run
-summary, the KFP components and the pipeline factory's wiring.
+summary, the KFP components and the pipeline factory's wiring. Every library function has the shape
+`run_x(cfg, paths: PhasePaths) -> PhaseResult` (streetvision.phases.result), both checked against these names.
 
 Light to import (no torch, no kfp): library functions are named as dotted paths and imported when called.
 """
@@ -52,6 +53,8 @@ class PhaseSpec:
     # Output name -> what its completion record says; the run summary counts the phase done when all exist.
     outputs: dict[str, OutputSpec]
     resources: Resources
+    # Names of the HTML report outputs (the KFP UI shows them); the phase returns one document for each.
+    reports: tuple[str, ...] = ()
     # Part of the default run (`all`), or chosen explicitly.
     default: bool = True
     # Produces the bundle's selective policy (phase 6 takes exactly one).
@@ -60,6 +63,15 @@ class PhaseSpec:
     checkpoints: bool = False
     # Feeding phase -> component function this phase runs as when that phase is selected too.
     variants: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def optional_inputs(self) -> frozenset[str]:
+        """Inputs only a variant reads: every provider is a phase that makes this one run as a variant."""
+        return frozenset(
+            name
+            for name, providers in self.inputs.items()
+            if all(provider.partition(".")[0] in self.variants for provider in providers)
+        )
 
     def library_function(self):
         """The library function that runs this phase (imported now, so importing the registry stays light)."""
@@ -87,6 +99,7 @@ PHASES: tuple[PhaseSpec, ...] = (
             "data_report": OutputSpec("data_report"),
         },
         resources=Resources(cpu="8", memory="32G"),
+        reports=("data_report_html",),
     ),
     PhaseSpec(
         name="phase4",
@@ -102,6 +115,7 @@ PHASES: tuple[PhaseSpec, ...] = (
         },
         outputs={"backbone": OutputSpec("backbone")},
         resources=GPU_TASK,
+        reports=("ssl_curves",),
         default=False,
         checkpoints=True,
     ),
@@ -127,6 +141,7 @@ PHASES: tuple[PhaseSpec, ...] = (
             "val_calib_logits": OutputSpec("logits", Split.VAL_CALIB),
         },
         resources=GPU_TASK,
+        reports=("training_curves",),
         checkpoints=True,
         variants={"phase4": "phase1_train_adapted"},
     ),
@@ -202,6 +217,7 @@ PHASES: tuple[PhaseSpec, ...] = (
         reads={"val_test": (Role.FINAL_EVALUATION, Split.VAL_TEST)},
         outputs={"evaluation": OutputSpec("evaluation", Split.VAL_TEST)},
         resources=Resources(cpu="8", memory="32G", gpus=1),
+        reports=("report",),
     ),
 )
 

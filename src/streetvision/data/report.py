@@ -25,6 +25,7 @@ from streetvision.data.shards import class_counts
 QUARANTINE = "quarantine"
 EXAMPLES_PER_REASON = 5
 THUMB = 96  # thumbnail side in pixels
+REPORT_HTML = "report.html"
 
 
 def _records_csv(records, labels, placement, quarantined) -> bytes:
@@ -83,7 +84,7 @@ def _png(img: Image.Image) -> bytes:
 
 
 def write_data_report(
-    report_dir: Path, cfg, records, labels, by_split, quarantined, dedupe, partition, staging, html_path=None
+    report_dir: Path, cfg, records, labels, by_split, quarantined, dedupe, partition, staging
 ) -> dict:
     """Write every report file; return the report's numbers (also in report.json)."""
     placement = {p.index: p for items in by_split.values() for p in items}
@@ -138,9 +139,7 @@ def write_data_report(
             thumbs[name] = png
     storage.write_bytes(str(report_dir / "report.md"), _markdown(report, thumbs).encode())
     page = _html(report, thumbs).encode()
-    storage.write_bytes(str(report_dir / "report.html"), page)
-    if html_path is not None:
-        storage.write_bytes(str(html_path), page)
+    storage.write_bytes(str(report_dir / REPORT_HTML), page)
     return report
 
 

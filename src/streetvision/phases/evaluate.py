@@ -7,9 +7,7 @@ challenge levels) and sliced by source tag; a blessing turns configured threshol
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +30,7 @@ from streetvision.data.shards import class_counts, load_split
 from streetvision.devices import task_device
 from streetvision.inference import Bundle, Predictions
 from streetvision.metrics.evaluation import bootstrap_intervals, evaluation_metrics, risk_coverage_curve
+from streetvision.phases.result import ClassificationCurves, PhasePaths, PhaseResult
 from streetvision.progress import log
 from streetvision.registry import PHASE_READS
 from streetvision.report import write_html_report
@@ -124,15 +123,11 @@ def bless(point: dict, intervals: dict, rules: BlessingConfig) -> dict:
     return {"passed": all(c["passed"] for c in checks), "judge": rules.judge, "checks": checks}
 
 
-def run_evaluate(
-    cfg: Config,
-    bundle_dir: str | Path,
-    val_test_dir: str | Path,
-    evaluation_dir: str | Path,
-    report_path: str | Path,
-) -> dict:
-    """Returns the evaluation metadata plus what the KFP wrapper logs (scalars, confusion matrix, ROC, blessing)."""
+def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
+    """The evaluation, its scalars, confusion matrix and ROC, the report page and the blessing verdict."""
     started = time.time()
+    bundle_dir, val_test_dir = paths.input("bundle"), paths.input("val_test")
+    evaluation_dir = paths.output("evaluation")
     bundle_meta = require_input(bundle_dir, kind="bundle", phase=PHASE, input_name="bundle")
     # The bundle must not have been influenced by VAL_TEST in any way, at any depth.
     check_lineage(bundle_meta.lineage, f"{PHASE}, input 'bundle' ({bundle_dir})", forbid=[Split.VAL_TEST])
@@ -240,7 +235,6 @@ def run_evaluate(
         label_names=cfg.data.label_names,
         ece_bins=cfg.evaluation.ece_bins,
     )
-    shutil.copyfile(evaluation_dir / REPORT_FILE, report_path)
     verdict = "above" if point["accuracy"] > point["majority_rate"] else "NOT above"
     log(
         f"VAL_TEST: accuracy {point['accuracy']:.3f} ({verdict} the majority-class rate "
@@ -277,10 +271,17 @@ def run_evaluate(
         for name in ("accuracy", "mcc", "deployment_score"):
             if np.isfinite(entry["metrics"][name]):
                 scalars[f"challenge_level{entry['level']}_{name}"] = float(entry["metrics"][name])
-    return {
-        "evaluation": write_metadata(evaluation_dir, meta),
-        "scalars": scalars,
-        "blessed": blessing["passed"],
-        "confusion_matrix": matrix.tolist(),
-        "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thresholds.tolist()},
-    }
+    return PhaseResult(
+        PHASE,
+        {"evaluation": write_metadata(evaluation_dir, meta)},
+        metrics=scalars,
+        reports={"report": (evaluation_dir / REPORT_FILE).read_text()},
+        classification=ClassificationCurves(
+            label_names=list(cfg.data.label_names),
+            confusion_matrix=matrix.tolist(),
+            fpr=fpr.tolist(),
+            tpr=tpr.tolist(),
+            thresholds=thresholds.tolist(),
+        ),
+        parameters={"blessed": bool(blessing["passed"])},
+    )

@@ -37,10 +37,11 @@ from streetvision.contracts.metadata import (
 )
 from streetvision.contracts.splits import Split
 from streetvision.data.decode import DecodedImage, QuarantineReason, decode_image
-from streetvision.data.report import write_data_report
+from streetvision.data.report import REPORT_HTML, write_data_report
 from streetvision.data.shards import SAMPLES_FILE, class_counts, write_shard, write_shard_manifest
 from streetvision.data.sources import SourceRecord, read_parquet_images, read_sources
 from streetvision.data.splits import merge_groups, near_duplicate_pairs, split_of_group
+from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.progress import log, progress
 
 PHASE = "ingest"
@@ -249,14 +250,11 @@ def _dedupe(placed: list[Placed], quarantined: dict[int, QuarantineReason], cfg:
     }
 
 
-def run_ingest(
-    cfg: Config, split_dirs: dict[Split, str | Path], report_dir: str | Path, html_path: str | Path | None = None
-) -> dict[str, dict]:
-    """Write the four split artifacts and the data report (and, if given, a copy of its HTML page for the
-    KFP UI at `html_path`). Returns the metadata of each, keyed by name."""
+def run_ingest(cfg: Config, paths: PhasePaths) -> PhaseResult:
+    """Write the four split artifacts and the data report; the result carries the report's HTML page."""
     started = time.time()
-    out_dirs = {split: prepare_output_dir(path) for split, path in split_dirs.items()}
-    report_dir = prepare_output_dir(report_dir)
+    out_dirs = {split: prepare_output_dir(paths.output(split.value)) for split in Split}
+    report_dir = prepare_output_dir(paths.output("data_report"))
     size, data_cfg = cfg.model.img_size, cfg.data
     sources = {src.display_name(): src for src in data_cfg.source_list()}
 
@@ -317,9 +315,7 @@ def run_ingest(
             assert item.split is not None
             by_split[item.split].append(item)
 
-        report = write_data_report(
-            report_dir, cfg, records, labels, by_split, quarantined, dedupe, partition, staging, html_path
-        )
+        report = write_data_report(report_dir, cfg, records, labels, by_split, quarantined, dedupe, partition, staging)
         _check_outcome(report, by_split, data_cfg.max_quarantine_fraction, report_dir)
 
         metas: dict[str, ArtifactMetadata] = {}
@@ -367,7 +363,7 @@ def run_ingest(
         f"ingest done: {len(placed)} placed, {len(quarantined)} quarantined, "
         f"{dedupe['joined_groups']} groups joined by duplicates, partition {partition}"
     )
-    return outputs
+    return PhaseResult(PHASE, outputs, reports={"data_report_html": (report_dir / REPORT_HTML).read_text()})
 
 
 def _check_outcome(report: dict, by_split: dict, max_fraction: float, report_dir: Path) -> None:

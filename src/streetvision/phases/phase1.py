@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from streetvision import io as storage
+from streetvision.cluster_env import resume_root
 from streetvision.config.loader import config_from_json, config_to_json
 from streetvision.config.schema import Config
 from streetvision.contracts.metadata import (
@@ -36,15 +37,17 @@ from streetvision.devices import task_device
 from streetvision.metrics.classification import classification_metrics, probabilities, selection_score
 from streetvision.models import create_model, model_spec, normalization, predict_logits, save_model_dir
 from streetvision.models.multiview import MultiViewClassifier, multiview_cost
+from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.progress import log
 from streetvision.registry import PHASE_READS
 from streetvision.training import distributed
-from streetvision.training.curves import curve_metrics, write_curves_html
+from streetvision.training.curves import curve_metrics, curves_html
 from streetvision.training.engine import Checkpoints, autocast_dtype
 from streetvision.training.loop import STATE_FILE, train_classifier
 
 PHASE = "phase1"
 OUTPUTS_FILE = "phase1_outputs.json"
+OUTPUT_NAMES = ("checkpoint", "val_select_logits", "val_calib_logits")
 # Settings that do not change the trained weights: a restart with other values still resumes.
 _NOT_IN_RESUME_KEY = (
     "resume_dir",
@@ -78,49 +81,50 @@ def resume_key(cfg: Config, inputs: dict[str, SplitData]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_phase1(
-    cfg: Config,
-    train_dir: str | Path,
-    val_select_dir: str | Path,
-    val_calib_dir: str | Path,
-    checkpoint_dir: str | Path,
-    val_select_logits_dir: str | Path,
-    val_calib_logits_dir: str | Path,
-    curves_html: str | Path | None = None,
-) -> dict[str, dict]:
-    """Returns the outputs' metadata by name, plus "training_metrics" (scalars for a KFP Metrics artifact)."""
+def run_phase1(cfg: Config, paths: PhasePaths) -> PhaseResult:
+    """Train, select, write the checkpoint and both logits outputs; the result carries the training scalars
+    (for a KFP Metrics artifact) and the training curves page.
+
+    With the optional `backbone` input (phase 4's adapted backbone, the `phase1_train_adapted` variant) the
+    model starts from it, and the outputs' lineage records the backbone's own reads. Training state is kept
+    under `training.resume_dir` or, on a cluster, the run's checkpoint location, so a retried task resumes."""
+    train_dir, val_select_dir, val_calib_dir = (paths.input(n) for n in ("train", "val_select", "val_calib"))
+    out_dirs = {name: paths.output(name) for name in OUTPUT_NAMES}
     inputs = _load_inputs(train_dir, val_select_dir, val_calib_dir)  # checks roles and completeness first
     check_same_partition({k: v.meta for k, v in inputs.items()}, PHASE)
+    backbone = paths.optional_input("backbone")
+    if backbone is not None:
+        from streetvision.phases.phase4 import phase1_config_from_backbone  # phase 4 imports peft: only here
+
+        cfg = phase1_config_from_backbone(cfg, backbone, train_dir)
     # Resolved before anything is written or any worker starts: a GPU task without a visible GPU fails here.
     device = task_device(cfg, PHASE)
-    for path in (checkpoint_dir, val_select_logits_dir, val_calib_logits_dir):
+    for path in out_dirs.values():
         prepare_output_dir(path)
     job: dict[str, Any] = {
         "config": config_to_json(cfg),
-        "dirs": [
-            str(p)
-            for p in (
-                train_dir,
-                val_select_dir,
-                val_calib_dir,
-                checkpoint_dir,
-                val_select_logits_dir,
-                val_calib_logits_dir,
-            )
-        ],
-        "curves_html": str(curves_html) if curves_html else None,
+        "dirs": [str(p) for p in (train_dir, val_select_dir, val_calib_dir, *out_dirs.values())],
     }
     processes = distributed.resolve_num_processes(cfg.training.num_processes, device.type)
     if processes == 1:
-        return _train_and_write(**job)
-    with tempfile.TemporaryDirectory(prefix="streetvision-phase1-") as scratch:
-        job["result_path"] = os.path.join(scratch, OUTPUTS_FILE)
-        log(f"launching {processes} training processes (DDP)")
-        distributed.launch(processes, "streetvision.phases.phase1:_train_and_write", job, scratch)
-        return json.loads(Path(job["result_path"]).read_text())
+        trained = _train_and_write(**job)
+    else:
+        with tempfile.TemporaryDirectory(prefix="streetvision-phase1-") as scratch:
+            job["result_path"] = os.path.join(scratch, OUTPUTS_FILE)
+            log(f"launching {processes} training processes (DDP)")
+            distributed.launch(processes, "streetvision.phases.phase1:_train_and_write", job, scratch)
+            trained = json.loads(Path(job["result_path"]).read_text())
+    outputs = {name: trained[name] for name in OUTPUT_NAMES}
+    if backbone is not None:
+        from streetvision.phases.phase4 import add_backbone_lineage
+
+        outputs = add_backbone_lineage(backbone, out_dirs)
+    return PhaseResult(
+        PHASE, outputs, metrics=trained["training_metrics"], reports={"training_curves": trained["training_curves"]}
+    )
 
 
-def _train_and_write(config: str, dirs: list[str], curves_html: str | None, result_path: str | None = None) -> dict:
+def _train_and_write(config: str, dirs: list[str], result_path: str | None = None) -> dict:
     """Everything after input checks; runs in every training process, rank 0 writes the outputs."""
     started = time.time()
     cfg = config_from_json(config)
@@ -138,9 +142,11 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
     mean, std = normalization(model)
     n_params = sum(p.numel() for p in model.parameters())
     checkpoints = None
-    if cfg.training.resume_dir:
-        root = cfg.training.resume_dir.rstrip("/") + f"/phase1-{resume_key(cfg, inputs)}"
-        checkpoints = Checkpoints(root, STATE_FILE, "training.resume_dir")
+    resume = resume_root(cfg, PHASE)
+    if resume:
+        checkpoints = Checkpoints(
+            f"{resume.rstrip('/')}/phase1-{resume_key(cfg, inputs)}", STATE_FILE, "training.resume_dir"
+        )
     if rank == 0:
         log(
             f"model {cfg.model.name} ({n_params / 1e6:.2f}M parameters, {cfg.model.img_size}px), "
@@ -203,11 +209,9 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
     ):
         storage.write_text(checkpoint_dir / name, json.dumps(payload, indent=2))
     select_metric = f"val_select_{cfg.training.selection_metric}"
-    if curves_html:
-        write_curves_html(curves_html, result.history, cfg.training.selection_metric, training_summary)
     trained_on = [train.meta.reads(PHASE, Role.FIT), select.meta.reads(PHASE, Role.MODEL_SELECTION)]
 
-    outputs: dict[str, dict] = {}
+    outputs: dict[str, Any] = {}  # metadata by output name, plus the training scalars and curves page
     summaries = {}
     for data, out_dir in ((select, val_select_logits_dir), (calib, val_calib_logits_dir)):
         logits = predict_logits(scorer, data.images, mean, std, cfg.evaluation.batch_size, device, amp)
@@ -258,6 +262,7 @@ def _train_and_write(config: str, dirs: list[str], curves_html: str | None, resu
         "train_images_per_second": float(result.images_per_second),
         **curve_metrics(result.history, cfg.training.selection_metric),
     }
+    outputs["training_curves"] = curves_html(result.history, cfg.training.selection_metric, training_summary)
     if result_path:
         Path(result_path).write_text(json.dumps(outputs))
     return outputs

@@ -16,6 +16,7 @@ from streetvision.contracts.splits import Role
 from streetvision.contracts.validators import validate_policy
 from streetvision.data.shards import load_logits
 from streetvision.metrics.classification import selective_metrics
+from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.progress import log
 from streetvision.registry import PHASE_READS
 from streetvision.selective import accept_mask, fit_threshold, guarantee_text
@@ -87,7 +88,8 @@ def policy_summary(policy: dict, calibrator: dict) -> dict:
     return summary
 
 
-def run_phase2(cfg: Config, val_calib_logits_dir: str | Path, policy_dir: str | Path) -> dict[str, dict]:
+def run_phase2(cfg: Config, paths: PhasePaths) -> PhaseResult:
+    val_calib_logits_dir, policy_dir = paths.input("val_calib_logits"), paths.output("policy")
     role, split = PHASE_READS[PHASE]["val_calib_logits"]
     data = load_logits(val_calib_logits_dir, split=split, role=role, phase=PHASE, input_name="val_calib_logits")
     weights_sha256 = logits_weights_sha256(data.meta, f"{PHASE} input 'val_calib_logits' ({val_calib_logits_dir})")
@@ -106,4 +108,4 @@ def run_phase2(cfg: Config, val_calib_logits_dir: str | Path, policy_dir: str | 
         lineage=data.meta.lineage + [data.meta.reads(PHASE, Role.POLICY_FITTING)],
         summary=policy_summary(policy, calibrator),
     )
-    return {"policy": write_metadata(policy_dir, meta)}
+    return PhaseResult(PHASE, {"policy": write_metadata(policy_dir, meta)})

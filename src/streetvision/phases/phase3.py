@@ -19,14 +19,13 @@ import hashlib
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from streetvision.cluster_env import task_checkpoint_dir
+from streetvision.cluster_env import resume_root
 from streetvision.config.schema import Config
 from streetvision.contracts.metadata import (
     ArtifactMetadata,
@@ -43,6 +42,7 @@ from streetvision.metrics.evaluation import aurc_scores
 from streetvision.models import load_model_dir, predict_logits, save_model_dir, to_model_input, validate_checkpoint
 from streetvision.models.multiview import MultiViewClassifier
 from streetvision.phases.phase2 import fit_threshold_policy, policy_summary, write_policy
+from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.progress import log, progress
 from streetvision.registry import PHASE_READS
 from streetvision.training import distributed
@@ -180,25 +180,19 @@ def resume_key(cfg: Config, weights_sha256: str, inputs: dict[str, SplitData]) -
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_phase3(
-    cfg: Config,
-    checkpoint_dir: str | Path,
-    train_dir: str | Path,
-    val_select_dir: str | Path,
-    val_calib_dir: str | Path,
-    gate_checkpoint_dir: str | Path,
-    policy_dir: str | Path,
-) -> dict[str, dict]:
+def run_phase3(cfg: Config, paths: PhasePaths) -> PhaseResult:
     """The tuning runs in the training engine: with training.resume_dir set (on a cluster: the run's checkpoint
     location), its state is saved there and a retried task resumes it."""
     started = time.time()
+    checkpoint_dir, train_dir = paths.input("checkpoint"), paths.input("train")
+    val_select_dir, val_calib_dir = paths.input("val_select"), paths.input("val_calib")
+    gate_checkpoint_dir, policy_dir = paths.output("gate_checkpoint"), paths.output("policy")
     g = cfg.gate
     reads = PHASE_READS[PHASE]
     inputs: dict[str, SplitData] = {}
     for name, path in (("train", train_dir), ("val_select", val_select_dir), ("val_calib", val_calib_dir)):
         role, split = reads[name]
         inputs[name] = load_split(path, split=split, role=role, phase=PHASE, input_name=name)
-    checkpoint_dir = Path(checkpoint_dir)
     ckpt_meta = require_input(checkpoint_dir, kind="checkpoint", phase=PHASE, input_name="checkpoint")
     partition = check_same_partition({"checkpoint": ckpt_meta, **{k: v.meta for k, v in inputs.items()}}, PHASE)
     validate_checkpoint(checkpoint_dir)
@@ -223,10 +217,10 @@ def run_phase3(
     params = _trainable(model, g.unfreeze_blocks)
     recipe = GateRecipe(model, params, train, select, mean, std, cfg, device, scorer)
     checkpoints = None
-    resume_root = cfg.training.resume_dir or task_checkpoint_dir(cfg, PHASE)
-    if resume_root:
+    resume = resume_root(cfg, PHASE)
+    if resume:
         key = resume_key(cfg, sha256_file(checkpoint_dir / "model.safetensors"), inputs)
-        checkpoints = Checkpoints(f"{resume_root.rstrip('/')}/{PHASE}-{key}", STATE_FILE, "training.resume_dir")
+        checkpoints = Checkpoints(f"{resume.rstrip('/')}/{PHASE}-{key}", STATE_FILE, "training.resume_dir")
     log(f"gate: tuning {recipe.trainable} parameters (head + {g.unfreeze_blocks} blocks), alpha={g.correct_weight}")
     plan = Plan(
         phase=PHASE,
@@ -296,4 +290,4 @@ def run_phase3(
             summary=policy_summary(policy, calibrator),
         ),
     )
-    return {"gate_checkpoint": checkpoint_meta, "policy": policy_meta}
+    return PhaseResult(PHASE, {"gate_checkpoint": checkpoint_meta, "policy": policy_meta})

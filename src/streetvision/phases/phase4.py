@@ -12,7 +12,8 @@ backbone artifact:
     probe.json             probe accuracies before/after, trainable parameters
     _streetvision.json     completion record with lineage (TRAIN as fit, VAL_SELECT as model selection)
 
-Phase 1 consumes it through `phase1_config_from_backbone` and `add_backbone_lineage`.
+Phase 1 consumes it as its optional `backbone` input: `run_phase1` starts from it through
+`phase1_config_from_backbone` and extends its outputs' lineage with `add_backbone_lineage`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import base64
 import io
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from streetvision.cluster_env import resume_root
 from streetvision.config.schema import Config
 from streetvision.contracts.errors import CheckpointError, LeakageViolationError
 from streetvision.contracts.metadata import (
@@ -46,6 +49,7 @@ from streetvision.explora.pool import load_pool, pixel_hashes
 from streetvision.explora.probe import extract_features, probe_scores
 from streetvision.explora.train import ExploraTrainer, ImagePool, run_fingerprint, train_ssl
 from streetvision.models import ImageRows, build_from_spec, create_model, model_spec, normalization
+from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.progress import log
 from streetvision.registry import PHASE_READS
 
@@ -124,15 +128,12 @@ def _curves_html(history: list[dict], probes: dict, adapter: dict) -> str:
     )
 
 
-def run_phase4(
-    cfg: Config,
-    train_dir: str | Path,
-    val_select_dir: str | Path,
-    backbone_dir: str | Path,
-    checkpoint_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Adapt the backbone; returns {"backbone": metadata, "metrics": scalars for KFP Metrics}."""
+def run_phase4(cfg: Config, paths: PhasePaths) -> PhaseResult:
+    """Adapt the backbone; the result carries the SSL scalars (for KFP Metrics) and the curves page. Training
+    state is kept under `training.resume_dir` or, on a cluster, the run's checkpoint location for phase 4."""
     started = time.time()
+    train_dir, val_select_dir = paths.input("train"), paths.input("val_select")
+    backbone_dir = paths.output("backbone")
     ecfg = cfg.explora
     reads = PHASE_READS[PHASE]
     inputs = {}
@@ -187,7 +188,7 @@ def run_phase4(
     head_params = sum(p.numel() for p in trainer.student.head.parameters())
     fingerprint = run_fingerprint(ecfg, spec, f"{train.meta.fingerprint}/{pool_report.get('pool_fingerprint')}")
     # A local/PVC folder or a gs:// prefix: a retried task resumes from the last saved step either way.
-    throughput = train_ssl(trainer, images, str(checkpoint_dir) if checkpoint_dir else None, fingerprint)
+    throughput = train_ssl(trainer, images, resume_root(cfg, PHASE), fingerprint)
 
     exported = (trainer.teacher if ecfg.export == "teacher" else trainer.student).backbone
     merged = merge_adapters(exported).cpu()
@@ -212,7 +213,8 @@ def run_phase4(
 
     history = trainer.history
     (out_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1))
-    (out_dir / CURVES_FILE).write_text(_curves_html(history, probes, adapter))
+    curves = _curves_html(history, probes, adapter)
+    (out_dir / CURVES_FILE).write_text(curves)
     probe_record = {"probe": ecfg.probe, "fit_on": "train", "scored_on": "val_select", **probes}
     (out_dir / PROBE_FILE).write_text(json.dumps(probe_record, indent=2))
 
@@ -251,7 +253,7 @@ def run_phase4(
         for k, v in summary.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
     }
-    return {KIND: meta, "metrics": metrics, "curves_html": str(out_dir / CURVES_FILE)}
+    return PhaseResult(PHASE, {KIND: meta}, metrics=metrics, reports={"ssl_curves": curves})
 
 
 def _fmt(scores: dict[str, float]) -> str:
@@ -306,7 +308,7 @@ def phase1_config_from_backbone(cfg: Config, backbone_dir: str | Path, train_dir
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": str(weights)})})
 
 
-def add_backbone_lineage(backbone_dir: str | Path, output_dirs: dict[str, str | Path]) -> dict[str, dict]:
+def add_backbone_lineage(backbone_dir: str | Path, output_dirs: Mapping[str, str | Path]) -> dict[str, dict]:
     """Append phase 4's reads to the lineage of phase 1's outputs (their completion records are rewritten
     atomically), so everything downstream shows that the backbone was adapted on TRAIN."""
     backbone = read_metadata(backbone_dir, f"phase1, input 'backbone' ({backbone_dir})")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from streetvision.calibration import calibrated_probabilities
 from streetvision.config.schema import Config
 from streetvision.contracts.metadata import ArtifactMetadata, prepare_output_dir, write_metadata
 from streetvision.contracts.splits import Role
 from streetvision.data.shards import load_logits
 from streetvision.phases.phase2 import fit_calibrator_from_config, logits_weights_sha256, policy_summary, write_policy
+from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.progress import log
 from streetvision.registry import PHASE_READS
 from streetvision.selective import guarantee_text, scrc_policy
@@ -17,7 +16,8 @@ from streetvision.selective import guarantee_text, scrc_policy
 PHASE = "phase5"
 
 
-def run_phase5(cfg: Config, val_calib_logits_dir: str | Path, policy_dir: str | Path) -> dict[str, dict]:
+def run_phase5(cfg: Config, paths: PhasePaths) -> PhaseResult:
+    val_calib_logits_dir, policy_dir = paths.input("val_calib_logits"), paths.output("policy")
     role, split = PHASE_READS[PHASE]["val_calib_logits"]
     data = load_logits(val_calib_logits_dir, split=split, role=role, phase=PHASE, input_name="val_calib_logits")
     weights_sha256 = logits_weights_sha256(data.meta, f"{PHASE} input 'val_calib_logits' ({val_calib_logits_dir})")
@@ -43,4 +43,4 @@ def run_phase5(cfg: Config, val_calib_logits_dir: str | Path, policy_dir: str | 
         lineage=data.meta.lineage + [data.meta.reads(PHASE, Role.POLICY_FITTING)],
         summary=summary,
     )
-    return {"policy": write_metadata(policy_dir, meta)}
+    return PhaseResult(PHASE, {"policy": write_metadata(policy_dir, meta)})

@@ -32,6 +32,7 @@ from streetvision.contracts.validators import (
 from streetvision.data.shards import SplitData, load_split
 from streetvision.drift import save_reference
 from streetvision.models import validate_checkpoint
+from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.registry import PHASE_READS
 
 PHASE = "phase6"
@@ -71,10 +72,13 @@ def _drift_reference(cfg: Config, checkpoint_dir: Path, calibrator: dict, data: 
     return build_reference(confidence, features, seed=cfg.evaluation.seed)
 
 
-def run_phase6(
-    cfg: Config, checkpoint_dir: str | Path, policy_dir: str | Path, val_calib_dir: str | Path, bundle_dir: str | Path
-) -> dict:
-    checkpoint_dir, policy_dir = Path(checkpoint_dir), Path(policy_dir)
+def run_phase6(cfg: Config, paths: PhasePaths) -> PhaseResult:
+    checkpoint_dir, policy_dir, val_calib_dir = (
+        paths.input("checkpoint"),
+        paths.input("policy"),
+        paths.input("val_calib"),
+    )
+    bundle_dir = paths.output("bundle")
     role, split = PHASE_READS[PHASE]["val_calib"]
     val_calib = load_split(val_calib_dir, split=split, role=role, phase=PHASE, input_name="val_calib")
     metas = {
@@ -131,4 +135,4 @@ def run_phase6(
             "bytes": sum((bundle_dir / n).stat().st_size for n in BUNDLE_FILES),
         },
     )
-    return {"bundle": write_metadata(bundle_dir, meta)}
+    return PhaseResult(PHASE, {"bundle": write_metadata(bundle_dir, meta)})

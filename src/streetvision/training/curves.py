@@ -6,14 +6,11 @@ import base64
 import html
 import io
 import json
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: written inside pipeline tasks
 import matplotlib.pyplot as plt  # noqa: E402
-
-from streetvision import io as storage
 
 
 def curve_metrics(history: list[dict], metric: str) -> dict[str, float]:
@@ -26,7 +23,8 @@ def curve_metrics(history: list[dict], metric: str) -> dict[str, float]:
     return out
 
 
-def write_curves_html(path: str | Path, history: list[dict], metric: str, summary: dict) -> None:
+def curves_html(history: list[dict], metric: str, summary: dict) -> str:
+    """Phase 1's training curves as one self-contained HTML page."""
     epochs = [row["epoch"] + 1 for row in history]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     axes[0].plot(epochs, [row["train_loss"] for row in history], marker="o")
@@ -40,10 +38,9 @@ def write_curves_html(path: str | Path, history: list[dict], metric: str, summar
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     image = base64.b64encode(buffer.getvalue()).decode()
-    page = (
+    return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Phase 1 training curves</title></head><body>"
         "<h2>Phase 1 training curves</h2>"
         f"<img alt='training curves' src='data:image/png;base64,{image}'>"
         f"<h3>Summary</h3><pre>{html.escape(json.dumps(summary, indent=2))}</pre></body></html>"
     )
-    storage.write_text(path, page)
