@@ -59,6 +59,21 @@ def test_flipped_pixel_bytes_in_a_train_shard_are_refused_when_first_read(ingest
         verify_artifact(train, "resume check")
 
 
+def test_phase1_refuses_to_train_on_a_flipped_train_shard(ingested, tmp_path):
+    from streetvision.phases.phase1 import run_phase1
+
+    cfg, dirs, _, _ = ingested
+    train = _copy(dirs[Split.TRAIN], tmp_path)
+    shard = _first_shard(train)
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0x01  # one pixel bit
+    shard.write_bytes(bytes(raw))
+    outs = [tmp_path / name for name in ("checkpoint", "select", "calib")]
+    with pytest.raises(IntegrityError, match=r"images-00000\.npy is damaged"):
+        run_phase1(cfg, train, dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], *outs)
+    assert not any((out / METADATA_FILE).exists() for out in outs)  # nothing left looking complete
+
+
 def test_a_shard_is_hashed_once_per_process(ingested, tmp_path, monkeypatch):
     _, dirs, _, _ = ingested
     train = _copy(dirs[Split.TRAIN], tmp_path)
