@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import reseal_record
+from conftest import PHASE1_OUTPUTS, phase1_paths, reseal_record
 
 from streetvision.contracts import IntegrityError, Role, Split
 from streetvision.contracts import metadata as metadata_module
@@ -68,10 +68,9 @@ def test_phase1_refuses_to_train_on_a_flipped_train_shard(ingested, tmp_path):
     raw = bytearray(shard.read_bytes())
     raw[-1] ^= 0x01  # one pixel bit
     shard.write_bytes(bytes(raw))
-    outs = [tmp_path / name for name in ("checkpoint", "select", "calib")]
     with pytest.raises(IntegrityError, match=r"images-00000\.npy is damaged"):
-        run_phase1(cfg, train, dirs[Split.VAL_SELECT], dirs[Split.VAL_CALIB], *outs)
-    assert not any((out / METADATA_FILE).exists() for out in outs)  # nothing left looking complete
+        run_phase1(cfg, phase1_paths(dirs, tmp_path / "out", train=train))
+    assert not any((tmp_path / "out" / name / METADATA_FILE).exists() for name in PHASE1_OUTPUTS)  # none complete
 
 
 def test_a_shard_is_hashed_once_per_process(ingested, tmp_path, monkeypatch):
