@@ -47,6 +47,7 @@ from streetvision.config import Config, ConfigError, config_from_yaml_file, conf
 from streetvision.contracts import ContractError, StreetVisionError
 from streetvision.contracts.metadata import SCHEMA, verify_artifact
 from streetvision.phase_graph import resolve_phases
+from streetvision.phases.ingest import remove_stale_staging
 from streetvision.run_summary import PIPELINE_ROOT, RUN_CONFIG, RUN_RECORD, RunSummary, summarize_run
 
 RUN_LOG = "run.log"
@@ -218,7 +219,10 @@ def prepare_run(cfg: Config | None, output_dir: str | Path, resume: str | Path |
             raise FileNotFoundError(
                 f"{run_dir} is not a run folder (no {RUN_CONFIG}); pass a folder that `streetvision run` created"
             )
-        return run_dir, config_from_yaml_file(run_dir / RUN_CONFIG)
+        cfg = config_from_yaml_file(run_dir / RUN_CONFIG)
+        if (run_dir / PIPELINE_ROOT).is_dir():
+            remove_stale_staging(run_dir / PIPELINE_ROOT)
+        return run_dir, cfg
     if cfg is None:
         raise ValueError("a new run needs a config (cfg=None only with resume)")
     run_dir = new_run_dir(output_dir)

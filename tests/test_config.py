@@ -220,3 +220,55 @@ def test_config_objects_copy_and_mutate_like_plain_records():
     cfg.training.resume_dir = "/tmp/resume"  # components set run-time locations on the parsed config
     assert config_from_json(config_to_json(cfg)).training.resume_dir == "/tmp/resume"
     assert Config().training.resume_dir == ""  # defaults are not shared between instances
+
+
+# Each row of the config table that used to crash later, or pass when it should not: the problem line it gives.
+CRASHING_OVERRIDES = {
+    "cluster.phase1.memory=lots": "cluster.phase1.memory: a Kubernetes memory quantity",
+    "cluster.phase1.cpu=abc": "cluster.phase1.cpu: a Kubernetes CPU quantity",
+    "model.patch_size=0": "model.patch_size: must be > 0, got 0",
+    "model.num_heads=0": "model.num_heads: must be > 0, got 0",
+    "model.depth=0": "model.depth: must be > 0, got 0",
+    "model.embed_dim=0": "model.embed_dim: must be > 0, got 0",
+    "model.depth=-1": "model.depth: must be > 0, got -1",
+    "training.warmup_epochs=-1": "training.warmup_epochs: must be >= 0.0, got -1",
+    "data.min_image_size=-5": "data.min_image_size: must be >= 1, got -5",
+    "pipeline.phases=[]": "pipeline.phases: name at least one phase",
+    "pipeline.phases=phase1": "pipeline.phases: expected a list, got str 'phase1'",
+    "pipeline.phases=[phase6]": "pipeline.phases: the bundle takes exactly one policy phase",
+    "model.embed_dim=100": "model.num_heads: 3 does not divide model.embed_dim=100",
+    "data.max_record_bytes=0": "data.max_record_bytes: must be >= 1, got 0",
+    "cluster.phase1.cpu=0": "cluster.phase1.cpu: must be more than 0, got '0'",
+    "cluster.phase1.memory=0.5Gi": "cluster.phase1.memory: a Kubernetes memory quantity",  # kfp refuses fractions
+    "cluster.phase1.memory=512K": "cluster.phase1.memory: a Kubernetes memory quantity",  # Kubernetes refuses K
+}
+
+
+@pytest.mark.parametrize("override", CRASHING_OVERRIDES)
+def test_each_bad_value_is_one_config_error_naming_its_key(override):
+    with pytest.raises(ConfigError) as info:
+        load_config([override])
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith(CRASHING_OVERRIDES[override])
+
+
+def test_all_the_bad_values_at_once_give_one_error_listing_each():
+    issue_rows = list(CRASHING_OVERRIDES)[:12]
+    one_per_key = {override.partition("=")[0]: override for override in issue_rows}  # the last one of a key wins
+    with pytest.raises(ConfigError) as info:
+        load_config(list(one_per_key.values()))
+    assert len(info.value.problems) == len(one_per_key) == 9
+
+
+def test_a_failed_validation_leaves_no_run_folder(tmp_path, capsys):
+    out = tmp_path / "outputs"
+    assert main(["run", "--output-dir", str(out), "cluster.phase1.memory=lots", "model.depth=0"]) == 2
+    assert main(["run", "--output-dir", str(out), "--phases", "phase6"]) == 2
+    err = capsys.readouterr().err
+    assert "cluster.phase1.memory" in err and "model.depth" in err and "exactly one policy phase" in err
+    assert not out.exists()
+
+
+def test_a_plain_number_is_a_quantity():
+    cfg = load_config(["cluster.phase1.cpu=4", "cluster.phase1.memory=1073741824", "cluster.ingest.cpu=0.5"])
+    assert cfg.cluster.phase1.cpu == "4" and cfg.cluster.phase1.memory == "1073741824"
+    assert cfg.cluster.ingest.cpu == "0.5"

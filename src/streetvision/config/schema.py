@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from streetvision.contracts.errors import ContractError
+from streetvision.phase_graph import resolve_phases
 from streetvision.registry import DEFAULT_PHASES, PHASE_NAMES, default_resources
 
 # URI schemes KFP accepts for a pipeline root.
@@ -25,10 +27,6 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]  # strictly between 0 and 1
 Unit = Annotated[float, Field(ge=0.0, lt=1.0)]  # [0, 1): dropout, momentum, decay
 UnitRange = list[float]  # [low, high] inside (0, 1] (crop scales, mask ratios): see ExploraConfig._unit_range
-CpuQuantity = Annotated[str, Field(pattern=r"^\d+(\.\d+)?m?$", description="a Kubernetes CPU quantity like 2 or 500m")]
-MemoryQuantity = Annotated[
-    str, Field(pattern=r"^\d+(\.\d+)?([KMGTPE]i?|k)?$", description="a Kubernetes memory quantity like 512Mi or 8G")
-]
 
 
 class Group(BaseModel):
@@ -43,6 +41,35 @@ def _checked(value, *problems: object):
         if problem:
             raise ValueError(problem)
     return value
+
+
+def _number_as_text(value):
+    """`cpu=4` reaches the config as the YAML int 4; a quantity is its text, so a plain number is read as one."""
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _positive_quantity(value: str) -> str:
+    return _checked(value, float(value.rstrip("mKMGTPEi") or 0) <= 0 and f"must be more than 0, got {value!r}")
+
+
+# Kubernetes resource quantities (resource.Quantity) that KFP's compiler also accepts: the compiler's
+# set_cpu_*/set_memory_* refuse parts of the Kubernetes grammar (exponents, fractional bytes, "k"), and the
+# cluster refuses "K", which the compiler lets through. A value outside both would pass here and crash later.
+CpuQuantity = Annotated[
+    str,
+    BeforeValidator(_number_as_text),
+    Field(pattern=r"^(\d+(\.\d+)?|\d+m)$", description="a Kubernetes CPU quantity like 2, 0.5 or 500m"),
+    AfterValidator(_positive_quantity),
+]
+MemoryQuantity = Annotated[
+    str,
+    BeforeValidator(_number_as_text),
+    Field(
+        pattern=r"^\d+(Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$",
+        description="a Kubernetes memory quantity: whole bytes, or a whole number with a suffix like 512Mi or 8G",
+    ),
+    AfterValidator(_positive_quantity),
+]
 
 
 class ModelConfig(Group):
@@ -180,6 +207,12 @@ class DataConfig(Group):
     sources: list[SourceConfig] = []  # [{kind: parquet, path: gs://b/natix, name: natix}, ...]
     label_names: list[str] = ["no_roadwork", "roadwork"]
     min_image_size: int = Field(32, ge=1)  # smaller images are quarantined
+    # A record's file is read up to this many bytes; a larger one is quarantined (too_large) unread, so a
+    # device file or a runaway download cannot fill memory. 64 MiB holds any camera JPEG or PNG.
+    max_record_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    # Manifest paths must stay under the manifest's folder (no ../, no absolute path, no symlink out of it),
+    # so a manifest cannot make ingest read arbitrary files; true lifts that confinement.
+    allow_outside_paths: bool = False
     # Share of input records that may be quarantined before ingest fails the run.
     max_quarantine_fraction: Probability = 0.05
     dedupe: DedupeConfig = DedupeConfig()
@@ -503,9 +536,20 @@ class PipelineConfig(Group):
 
     @field_validator("phases")
     @classmethod
-    def _known(cls, phases: list[str]) -> list[str]:
+    def _a_plan(cls, phases: list[str]) -> list[str]:
+        """The phases resolve to a plan (dependencies added, exactly one policy for a bundle), checked here so a
+        bad choice is a config error before anything runs."""
         unknown = [p for p in phases if p not in PHASE_NAMES and p != "all"]
-        return _checked(phases, unknown and f"unknown phase(s) {unknown}; available: {list(PHASE_NAMES)} or all")
+        _checked(
+            phases,
+            not phases and f"name at least one phase, e.g. [phase1] or [all]; available: {list(PHASE_NAMES)}",
+            unknown and f"unknown phase(s) {unknown}; available: {list(PHASE_NAMES)} or all",
+        )
+        try:
+            resolve_phases(phases)
+        except ContractError as exc:
+            raise ValueError(f"{exc.what}; {exc.fix}") from None
+        return phases
 
 
 class TaskResources(Group):

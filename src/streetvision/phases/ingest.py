@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -46,8 +48,45 @@ from streetvision.progress import log, progress
 
 PHASE = "ingest"
 QUARANTINE = "quarantine"
+# Decoded pixels of every record wait here (a memory-mapped array beside TRAIN's shards) until the splits are
+# known. The owner file names the process that fills it, so a later run can tell a killed ingest's leftover
+# (removed by `remove_stale_staging`) from a live one.
 STAGING_DIR = ".ingest-staging"
 _NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
+STAGING_OWNER = "owner.json"
+
+
+def _claim_staging(parent: Path) -> Path:
+    staging_dir = parent / STAGING_DIR
+    shutil.rmtree(staging_dir, ignore_errors=True)  # an earlier attempt's leftover in this very folder
+    staging_dir.mkdir()
+    owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    storage.write_text(staging_dir / STAGING_OWNER, json.dumps(owner))
+    return staging_dir
+
+
+def _owner_alive(staging_dir: Path) -> bool:
+    try:
+        owner = json.loads((staging_dir / STAGING_OWNER).read_text())
+        if owner["host"] != socket.gethostname():
+            return True  # another machine's process: not ours to judge
+        os.kill(int(owner["pid"]), 0)  # signal 0: only asks whether the process exists
+    except (OSError, ValueError, KeyError, TypeError):  # no (readable) owner, or no such process
+        return False
+    return True
+
+
+def remove_stale_staging(root: str | Path) -> list[Path]:
+    """Remove the staging folders under `root` whose ingest was killed (its process is gone); return them.
+
+    A killed ingest never reaches its own clean-up, and a resumed run writes its outputs to fresh folders, so
+    without this the leftover (as large as every decoded image) would stay forever.
+    """
+    stale = [d for d in Path(root).rglob(STAGING_DIR) if d.is_dir() and not _owner_alive(d)]
+    for staging_dir in stale:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+        log(f"removed the staging folder a killed ingest left behind: {staging_dir}")
+    return stale
 
 
 @dataclass
@@ -288,8 +327,7 @@ def run_ingest(cfg: Config, paths: PhasePaths) -> PhaseResult:
             quarantined[index] = reason
 
     todo = [i for i in range(len(records)) if i not in quarantined]
-    staging_dir = out_dirs[Split.TRAIN] / STAGING_DIR
-    staging_dir.mkdir(exist_ok=True)
+    staging_dir = _claim_staging(out_dirs[Split.TRAIN])
     staging: np.memmap | None = None
     try:
         shape = (max(1, len(records)), size, size, 3)
