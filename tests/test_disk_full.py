@@ -109,3 +109,17 @@ def test_other_write_errors_are_not_taken_for_a_full_disk(tmp_path, monkeypatch)
 
     with pytest.raises(PermissionError):
         storage.atomic_write(tmp_path / "x", denied)
+
+
+def test_numpys_short_write_report_is_read_as_a_full_disk(tmp_path):
+    """np.save reports a short write as "N requested and M written", without an errno: still a full disk."""
+
+    def short(tmp):
+        tmp.write_bytes(b"h" * 128 + b"x" * 1000)  # the header and the part of the array that fit
+        raise OSError("14708736 requested and 1000 written")
+
+    with pytest.raises(
+        storage.NoSpaceError, match=r"no space left on device: writing .*shard\.npy needs 14708864 bytes"
+    ):
+        storage.atomic_write(tmp_path / "shard.npy", short)
+    assert list(tmp_path.iterdir()) == []
