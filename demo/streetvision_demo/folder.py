@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import os
 import secrets
 import shutil
@@ -18,6 +19,9 @@ from pathlib import Path
 from streetvision import io as storage
 from streetvision.config.schema import Config, DataConfig, DemoConfig, SourceConfig
 from streetvision_demo import scenes
+
+# Under the library's logger, so its console handler shows the lines.
+logger = logging.getLogger("streetvision.demo")
 
 MANIFEST = "manifest.csv"
 SOURCE_NAME = "demo"
@@ -64,6 +68,7 @@ def cached_demo_folder(cache_root: str | Path, cfg: DemoConfig, label_names: tup
     if not (folder / MANIFEST).is_file():
         cache_root.mkdir(parents=True, exist_ok=True)
         scratch = cache_root / f".{folder.name}-{secrets.token_hex(4)}"
+        logger.info(f"rendering the demo scenes ({cfg.num_sequences} sequences) into {folder}")
         write_demo_folder(scratch, cfg, label_names)
         shutil.rmtree(folder, ignore_errors=True)  # an unfinished folder left by an older version
         try:

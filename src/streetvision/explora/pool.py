@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import numpy as np
 
@@ -18,7 +19,9 @@ from streetvision.contracts.errors import DataError, LeakageViolationError
 from streetvision.contracts.metadata import METADATA_FILE, fingerprint_ids
 from streetvision.contracts.splits import Role, check_access
 from streetvision.data.decode import QuarantineReason, decode_image
-from streetvision.progress import log, progress
+from streetvision.progress import progress
+
+logger = logging.getLogger(__name__)
 
 POOL_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -94,7 +97,9 @@ def load_pool(
             "(and outside data) may influence",
         )
     if quarantined:
-        log(f"pool: {len(quarantined)} of {len(files)} images could not be used: {list(quarantined.items())[:5]}")
+        logger.info(
+            f"pool: {len(quarantined)} of {len(files)} images could not be used: {list(quarantined.items())[:5]}"
+        )
     base = source.rstrip("/") + "/"
     report = {
         "pool_images": int(len(pool)),

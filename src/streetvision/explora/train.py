@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,9 @@ from streetvision.explora.objective import (
     vit_tokens,
 )
 from streetvision.models import ImageRows
-from streetvision.progress import log
 from streetvision.training.engine import Checkpoints, Optimization, Plan, fit, param_groups, warmup_cosine
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "explora_state.pt"
 
@@ -316,7 +318,7 @@ class SSLRecipe:
         if done % cfg.log_every == 0 or done == cfg.steps:
             rate = self._window_images / max(time.perf_counter() - self._window_start, 1e-9)
             parts = " ".join(f"{k} {record[k]:.4f}" for k in ("dino", "ibot", "koleo") if k in record)
-            log(
+            logger.info(
                 f"phase4 step {done}/{cfg.steps} loss {record['loss']:.4f} ({parts}) lr {record['lr']:.2e} "
                 f"{rate:.1f} images/s"
             )

@@ -7,6 +7,7 @@ challenge levels) and sliced by source tag; a blessing turns configured threshol
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import numpy as np
@@ -31,9 +32,10 @@ from streetvision.devices import task_device
 from streetvision.inference import Bundle, Predictions
 from streetvision.metrics.evaluation import bootstrap_intervals, evaluation_metrics, risk_coverage_curve
 from streetvision.phases.result import ClassificationCurves, PhasePaths, PhaseResult
-from streetvision.progress import log
 from streetvision.registry import PHASE_READS
 from streetvision.report import write_html_report
+
+logger = logging.getLogger(__name__)
 
 PHASE = "evaluate"
 REPORT_FILE = "report.html"
@@ -142,7 +144,7 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
     images = np.asarray(test.images)
     preds, point = _scored(bundle, images, test.labels, cfg, device)
     intervals = _intervals(preds, test.labels, target, cfg)
-    log(
+    logger.info(
         f"VAL_TEST metrics with {cfg.evaluation.confidence_level:.0%} bootstrap intervals "
         f"({cfg.evaluation.bootstrap_resamples} resamples, {cfg.evaluation.bootstrap_method})"
     )
@@ -161,7 +163,7 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
                 "intervals": _intervals(level_preds, test.labels, target, cfg),
             }
         )
-        log(
+        logger.info(
             f"challenge level {level}: accuracy {level_point['accuracy']:.3f}, MCC {level_point['mcc']:.3f}, "
             f"deployment score {level_point['deployment_score']:.3f}"
         )
@@ -236,7 +238,7 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
         ece_bins=cfg.evaluation.ece_bins,
     )
     verdict = "above" if point["accuracy"] > point["majority_rate"] else "NOT above"
-    log(
+    logger.info(
         f"VAL_TEST: accuracy {point['accuracy']:.3f} ({verdict} the majority-class rate "
         f"{point['majority_rate']:.3f}), MCC {point['mcc']:.3f}, AUROC {point['auroc']:.3f}, "
         f"ECE {point['ece']:.3f}, coverage {point['coverage']:.3f}; blessing "

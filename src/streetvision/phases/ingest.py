@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -44,7 +45,9 @@ from streetvision.data.shards import SAMPLES_FILE, class_counts, write_shard, wr
 from streetvision.data.sources import SourceRecord, read_parquet_images, read_sources
 from streetvision.data.splits import merge_groups, near_duplicate_pairs, split_of_group
 from streetvision.phases.result import PhasePaths, PhaseResult
-from streetvision.progress import log, progress
+from streetvision.progress import progress
+
+logger = logging.getLogger(__name__)
 
 PHASE = "ingest"
 QUARANTINE = "quarantine"
@@ -85,7 +88,7 @@ def remove_stale_staging(root: str | Path) -> list[Path]:
     stale = [d for d in Path(root).rglob(STAGING_DIR) if d.is_dir() and not _owner_alive(d)]
     for staging_dir in stale:
         shutil.rmtree(staging_dir, ignore_errors=True)
-        log(f"removed the staging folder a killed ingest left behind: {staging_dir}")
+        logger.info(f"removed the staging folder a killed ingest left behind: {staging_dir}")
     return stale
 
 
@@ -301,7 +304,7 @@ def run_ingest(cfg: Config, paths: PhasePaths) -> PhaseResult:
     if not records:
         raise DataError("the sources have no records", f"data.source={data_cfg.source}", "point data.* at images")
     per_source = Counter(r.origin for r in records)
-    log(
+    logger.info(
         f"{len(records)} records ({', '.join(f'{k}: {v}' for k, v in per_source.items())}); "
         f"decoding to {size}x{size} on {decode_workers(data_cfg)} threads"
     )
@@ -397,7 +400,7 @@ def run_ingest(cfg: Config, paths: PhasePaths) -> PhaseResult:
         },
     )
     outputs["data_report"] = write_metadata(report_dir, report_meta)
-    log(
+    logger.info(
         f"ingest done: {len(placed)} placed, {len(quarantined)} quarantined, "
         f"{dedupe['joined_groups']} groups joined by duplicates, partition {partition}"
     )

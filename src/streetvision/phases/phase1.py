@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -38,12 +39,13 @@ from streetvision.metrics.classification import classification_metrics, probabil
 from streetvision.models import create_model, model_spec, normalization, predict_logits, save_model_dir
 from streetvision.models.multiview import MultiViewClassifier, multiview_cost
 from streetvision.phases.result import PhasePaths, PhaseResult
-from streetvision.progress import log
 from streetvision.registry import PHASE_READS
 from streetvision.training import distributed
 from streetvision.training.curves import curve_metrics, curves_html
 from streetvision.training.engine import Checkpoints, autocast_dtype
 from streetvision.training.loop import STATE_FILE, train_classifier
+
+logger = logging.getLogger(__name__)
 
 PHASE = "phase1"
 OUTPUTS_FILE = "phase1_outputs.json"
@@ -111,7 +113,7 @@ def run_phase1(cfg: Config, paths: PhasePaths) -> PhaseResult:
     else:
         with tempfile.TemporaryDirectory(prefix="streetvision-phase1-") as scratch:
             job["result_path"] = os.path.join(scratch, OUTPUTS_FILE)
-            log(f"launching {processes} training processes (DDP)")
+            logger.info(f"launching {processes} training processes (DDP)")
             distributed.launch(processes, "streetvision.phases.phase1:_train_and_write", job, scratch)
             trained = json.loads(Path(job["result_path"]).read_text())
     outputs = {name: trained[name] for name in OUTPUT_NAMES}
@@ -148,7 +150,7 @@ def _train_and_write(config: str, dirs: list[str], result_path: str | None = Non
             f"{resume.rstrip('/')}/phase1-{resume_key(cfg, inputs)}", STATE_FILE, "training.resume_dir"
         )
     if rank == 0:
-        log(
+        logger.info(
             f"model {cfg.model.name} ({n_params / 1e6:.2f}M parameters, {cfg.model.img_size}px), "
             f"TRAIN {train.meta.count} images, VAL_SELECT {select.meta.count}, "
             f"{distributed.world_size()} process(es)"
@@ -298,7 +300,7 @@ def _correct_prior(model, cfg: Config, train_labels, select: SplitData, mean, st
         report["val_select_after"] = metrics()
     else:
         report["val_select_after"] = report["val_select_before"]
-    log(
+    logger.info(
         f"prior correction: trained for P(roadwork)={trained_prior:.3f}, deployment {cfg.training.deployment_prior}"
         f" (logit shift {shift:+.3f}); VAL_SELECT {report['val_select_before']} -> {report['val_select_after']}"
     )
@@ -321,7 +323,7 @@ def _choose_views(model, cfg: Config, select: SplitData, mean, std, device, amp)
         # Ties keep the single view: ten times cheaper.
         better = report[f"multi_val_select_{t.selection_metric}"] > report[f"single_val_select_{t.selection_metric}"]
         report["chosen"] = "multi" if better else "single"
-        log(
+        logger.info(
             f"views on VAL_SELECT ({t.selection_metric}): "
             f"single {report[f'single_val_select_{t.selection_metric}']:.4f}"
             f" vs multi ({t.multiview_aggregation}, {multiview_cost()}x cost) "

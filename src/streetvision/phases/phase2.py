@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,10 @@ from streetvision.contracts.validators import validate_policy
 from streetvision.data.shards import load_logits
 from streetvision.metrics.classification import selective_metrics
 from streetvision.phases.result import PhasePaths, PhaseResult
-from streetvision.progress import log
 from streetvision.registry import PHASE_READS
 from streetvision.selective import accept_mask, fit_threshold, guarantee_text
+
+logger = logging.getLogger(__name__)
 
 PHASE = "phase2"
 
@@ -65,7 +67,7 @@ def fit_threshold_policy(
 
 def write_policy(policy_dir: Path, policy: dict, calibrator: dict, where: str) -> None:
     validate_policy(policy, where)
-    log(f"WARNING: {policy['guarantee']}" if not policy["feasible"] else policy["guarantee"])
+    (logger.info if policy["feasible"] else logger.warning)(policy["guarantee"])
     storage.write_text(policy_dir / "policy.json", json.dumps(json_safe(policy), indent=2))
     storage.write_text(policy_dir / "calibrator.json", json.dumps(json_safe(calibrator), indent=2))
 
@@ -96,7 +98,7 @@ def run_phase2(cfg: Config, paths: PhasePaths) -> PhaseResult:
     policy_dir = prepare_output_dir(policy_dir)
 
     calibrator, policy = fit_threshold_policy(cfg, data.logits, data.labels, weights_sha256)
-    log(
+    logger.info(
         f"calibrator: {calibrator['kind']} ({calibrator['selected_by']}), VAL_CALIB NLL "
         f"{calibrator['nll_before']:.4f} -> {calibrator['nll_after']:.4f}"
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -43,7 +44,7 @@ from streetvision.models import load_model_dir, predict_logits, save_model_dir, 
 from streetvision.models.multiview import MultiViewClassifier
 from streetvision.phases.phase2 import fit_threshold_policy, policy_summary, write_policy
 from streetvision.phases.result import PhasePaths, PhaseResult
-from streetvision.progress import log, progress
+from streetvision.progress import progress
 from streetvision.registry import PHASE_READS
 from streetvision.training import distributed
 from streetvision.training.engine import (
@@ -56,6 +57,8 @@ from streetvision.training.engine import (
     fit,
     param_groups,
 )
+
+logger = logging.getLogger(__name__)
 
 PHASE = "phase3"
 STATE_FILE = "gate_state.pt"
@@ -221,7 +224,9 @@ def run_phase3(cfg: Config, paths: PhasePaths) -> PhaseResult:
     if resume:
         key = resume_key(cfg, sha256_file(checkpoint_dir / "model.safetensors"), inputs)
         checkpoints = Checkpoints(f"{resume.rstrip('/')}/{PHASE}-{key}", STATE_FILE, "training.resume_dir")
-    log(f"gate: tuning {recipe.trainable} parameters (head + {g.unfreeze_blocks} blocks), alpha={g.correct_weight}")
+    logger.info(
+        f"gate: tuning {recipe.trainable} parameters (head + {g.unfreeze_blocks} blocks), alpha={g.correct_weight}"
+    )
     plan = Plan(
         phase=PHASE,
         epochs=g.epochs,
@@ -239,7 +244,9 @@ def run_phase3(cfg: Config, paths: PhasePaths) -> PhaseResult:
         for row in result.history
     ]
     best_epoch, best_aurc = result.best_epoch + 1, result.best_score
-    log(f"gate: VAL_SELECT AURC before {history[0]['val_select_aurc']:.4f}, best {best_aurc:.4f} (epoch {best_epoch})")
+    logger.info(
+        f"gate: VAL_SELECT AURC before {history[0]['val_select_aurc']:.4f}, best {best_aurc:.4f} (epoch {best_epoch})"
+    )
     assert result.best_state is not None  # evaluate_before_training: epoch 0 is always a candidate
     model.load_state_dict(result.best_state)
     model.eval()

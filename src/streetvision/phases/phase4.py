@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,8 +51,9 @@ from streetvision.explora.probe import extract_features, probe_scores
 from streetvision.explora.train import ExploraTrainer, ImagePool, run_fingerprint, train_ssl
 from streetvision.models import ImageRows, build_from_spec, create_model, model_spec, normalization
 from streetvision.phases.result import PhasePaths, PhaseResult
-from streetvision.progress import log
 from streetvision.registry import PHASE_READS
+
+logger = logging.getLogger(__name__)
 
 PHASE = "phase4"
 KIND = "backbone"
@@ -174,10 +176,10 @@ def run_phase4(cfg: Config, paths: PhasePaths) -> PhaseResult:
         return probe_scores(train_x, train.labels, select_x, select.labels, ecfg.probe, ecfg.knn_k, ecfg.seed)
 
     probes = {"before": probe(backbone)}
-    log(f"probe before adaptation (TRAIN -> VAL_SELECT): {_fmt(probes['before'])}")
+    logger.info(f"probe before adaptation (TRAIN -> VAL_SELECT): {_fmt(probes['before'])}")
 
     peft_model, adapter = apply_adapters(backbone, ecfg)
-    log(
+    logger.info(
         f"ExPLoRA: {ecfg.adapter} rank {ecfg.rank} on {adapter['lora_modules']} layers, fully trained "
         f"{adapter['unfrozen_blocks']}{' + norms' if ecfg.unfreeze_norms else ''}: "
         f"{adapter['trainable_parameters']:,} of {adapter['backbone_parameters']:,} backbone parameters trainable "
@@ -209,7 +211,7 @@ def run_phase4(cfg: Config, paths: PhasePaths) -> PhaseResult:
             "report this with the PEFT and timm versions",
         )
     probes["after"] = probe(fresh.to(device))
-    log(f"probe after adaptation (TRAIN -> VAL_SELECT): {_fmt(probes['after'])}")
+    logger.info(f"probe after adaptation (TRAIN -> VAL_SELECT): {_fmt(probes['after'])}")
 
     history = trainer.history
     (out_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from streetvision.calibration import calibrated_probabilities
 from streetvision.config.schema import Config
 from streetvision.contracts.metadata import ArtifactMetadata, prepare_output_dir, write_metadata
@@ -9,9 +11,10 @@ from streetvision.contracts.splits import Role
 from streetvision.data.shards import load_logits
 from streetvision.phases.phase2 import fit_calibrator_from_config, logits_weights_sha256, policy_summary, write_policy
 from streetvision.phases.result import PhasePaths, PhaseResult
-from streetvision.progress import log
 from streetvision.registry import PHASE_READS
 from streetvision.selective import guarantee_text, scrc_policy
+
+logger = logging.getLogger(__name__)
 
 PHASE = "phase5"
 
@@ -25,7 +28,7 @@ def run_phase5(cfg: Config, paths: PhasePaths) -> PhaseResult:
 
     c = cfg.calibration
     calibrator = fit_calibrator_from_config(cfg, data.logits, data.labels, weights_sha256)
-    log(f"calibrator: {calibrator['kind']} ({calibrator['selected_by']})")
+    logger.info(f"calibrator: {calibrator['kind']} ({calibrator['selected_by']})")
     probs = calibrated_probabilities(calibrator, data.logits)
     policy = scrc_policy(
         probs, data.labels, c.target_risk, c.delta, c.scrc_selection_rate, c.scrc_selection_fraction, c.seed

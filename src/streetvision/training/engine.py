@@ -28,6 +28,7 @@ A recipe provides:
 from __future__ import annotations
 
 import io
+import logging
 import math
 import pickle
 import time
@@ -43,8 +44,9 @@ from torch import nn
 from streetvision import io as storage
 from streetvision.contracts.errors import CheckpointError, ConfigError, TrainingDivergedError
 from streetvision.contracts.validators import validate_location
-from streetvision.progress import log
 from streetvision.training import distributed as dist_utils
+
+logger = logging.getLogger(__name__)
 
 # -- schedule and parameter groups ---------------------------------------------------------------------
 
@@ -248,7 +250,7 @@ class Checkpoints:
                 f"delete {self.describe()} to start afresh",
             ) from exc
         if self.fingerprint is not None and state.get("fingerprint") != self.fingerprint:
-            log(f"training state {self.describe()} belongs to another config or dataset; starting afresh")
+            logger.info(f"training state {self.describe()} belongs to another config or dataset; starting afresh")
             return None
         return state
 
@@ -352,12 +354,12 @@ def fit(recipe: Recipe, plan: Plan, checkpoints: Checkpoints | None, device: tor
         run = _Progress(**saved["progress"])
         resumed_from = {"epoch": run.epoch, "step_in_epoch": run.step_in_epoch, "global_step": run.global_step}
         if rank == 0:
-            log(
+            logger.info(
                 f"{plan.phase}: resuming from {checkpoints.describe()}: epoch {run.epoch + 1}, step "
                 f"{run.step_in_epoch} of {recipe.steps_per_epoch}"
             )
     elif checkpoints is not None and rank == 0:
-        log(f"{plan.phase}: training state will be saved to {checkpoints.describe()}")
+        logger.info(f"{plan.phase}: training state will be saved to {checkpoints.describe()}")
     last_good = checkpoints.describe() if checkpoints is not None and saved is not None else "none yet"
 
     def save() -> None:
@@ -449,7 +451,7 @@ def fit(recipe: Recipe, plan: Plan, checkpoints: Checkpoints | None, device: tor
         if rank == 0:
             shown = f" {plan.select} {metrics[plan.select]:.4f}{' *' if improved else ''}" if plan.select else ""
             eta = fmt_seconds((plan.epochs - epoch - 1) * seconds)
-            log(
+            logger.info(
                 f"{plan.phase} epoch {epoch + 1}/{plan.epochs} loss {record['train_loss']:.4f}{shown} "
                 f"({ips:.0f} img/s, eta {eta} at most)"
             )
@@ -459,7 +461,7 @@ def fit(recipe: Recipe, plan: Plan, checkpoints: Checkpoints | None, device: tor
         last_save = time.monotonic()
         if stop:
             if rank == 0:
-                log(f"{plan.phase}: early stop, no {plan.select} gain for {plan.patience} epochs")
+                logger.info(f"{plan.phase}: early stop, no {plan.select} gain for {plan.patience} epochs")
             break
     return FitResult(
         best_epoch=run.best_epoch,

@@ -11,6 +11,7 @@ checkpoint continues exactly as the uninterrupted run would have (bit-identical 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +26,6 @@ from streetvision.config.schema import TrainingConfig
 from streetvision.devices import resolve_device
 from streetvision.metrics.classification import selection_score
 from streetvision.models import predict_logits
-from streetvision.progress import log
 from streetvision.training import distributed as dist_utils
 from streetvision.training.augment import BatchAugment
 from streetvision.training.engine import (
@@ -41,6 +41,8 @@ from streetvision.training.engine import (
     param_groups,
     warmup_cosine,
 )
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 
@@ -295,7 +297,7 @@ def train_classifier(
 
     def log_step(epoch: int, step: int, loss: float, rate: float) -> None:
         left = (steps_per_epoch - step - 1) * cfg.batch_size + (cfg.epochs - epoch - 1) * len(train_labels)
-        log(
+        logger.info(
             f"epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch} loss {loss:.4f} {rate:.0f} img/s, "
             f"eta {fmt_seconds(left / max(rate, 1e-9))} (at most, before early stop)"
         )
