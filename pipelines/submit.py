@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +28,12 @@ from typing import Any
 from streetvision_pipelines.factory import RetryPolicy, make_component
 from streetvision_pipelines.inspect_spec import load_documents
 
-from streetvision.config import Config, ConfigError, config_from_json, config_to_json
+from streetvision.config import Config, ConfigError, config_from_json, config_to_json, load_config
+from streetvision.contracts.errors import ClusterError, ServerUnreachableError
 from streetvision.phase_graph import resolve_phases
 from streetvision.registry import CHECKPOINTING_PHASES, PHASE_NAMES
+
+logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "KFP_TOKEN"
 HOST_ENV = "KF_PIPELINES_ENDPOINT"  # the variable kfp.Client itself reads
@@ -175,6 +179,112 @@ def submit(sub: Submission, client=None) -> str:
         service_account=sub.service_account,
     )
     return result.run_id
+
+
+@dataclass
+class SubmitOptions:
+    """What a submission is asked for besides the config (the `streetvision submit` options)."""
+
+    pipeline_file: str | None = None  # a compiled YAML to submit as it is, instead of compiling the config
+    params: list[str] = field(default_factory=list)  # NAME=VALUE pipeline parameters
+    host: str | None = None  # default: $KF_PIPELINES_ENDPOINT, or the in-cluster API with in_cluster
+    namespace: str = "streetvision"
+    experiment: str | None = None  # default: pipeline.name
+    run_name: str | None = None  # default: the pipeline name and the UTC time
+    pipeline_root: str | None = None  # default: cluster.pipeline_root
+    service_account: str | None = None  # default: cluster.service_account
+    no_cache: bool = False
+    token_env: str = TOKEN_ENV
+    in_cluster: bool = False
+    dry_run: bool = False
+
+
+def prepare_submission(cfg: Config | None, options: SubmitOptions, workdir: Path) -> Submission:
+    """The run to create: `cfg` compiled into `workdir` (or `options.pipeline_file` as compiled, with `cfg` None),
+    its parameters typed and checked against the YAML, host and defaults resolved.
+
+    Args:
+        cfg: the resolved config to compile, or None to submit `options.pipeline_file`.
+        options: the submission's other settings.
+        workdir: where the compiled YAML is written; it must outlive the submission.
+
+    Returns:
+        The submission, not yet sent (`send_submission` sends it; `Submission.describe` shows it).
+
+    Raises:
+        SubmitError: a parameter the YAML does not declare or cannot take, a runtime config that contradicts
+            the compiled YAML, or no host (unless a dry run).
+        FileNotFoundError: `options.pipeline_file` does not exist.
+    """
+    from streetvision_pipelines.factory import compile_pipeline
+
+    if cfg is None:
+        if not options.pipeline_file or not Path(options.pipeline_file).is_file():
+            raise FileNotFoundError(f"--pipeline-file {options.pipeline_file}: no such file")
+        pipeline_file = Path(options.pipeline_file)
+        cfg = embedded_config(pipeline_file) or load_config()
+        arguments: dict[str, Any] = {}
+    else:
+        pipeline_file = compile_pipeline(cfg, workdir / "pipeline.yaml")
+        arguments = config_argument(cfg)
+    runtime_params = parse_parameters(options.params, pipeline_file)
+    if isinstance(runtime_params.get("config"), str):  # before any request, and before a dry run shows it
+        cfg = config_from_json(runtime_params["config"])
+        check_runtime_config(pipeline_file, cfg, compiled_here=not options.pipeline_file)
+    arguments.update(runtime_params)
+    if cfg.data.uses_demo():
+        logger.warning(
+            "data.source=demo: the images do not carry the demo renderer, so ingest will fail on the cluster; "
+            "render the scenes with `python -m streetvision_demo OUT_DIR`, copy them to a bucket and pass "
+            "data.source=manifest data.manifest=gs://.../manifest.csv"
+        )
+    host = options.host or os.environ.get(HOST_ENV) or (IN_CLUSTER_HOST if options.in_cluster else None)
+    if not host and not options.dry_run:
+        raise SubmitError(
+            "no Kubeflow Pipelines host given",
+            "streetvision submit",
+            f"pass --host https://KFP_HOST (or set ${HOST_ENV}; inside the cluster use --in-cluster)",
+        )
+    return Submission(
+        host=host or "",
+        namespace=options.namespace,
+        experiment=options.experiment or cfg.pipeline.name,
+        run_name=options.run_name or default_run_name(cfg.pipeline.name),
+        pipeline_file=pipeline_file,
+        arguments=arguments,
+        pipeline_root=options.pipeline_root or cfg.cluster.pipeline_root or None,
+        service_account=options.service_account or cfg.cluster.service_account or None,
+        enable_caching=False if options.no_cache else None,
+        token_env=options.token_env,
+        in_cluster_token=IN_CLUSTER_TOKEN_PATH if options.in_cluster else None,
+        pipeline_source=None if options.pipeline_file else "compiled from the config (streetvision compile)",
+    )
+
+
+def send_submission(sub: Submission) -> str:
+    """Create the run; returns its id.
+
+    Raises:
+        ClusterError: the server refused the request (authentication, namespace, a malformed pipeline).
+        ServerUnreachableError: the server could not be reached.
+    """
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return submit(sub)
+    except ApiException as exc:
+        raise ClusterError(
+            f"the server refused the request: {exc}",
+            sub.host,
+            "check --namespace and the token (or rerun with --dry-run to see the request)",
+        ) from exc
+    except (HTTPError, OSError) as exc:
+        raise ServerUnreachableError(
+            f"the server could not be reached: {exc}",
+            sub.host,
+            "check --host and the network path to it (or rerun with --dry-run to see the request)",
+        ) from exc
 
 
 def config_argument(cfg: Config) -> dict[str, str]:

@@ -76,20 +76,39 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="a YAML file merged over the defaults, before overrides")
     parser.add_argument(
         "--phases",
-        nargs="+",
+        type=_phase_list,
+        action="extend",
         metavar="PHASE",
-        help="phases to include (ingest phase4 phase1 phase2 phase3 phase5 phase6 evaluate, or all); dependencies "
-        "are added; a bundle takes exactly one policy phase: phase2 (threshold), phase3 (gate) or phase5 (SCRC); "
-        "phase4 (ExPLoRA backbone adaptation) is optional: e.g. --phases phase4 phase2 phase6 evaluate",
+        help="phases to include, space- or comma-separated, up to the first key=value or option (ingest "
+        "phase4 phase1 phase2 phase3 phase5 phase6 evaluate, or all); dependencies are added; a bundle takes "
+        "exactly one policy phase: phase2 (threshold), phase3 (gate) or phase5 (SCRC); phase4 (ExPLoRA "
+        "backbone adaptation) is optional: e.g. --phases phase4 phase2 phase6 evaluate",
     )
+
+
+def _phase_list(value: str) -> list[str]:
+    if "=" in value:
+        raise argparse.ArgumentTypeError(f"{value!r} is an override, not a phase: give one or more phases first")
+    return [name for name in value.split(",") if name]
+
+
+def _phases_as_one_value(argv: list[str]) -> list[str]:
+    """`--phases a b key=value` as `--phases=a,b key=value`: the phase list ends at the first key=value token or
+    option, so the overrides after it stay overrides (argparse's nargs="+" would take them as phases)."""
+    out, i = [], 0
+    while i < len(argv):
+        end = i + 1
+        if argv[i] == "--phases":
+            while end < len(argv) and "=" not in argv[end] and not argv[end].startswith("-"):
+                end += 1
+        out.append(f"--phases={','.join(argv[i + 1 : end])}" if end > i + 1 else argv[i])
+        i = end
+    return out
 
 
 def _resolve_config(args: argparse.Namespace):
     overrides = list(args.overrides)
     phases = list(args.phases or [])
-    # `--phases a b key=value` puts the override into --phases; move it back.
-    overrides += [p for p in phases if "=" in p]
-    phases = [p for p in phases if "=" not in p]
     if phases:
         overrides.append(f"pipeline.phases=[{', '.join(phases)}]")
     cfg = load_config(overrides, args.config)
@@ -126,8 +145,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     from streetvision.config.loader import selected_presets
 
     cfg, _ = _resolve_config(args)
-    overrides = list(args.overrides) + [p for p in args.phases or [] if "=" in p]  # as _resolve_config reads them
-    presets = selected_presets(overrides, args.config)
+    presets = selected_presets(list(args.overrides), args.config)
     print(f"# presets: {', '.join(f'{group}={name}' for group, name in presets.items())}")
     print(config_to_yaml(cfg), end="")
     return 0
@@ -251,94 +269,40 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     import json
-    import os
     import tempfile
 
-    from streetvision_pipelines.factory import compile_pipeline
-    from streetvision_pipelines.submit import (
-        HOST_ENV,
-        IN_CLUSTER_HOST,
-        IN_CLUSTER_TOKEN_PATH,
-        Submission,
-        SubmitError,
-        check_runtime_config,
-        config_argument,
-        default_run_name,
-        embedded_config,
-        parse_parameters,
-        submit,
-    )
+    from streetvision_pipelines.submit import SubmitOptions, prepare_submission, send_submission
 
-    from streetvision.config import config_from_json, load_config
-    from streetvision.contracts.errors import ServerUnreachableError
-
-    with tempfile.TemporaryDirectory(prefix="streetvision-submit-") as tmp:
-        if args.pipeline_file:
-            if args.overrides or args.phases or args.config:
-                raise ConfigError(
-                    [
-                        "--pipeline-file submits that YAML as compiled; drop the overrides and --config, "
-                        "or leave out --pipeline-file to compile with them"
-                    ],
-                    "command line",
-                )
-            pipeline_file = Path(args.pipeline_file)
-            if not pipeline_file.is_file():
-                raise FileNotFoundError(f"--pipeline-file {pipeline_file}: no such file")
-            cfg = embedded_config(pipeline_file) or load_config()
-            arguments = {}
-        else:
-            cfg, _ = _resolve_config(args)
-            pipeline_file = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
-            arguments = config_argument(cfg)
-        runtime_params = parse_parameters(args.param or [], pipeline_file)
-        if isinstance(runtime_params.get("config"), str):  # before any request, and before --dry-run shows it
-            check_runtime_config(
-                pipeline_file, config_from_json(runtime_params["config"]), compiled_here=not args.pipeline_file
-            )
-        arguments.update(runtime_params)
-        host = args.host or os.environ.get(HOST_ENV) or (IN_CLUSTER_HOST if args.in_cluster else None)
-        if not host and not args.dry_run:
-            raise SubmitError(
-                "no Kubeflow Pipelines host given",
-                "streetvision submit",
-                f"pass --host https://KFP_HOST (or set ${HOST_ENV}; inside the cluster use --in-cluster)",
-            )
-        sub = Submission(
-            host=host or "",
-            namespace=args.namespace,
-            experiment=args.experiment or cfg.pipeline.name,
-            run_name=args.run_name or default_run_name(cfg.pipeline.name),
-            pipeline_file=pipeline_file,
-            arguments=arguments,
-            pipeline_root=args.pipeline_root or cfg.cluster.pipeline_root or None,
-            service_account=args.service_account or cfg.cluster.service_account or None,
-            enable_caching=False if args.no_cache else None,
-            token_env=args.token_env,
-            in_cluster_token=IN_CLUSTER_TOKEN_PATH if args.in_cluster else None,
-            pipeline_source=None if args.pipeline_file else "compiled from the config (streetvision compile)",
+    if args.pipeline_file and (args.overrides or args.phases or args.config):
+        raise ConfigError(
+            [
+                "--pipeline-file submits that YAML as compiled; drop the overrides and --config, "
+                "or leave out --pipeline-file to compile with them"
+            ],
+            "command line",
         )
+    cfg = None if args.pipeline_file else _resolve_config(args)[0]
+    options = SubmitOptions(
+        pipeline_file=args.pipeline_file,
+        params=args.param or [],
+        host=args.host,
+        namespace=args.namespace,
+        experiment=args.experiment,
+        run_name=args.run_name,
+        pipeline_root=args.pipeline_root,
+        service_account=args.service_account,
+        no_cache=args.no_cache,
+        token_env=args.token_env,
+        in_cluster=args.in_cluster,
+        dry_run=args.dry_run,
+    )
+    with tempfile.TemporaryDirectory(prefix="streetvision-submit-") as tmp:
+        sub = prepare_submission(cfg, options, Path(tmp))
         if args.dry_run:
             print(json.dumps(sub.describe(), indent=2))
             print("(dry run: nothing was sent)")
             return 0
-        from kfp_server_api.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
-        try:
-            run_id = submit(sub)
-        except ApiException as exc:
-            raise ClusterError(
-                f"the server refused the request: {exc}",
-                sub.host,
-                "check --namespace and the token (or rerun with --dry-run to see the request)",
-            ) from exc
-        except (HTTPError, OSError) as exc:
-            raise ServerUnreachableError(
-                f"the server could not be reached: {exc}",
-                sub.host,
-                "check --host and the network path to it (or rerun with --dry-run to see the request)",
-            ) from exc
+        run_id = send_submission(sub)
     print(f"run {run_id} ({sub.run_name}) created in experiment '{sub.experiment}', namespace '{sub.namespace}'")
     print(f"  {sub.host.rstrip('/')}/#/runs/details/{run_id}")
     return 0
@@ -587,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_phases_as_one_value(sys.argv[1:] if argv is None else list(argv)))
     try:
         return args.func(args)
     except (StreetVisionError, FileNotFoundError) as exc:
