@@ -107,13 +107,36 @@ def _blob(uri: str):
 
 
 def read_bytes(uri: str | Path) -> bytes:
+    """The whole file.
+
+    Args:
+        uri: a local path or ``gs://bucket/key``.
+
+    Returns:
+        Its bytes.
+
+    Raises:
+        FileNotFoundError: no local file at `uri`.
+        google.api_core.exceptions.NotFound: no such GCS object (after retries of transient errors).
+    """
     if is_gcs(uri):
         return _blob(str(uri)).download_as_bytes(retry=retry_policy())
     return Path(uri).read_bytes()
 
 
 def open_read(uri: str | Path) -> BinaryIO:
-    """A seekable binary file object. GCS objects are read in ranged chunks, not downloaded whole."""
+    """A seekable binary file object. GCS objects are read in ranged chunks, not downloaded whole.
+
+    Args:
+        uri: a local path or ``gs://bucket/key``.
+
+    Returns:
+        An open binary file object; close it (or use it in a ``with``).
+
+    Raises:
+        FileNotFoundError: no local file at `uri`.
+        google.api_core.exceptions.NotFound: no such GCS object.
+    """
     if is_gcs(uri):
         blob = _blob(str(uri))
         blob.reload(retry=retry_policy())  # the size is needed for seeking from the end (parquet footers)
@@ -131,6 +154,7 @@ def size(uri: str | Path) -> int:
 
 
 def exists(uri: str | Path) -> bool:
+    """Whether a local path (file or folder) or a GCS object exists."""
     if is_gcs(uri):
         return _blob(str(uri)).exists(retry=retry_policy())
     return Path(uri).exists()
@@ -146,7 +170,12 @@ def is_dir(uri: str | Path) -> bool:
 def list_files(prefix: str | Path, suffixes: Iterable[str] | None = None) -> Iterator[str]:
     """Files under a folder or GCS prefix, recursively, in lexicographic order, fetched page by page.
 
-    `suffixes` (e.g. ('.jpg', '.png')) filters by lower-cased name ending.
+    Args:
+        prefix: a local folder, or a GCS prefix (end it with "/" to exclude ``gs://b/data2`` from ``gs://b/data``).
+        suffixes: if given (e.g. ('.jpg', '.png')), only names ending in one of them, compared lower-cased.
+
+    Returns:
+        A lazy iterator of paths or ``gs://`` URIs; a missing local folder yields nothing.
     """
     wanted = tuple(s.lower() for s in suffixes) if suffixes else None
     if is_gcs(prefix):
@@ -237,11 +266,20 @@ def _fsync_path(path: str | Path) -> None:
 def atomic_write(uri: str | Path, write: Callable[[Path], object], size_hint: int | None = None) -> None:
     """Replace `uri` whole: readers (and a restarted, preempted task) see the old file or the complete new one.
 
-    `write(path)` fills a temp file (e.g. ``lambda tmp: torch.save(state, tmp)``). Locally it lives beside
-    the target under a unique name (concurrent writers never share one), is fsynced, renamed over the target,
-    and the folder is fsynced so the rename survives a crash. A GCS object is uploaded from the temp file;
-    it appears only once the upload has finished. A full disk raises `NoSpaceError` (an OSError, ENOSPC)
-    naming the target and, with `size_hint` (the file's final size) or from numpy's report, the bytes needed.
+    Locally the temp file lives beside the target under a unique name (concurrent writers never share one), is
+    fsynced, renamed over the target, and the folder is fsynced so the rename survives a crash. A GCS object is
+    uploaded from the temp file; it appears only once the upload has finished.
+
+    Args:
+        uri: the target, a local path (its folder is created) or ``gs://bucket/key``.
+        write: fills the temp file at the path it is given, e.g. ``lambda tmp: torch.save(state, tmp)``.
+        size_hint: the file's final size in bytes, if known: named in a full-disk error.
+
+    Raises:
+        NoSpaceError: the disk is full (an OSError, ENOSPC), naming the target and, with `size_hint` or from
+            numpy's report, the bytes needed.
+        OSError: anything else `write` or the file system raises. The target is then unchanged and the temp
+            file removed.
     """
     if is_gcs(uri):
         with tempfile.TemporaryDirectory(prefix="streetvision-upload-") as scratch:
@@ -278,6 +316,7 @@ def write_bytes(uri: str | Path, data: bytes) -> None:
 
 
 def write_text(uri: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) all or nothing (see `atomic_write`)."""
     write_bytes(uri, text.encode())
 
 

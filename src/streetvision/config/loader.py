@@ -261,6 +261,17 @@ def load_config(overrides: list[str] | None = None, config_file: str | Path | No
     3. the presets picked on the command line (``training=cpu``; each replaces the file's pick for its group),
     4. the ``--config`` file's own keys,
     5. dotted overrides (``training.epochs=1``).
+
+    Args:
+        overrides: ``key=value`` and ``group=preset`` strings, as on the command line.
+        config_file: a YAML file merged over the defaults, before the overrides.
+
+    Returns:
+        The validated config; ``load_config()`` equals ``Config()``.
+
+    Raises:
+        ConfigError: every problem found (unknown keys with a did-you-mean, wrong types, broken cross-field
+            rules, a missing file), each with its dotted key.
     """
     tree, _, problems = _compose(overrides, config_file)
     return config_from_dict(tree, "config and overrides", problems)
@@ -272,10 +283,20 @@ def selected_presets(overrides: list[str] | None = None, config_file: str | Path
 
 
 def validate_file(path: str | Path, overrides: list[str] | None = None) -> str:
-    """Check one YAML file as it is used and say, in one line, what it resolved to; raise ConfigError if not.
+    """Check one YAML file as it is used and say, in one line, what it resolved to.
 
     A preset of this package (``defaults/<group>/<name>.yaml``) is checked as ``group=name`` picks it, over the
     defaults; any other file as a ``--config`` file.
+
+    Args:
+        path: the YAML file.
+        overrides: more ``key=value`` overrides applied over it.
+
+    Returns:
+        One ``OK: ...`` line naming the presets it resolved to.
+
+    Raises:
+        ConfigError: every problem in the file (or a missing file).
     """
     path, overrides = Path(path), list(overrides or [])
     group, name = path.parent.name, path.stem
@@ -302,7 +323,11 @@ def config_to_json(cfg: Config) -> str:
 
 
 def config_from_json(text: str) -> Config:
-    """Parse the config a pipeline task receives (validated again: a hand-edited run can't skip checks)."""
+    """Parse the config a pipeline task receives (validated again: a hand-edited run can't skip checks).
+
+    Raises:
+        ConfigError: the text is not JSON, or not a valid config (every problem listed).
+    """
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -311,4 +336,5 @@ def config_from_json(text: str) -> Config:
 
 
 def config_from_yaml_file(path: str | Path) -> Config:
+    """A whole config saved as YAML (a run folder's config.yaml), validated; ConfigError lists its problems."""
     return config_from_dict(_read_yaml(Path(path).read_text(), str(path)), str(path))
