@@ -126,7 +126,21 @@ def bless(point: dict, intervals: dict, rules: BlessingConfig) -> dict:
 
 
 def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
-    """The evaluation, its scalars, confusion matrix and ROC, the report page and the blessing verdict."""
+    """The evaluation, its scalars, confusion matrix and ROC, the report page and the blessing verdict.
+
+    Args:
+        cfg: the run's config (``evaluation``, its blessing rule included).
+        paths: inputs ``bundle`` and ``val_test`` (read once, here only); output ``evaluation``.
+
+    Returns:
+        The evaluation's metadata, scalar metrics, ClassificationMetrics curves, the HTML report and the
+        ``blessed`` output parameter.
+
+    Raises:
+        LeakageViolationError: an input comes from a split (or lineage) this phase's role may not read.
+        IntegrityError: an input is incomplete (no completion record) or altered since it was written.
+        BundleError: the bundle's files do not match their recorded sha256.
+    """
     started = time.time()
     bundle_dir, val_test_dir = paths.input("bundle"), paths.input("val_test")
     evaluation_dir = paths.output("evaluation")

@@ -293,7 +293,19 @@ def _dedupe(placed: list[Placed], quarantined: dict[int, QuarantineReason], cfg:
 
 
 def run_ingest(cfg: Config, paths: PhasePaths) -> PhaseResult:
-    """Write the four split artifacts and the data report; the result carries the report's HTML page."""
+    """Write the four split artifacts and the data report; the result carries the report's HTML page.
+
+    Args:
+        cfg: the run's config (``data``: sources, dedupe, split; ``model.img_size``: the shard resolution).
+        paths: outputs ``train``, ``val_select``, ``val_calib``, ``val_test`` and ``data_report``.
+
+    Returns:
+        Each output's metadata (split, count, fingerprint of its sample ids) and the data report page.
+
+    Raises:
+        DataError: no records, a whole source unusable (missing manifest, wrong parquet columns, an unrendered
+            demo source), more than ``data.max_quarantine_fraction`` quarantined, or an empty split.
+    """
     started = time.time()
     out_dirs = {split: prepare_output_dir(paths.output(split.value)) for split in Split}
     report_dir = prepare_output_dir(paths.output("data_report"))

@@ -89,7 +89,22 @@ def run_phase1(cfg: Config, paths: PhasePaths) -> PhaseResult:
 
     With the optional `backbone` input (phase 4's adapted backbone, the `phase1_train_adapted` variant) the
     model starts from it, and the outputs' lineage records the backbone's own reads. Training state is kept
-    under `training.resume_dir` or, on a cluster, the run's checkpoint location, so a retried task resumes."""
+    under `training.resume_dir` or, on a cluster, the run's checkpoint location, so a retried task resumes.
+
+    Args:
+        cfg: the run's config (``model``, ``training``).
+        paths: inputs ``train``, ``val_select``, ``val_calib`` (and optionally ``backbone``); outputs
+            ``checkpoint``, ``val_select_logits``, ``val_calib_logits``.
+
+    Returns:
+        The outputs' metadata, the training scalars and the training curves page.
+
+    Raises:
+        LeakageViolationError: an input comes from a split (or lineage) this phase's role may not read.
+        IntegrityError: an input is incomplete (no completion record) or altered since it was written.
+        ConfigError: the device or process count asked for is not available.
+        TrainingDivergedError: the loss became NaN or infinite.
+    """
     train_dir, val_select_dir, val_calib_dir = (paths.input(n) for n in ("train", "val_select", "val_calib"))
     out_dirs = {name: paths.output(name) for name in OUTPUT_NAMES}
     inputs = _load_inputs(train_dir, val_select_dir, val_calib_dir)  # checks roles and completeness first

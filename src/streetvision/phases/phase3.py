@@ -184,8 +184,24 @@ def resume_key(cfg: Config, weights_sha256: str, inputs: dict[str, SplitData]) -
 
 
 def run_phase3(cfg: Config, paths: PhasePaths) -> PhaseResult:
-    """The tuning runs in the training engine: with training.resume_dir set (on a cluster: the run's checkpoint
-    location), its state is saved there and a retried task resumes it."""
+    """Gatekeeper-tune phase 1's model, then fit its threshold policy as phase 2 does.
+
+    The tuning runs in the training engine: with training.resume_dir set (on a cluster: the run's checkpoint
+    location), its state is saved there and a retried task resumes it.
+
+    Args:
+        cfg: the run's config (``gate``, ``training``, ``calibration``).
+        paths: inputs ``checkpoint``, ``train``, ``val_select``, ``val_calib``; outputs ``gate_checkpoint`` and
+            ``policy``.
+
+    Returns:
+        The outputs' metadata, the tuning and policy scalars and the tuning curves page.
+
+    Raises:
+        LeakageViolationError: an input comes from a split (or lineage) this phase's role may not read.
+        IntegrityError: an input is incomplete (no completion record) or altered since it was written.
+        TrainingDivergedError: the loss became NaN or infinite.
+    """
     started = time.time()
     checkpoint_dir, train_dir = paths.input("checkpoint"), paths.input("train")
     val_select_dir, val_calib_dir = paths.input("val_select"), paths.input("val_calib")

@@ -132,7 +132,21 @@ def _curves_html(history: list[dict], probes: dict, adapter: dict) -> str:
 
 def run_phase4(cfg: Config, paths: PhasePaths) -> PhaseResult:
     """Adapt the backbone; the result carries the SSL scalars (for KFP Metrics) and the curves page. Training
-    state is kept under `training.resume_dir` or, on a cluster, the run's checkpoint location for phase 4."""
+    state is kept under `training.resume_dir` or, on a cluster, the run's checkpoint location for phase 4.
+
+    Args:
+        cfg: the run's config (``explora``, ``model``).
+        paths: inputs ``train`` and ``val_select`` (the linear probe's score only); output ``backbone``.
+
+    Returns:
+        The backbone's metadata, the SSL and probe scalars and the curves page.
+
+    Raises:
+        LeakageViolationError: an input comes from a split (or lineage) this phase's role may not read.
+        IntegrityError: an input is incomplete (no completion record) or altered since it was written.
+        ConfigError: an ExPLoRA setting that does not fit the model (blocks, target modules, crop size).
+        TrainingDivergedError: the self-supervised loss became NaN or infinite (SSLDivergedError).
+    """
     started = time.time()
     train_dir, val_select_dir = paths.input("train"), paths.input("val_select")
     backbone_dir = paths.output("backbone")

@@ -20,6 +20,19 @@ PHASE = "phase5"
 
 
 def run_phase5(cfg: Config, paths: PhasePaths) -> PhaseResult:
+    """Fit the SCRC policy (selection, then conformal risk control of prediction sets) on VAL_CALIB logits only.
+
+    Args:
+        cfg: the run's config (``calibration``).
+        paths: input ``val_calib_logits``; output ``policy``.
+
+    Returns:
+        The policy's metadata and its scalars.
+
+    Raises:
+        LeakageViolationError: an input comes from a split (or lineage) this phase's role may not read.
+        IntegrityError: an input is incomplete (no completion record) or altered since it was written.
+    """
     val_calib_logits_dir, policy_dir = paths.input("val_calib_logits"), paths.output("policy")
     role, split = PHASE_READS[PHASE]["val_calib_logits"]
     data = load_logits(val_calib_logits_dir, split=split, role=role, phase=PHASE, input_name="val_calib_logits")

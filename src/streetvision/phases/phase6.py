@@ -73,6 +73,22 @@ def _drift_reference(cfg: Config, checkpoint_dir: Path, calibrator: dict, data: 
 
 
 def run_phase6(cfg: Config, paths: PhasePaths) -> PhaseResult:
+    """Export the deployment bundle: weights, calibrator, exactly one policy, the VAL_CALIB drift reference,
+    and the sha256 of every file.
+
+    Args:
+        cfg: the run's config (``evaluation``: what the bundle records for deployment).
+        paths: inputs ``checkpoint``, ``policy`` and ``val_calib``; output ``bundle``.
+
+    Returns:
+        The bundle's metadata (its lineage joins the checkpoint's and the policy's).
+
+    Raises:
+        LeakageViolationError: an input comes from a split (or lineage) this phase's role may not read.
+        IntegrityError: an input is incomplete (no completion record) or altered since it was written.
+        PolicyError: the policy file is malformed.
+        BundleError: the policy or calibrator was not fitted on this checkpoint's logits.
+    """
     checkpoint_dir, policy_dir, val_calib_dir = (
         paths.input("checkpoint"),
         paths.input("policy"),
