@@ -30,6 +30,7 @@ from streetvision.phases.phase3 import run_phase3
 from streetvision.phases.phase5 import run_phase5
 from streetvision.phases.phase6 import run_phase6
 from streetvision.phases.result import PhasePaths
+from streetvision.signing import with_own_signing_key
 
 
 def main() -> None:
@@ -39,6 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="sv-policies-"))
     cfg = with_demo_data(load_config(args.overrides), root / "demo-cache")  # as `streetvision run` renders it
+    cfg = with_own_signing_key(cfg, root / "signing")  # phase 6 signs, evaluate verifies
     dirs = {s: root / s.value for s in Split}
     ckpt, sel, cal = root / "checkpoint", root / "val_select_logits", root / "val_calib_logits"
     splits = {s.value: d for s, d in dirs.items()}

@@ -6,7 +6,7 @@ mis-wired split fails here, when the pipeline is defined.
 """
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from kfp import compiler, dsl, kubernetes
 from streetvision_components.phases import PHASE_FUNCTIONS, PHASE_VARIANTS
@@ -79,6 +79,7 @@ def configure_task(
             task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=cfg.cluster.shm_size
         )
     configure_storage(task, phase, cfg, retry)
+    configure_signing(task, phase, cfg)
     return task
 
 
@@ -104,6 +105,23 @@ def configure_storage(
             task, secret_name=cfg.cluster.gcp_credentials_secret, mount_path=GCP_CREDENTIALS_DIR
         )
         task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCP_CREDENTIALS_DIR}/key.json")
+    return task
+
+
+def configure_signing(task: dsl.PipelineTask, phase: str, cfg: Config) -> dsl.PipelineTask:
+    """The phase that writes the bundle gets the signing key (signing.key_secret, read-only, at the folder of
+    signing.private_key); it and every phase that reads a bundle get the trusted public key or certificate chain
+    (signing.trust_config_map, at the folder of signing.public_key). Only the names are in the YAML."""
+    spec = PHASE_SPECS[phase]
+    signs = any(output.kind == "bundle" for output in spec.outputs.values())
+    verifies = signs or "bundle" in spec.inputs
+    signing = cfg.signing
+    if signing.key_secret and signs:
+        mount = PurePosixPath(signing.private_key or signing.signing_certificate).parent
+        kubernetes.use_secret_as_volume(task, secret_name=signing.key_secret, mount_path=str(mount))
+    if signing.trust_config_map and verifies:
+        mount = PurePosixPath(signing.public_key or signing.certificate_chain[0]).parent
+        kubernetes.use_config_map_as_volume(task, config_map_name=signing.trust_config_map, mount_path=str(mount))
     return task
 
 

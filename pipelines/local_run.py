@@ -7,6 +7,7 @@ Layout of a run folder (under --output-dir):
   run.log       the complete log of every task (the console shows the readable part)
   run.lock      held (fcntl.flock) while a run or resume works in the folder: a second one is refused
   kfp/          the KFP pipeline root: task outputs and the local cache (.kfp_cache) that makes resume work
+  kfp/signing/  the run's own signing key pair, when the config names no key
   damaged/      outputs of an earlier attempt that failed verification on resume, moved aside (kept, not deleted)
 
 A resume first verifies every output the local cache would reuse (completion record, file list, every
@@ -49,6 +50,7 @@ from streetvision.contracts.metadata import SCHEMA, verify_artifact
 from streetvision.phase_graph import resolve_phases
 from streetvision.phases.ingest import remove_stale_staging
 from streetvision.run_summary import PIPELINE_ROOT, RUN_CONFIG, RUN_RECORD, RunSummary, summarize_run
+from streetvision.signing import public_key_fingerprint, with_own_signing_key
 
 RUN_LOG = "run.log"
 RUN_LOCK = "run.lock"
@@ -211,8 +213,14 @@ def new_run_dir(output_dir: str | Path) -> Path:
     return run_dir
 
 
-def prepare_run(cfg: Config | None, output_dir: str | Path, resume: str | Path | None) -> tuple[Path, Config]:
-    """A fresh run folder with the config saved in it, or an existing one (resume) with its saved config."""
+SIGNING_DIR = "signing"  # under the pipeline root, which every runner shares with its tasks
+
+
+def prepare_run(
+    cfg: Config | None, output_dir: str | Path, resume: str | Path | None, group_readable_key: bool = False
+) -> tuple[Path, Config]:
+    """A fresh run folder with the config saved in it, or an existing one (resume) with its saved config.
+    A fresh run whose config names no signing key gets a key pair of its own, in <run>/kfp/signing."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / RUN_CONFIG).is_file():
@@ -226,6 +234,9 @@ def prepare_run(cfg: Config | None, output_dir: str | Path, resume: str | Path |
     if cfg is None:
         raise ValueError("a new run needs a config (cfg=None only with resume)")
     run_dir = new_run_dir(output_dir)
+    # The key lives under the pipeline root, the one folder docker-run tasks see; `group_readable_key` lets them
+    # read it (they run as another user, with this user's group added: make_runner).
+    cfg = with_own_signing_key(cfg, run_dir / PIPELINE_ROOT / SIGNING_DIR, group_readable_key)
     storage.write_text(run_dir / RUN_CONFIG, config_to_yaml(cfg))
     return run_dir, cfg
 
@@ -243,7 +254,8 @@ def make_runner(runner: str, pipeline_root: Path):
         # the runner mounts into each container at the same path.
         pipeline_root.mkdir(parents=True, exist_ok=True)
         pipeline_root.chmod(0o777)
-        return local.DockerRunner(network_mode="none")
+        # The same goes for the run's signing key, readable by this user's group (prepare_run).
+        return local.DockerRunner(network_mode="none", group_add=[str(os.getgid())])
     raise ValueError(f"unknown runner {runner!r}; choose one of {RUNNERS}")
 
 
@@ -283,6 +295,14 @@ def with_rendered_demo(cfg: Config, run_dir: Path, pipeline_root: Path) -> Confi
             "data.source",
         ) from None
     return with_demo_data(cfg, DEMO_CACHE, pipeline_root / DEMO_DATA)
+
+
+def signing_summary(cfg: Config) -> dict:
+    """How the run signs its bundle, and the key to verify it with (and its fingerprint, to pin it)."""
+    summary: dict = {"method": cfg.signing.method}
+    if cfg.signing.public_key and Path(cfg.signing.public_key).is_file():
+        summary.update(public_key=cfg.signing.public_key, fingerprint=public_key_fingerprint(cfg.signing.public_key))
+    return summary
 
 
 def run_local(cfg: Config, run_dir: Path, runner: str = "subprocess", retries: int = 0) -> LocalRun:
@@ -362,6 +382,7 @@ def _run_locked(cfg: Config, run_dir: Path, runner: str, retries: int) -> LocalR
         "bundle": str(summary.bundle) if summary.bundle else None,
         "report": str(summary.report) if summary.report else None,
         "evaluation": summary.evaluation,
+        "signing": signing_summary(cfg),
     }
     write_run_record(run_dir, record)
     return LocalRun(run_dir, succeeded, error, seconds, summary)

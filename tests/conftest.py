@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from streetvision.config import load_config
+from streetvision.config.schema import SigningConfig
 from streetvision.contracts import Split
 from streetvision.phases.result import PhasePaths
+from streetvision.signing import generate_key_pair
 
 # Keep CPU tests predictable on 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -19,6 +24,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 DEMO_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1] / "demo")
 sys.path.insert(0, DEMO_PACKAGE_ROOT)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (DEMO_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
+
+# One EC key pair for the session: phase 6 signs with it, tests verify with TRUST (or --public-key PUBLIC_KEY).
+_KEYS = Path(tempfile.mkdtemp(prefix="streetvision-test-keys-"))
+atexit.register(shutil.rmtree, _KEYS, True)
+PRIVATE_KEY, PUBLIC_KEY = generate_key_pair(_KEYS)
+TRUST = SigningConfig(method="key", public_key=str(PUBLIC_KEY))
 
 TINY = [
     "data.demo.num_sequences=80",
@@ -35,6 +46,8 @@ TINY = [
     "calibration.target_risk=0.5",
     "evaluation.bootstrap_resamples=200",
     "evaluation.challenge_levels=[0, 3]",
+    f"signing.private_key={PRIVATE_KEY}",
+    f"signing.public_key={PUBLIC_KEY}",
 ]
 
 
@@ -127,3 +140,20 @@ def build_bundle(cfg, dirs, out, root: Path, policy_phase: str = "phase2") -> Pa
     )
     run_phase6(cfg, bundle)
     return root / "bundle"
+
+
+def png_rgb16(width: int = 48, height: int = 40, seed: int = 0) -> bytes:
+    """A 16-bit-per-sample RGB PNG (PIL writes no such file; the format is simple enough to write here)."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 65536, (height, width, 3)).astype(">u2")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels)  # filter type 0 per row
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # bit depth 16, colour type 2 (RGB)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY, phase1_paths, phase3_paths, reseal_record
+from conftest import TINY, TRUST, phase1_paths, phase3_paths, reseal_record
 
 from streetvision.config import load_config
 from streetvision.contracts import Role, Split
@@ -45,7 +45,7 @@ def policies(trained, tmp_path_factory):
 @pytest.mark.parametrize("kind", ["threshold", "scrc", "gate"])
 def test_each_policy_kind_makes_a_loadable_bundle(policies, kind):
     cfg, dirs, _, root = policies
-    bundle = Bundle.load(root / f"bundle_{kind}")
+    bundle = Bundle.load(root / f"bundle_{kind}", TRUST)
     assert bundle.policy["kind"] == kind
     manifest = json.loads((root / f"bundle_{kind}" / "manifest.json").read_text())
     assert manifest["policy_kind"] == kind and manifest["guarantee"] == bundle.policy["guarantee"]
@@ -99,7 +99,7 @@ def test_swapped_weights_in_a_bundle_fail_loading(policies, tmp_path):
     manifest["files"]["model.safetensors"] = sha256_file(bundle / "model.safetensors")
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="policy was fitted on logits of weights"):
-        Bundle.load(bundle)
+        Bundle.load(bundle, TRUST)
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ def test_tampered_bundle_fails_with_a_clear_error(policies, tmp_path, damage):
         (bundle / "policy.json").unlink()
         expected = "missing files"
     with pytest.raises(BundleError, match=expected):
-        Bundle.load(bundle)
+        Bundle.load(bundle, TRUST)
 
 
 def test_policy_validator_per_kind(policies):
@@ -285,9 +285,157 @@ def test_phase3_tunes_a_multiview_checkpoint_and_its_bundle_scores_all_views(ing
     run_phase6(cfg, _export(dirs, tmp_path / "gate_checkpoint", tmp_path / "gate", tmp_path / "bundle"))
     calib = load_split(dirs[Split.VAL_CALIB], split=Split.VAL_CALIB, role=Role.PREDICTION, phase="test", input_name="x")
     images = np.asarray(calib.images[:6])
-    preds = Bundle.load(tmp_path / "bundle").predict(images)
+    preds = Bundle.load(tmp_path / "bundle", TRUST).predict(images)
     prep = json.loads((tmp_path / "gate_checkpoint" / "preprocessing.json").read_text())
     multi = predict_logits(tuned, images, prep["mean"], prep["std"])
     single = predict_logits(tuned.model, images, prep["mean"], prep["std"])
     np.testing.assert_allclose(preds.logits, multi, atol=1e-5)
     assert not np.allclose(multi, single, atol=1e-5)  # the views are really scored
+
+
+def _rehash(bundle):
+    """What a consistent forger does after editing files: fix manifest.json's hashes to match."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"] = {name: sha256_file(bundle / name) for name in manifest["files"]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "extra", ["notes.txt", "model_v2.safetensors", "inference_hook.py", "hooks/__init__.py", ".gitignore"]
+)
+def test_a_file_beside_the_manifests_files_is_refused_by_name(policies, tmp_path, extra):
+    _, _, _, root = policies
+    bundle = tmp_path / "b"
+    shutil.copytree(root / "bundle_threshold", bundle)
+    (bundle / extra).parent.mkdir(exist_ok=True)
+    (bundle / extra).write_text("import os  # would run if a loader picked it up")
+    with pytest.raises(BundleError, match=f"unexpected files .*{extra}.*a bundle holds exactly"):
+        Bundle.load(bundle, TRUST)
+    # Listing it in the manifest too does not make it part of the bundle.
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][extra] = sha256_file(bundle / extra)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="unexpected files"):
+        Bundle.load(bundle, TRUST)
+
+
+@pytest.mark.parametrize("name", ["drift_reference.npz", "versions.json", "bundle.sig"])
+def test_a_missing_file_is_refused_by_name(policies, tmp_path, name):
+    _, _, _, root = policies
+    bundle = tmp_path / "b"
+    shutil.copytree(root / "bundle_threshold", bundle)
+    (bundle / name).unlink()
+    with pytest.raises(BundleError, match="missing files .*drift_reference|missing files .*versions|unsigned"):
+        Bundle.load(bundle, TRUST)
+
+
+def _forge_threshold(bundle):
+    policy = json.loads((bundle / "policy.json").read_text())
+    policy["threshold"], policy["feasible"] = 0.5, True  # accept far more than the fitted policy would
+    (bundle / "policy.json").write_text(json.dumps(policy))
+
+
+def _forge_mean(bundle):
+    preprocessing = json.loads((bundle / "preprocessing.json").read_text())
+    preprocessing["mean"] = [m + 0.1 for m in preprocessing["mean"]]
+    (bundle / "preprocessing.json").write_text(json.dumps(preprocessing))
+
+
+@pytest.mark.parametrize("forge", [_forge_threshold, _forge_mean], ids=["policy_threshold", "preprocessing_mean"])
+def test_a_consistent_forgery_passes_the_hashes_but_not_the_signature(policies, tmp_path, forge):
+    from streetvision.contracts.validators import validate_bundle
+
+    _, _, _, root = policies
+    bundle = tmp_path / "b"
+    shutil.copytree(root / "bundle_threshold", bundle)
+    forge(bundle)
+    _rehash(bundle)
+    validate_bundle(bundle)  # every hash in manifest.json matches: only the signature can tell
+    with pytest.raises(
+        BundleError, match="signature check failed .*changed since signing: .*(policy|preprocessing).json"
+    ):
+        Bundle.load(bundle, TRUST)
+
+
+def test_the_offline_key_flow_end_to_end(trained, tmp_path, capsys):
+    """A P-384 key made here with `cryptography`: phase 6 signs with it, predict verifies with its public key and
+    refuses the bundle under any other key, without one, and once forged."""
+    from conftest import PUBLIC_KEY, build_bundle
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from PIL import Image
+
+    from streetvision.cli import main
+
+    cfg, dirs, out = trained
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = tmp_path / "signer.pem", tmp_path / "signer.pub.pem"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    signing = cfg.signing.model_copy(update={"private_key": str(private), "public_key": str(public)})
+    bundle = build_bundle(cfg.model_copy(update={"signing": signing}), dirs, out, tmp_path)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(image)
+    capsys.readouterr()
+
+    assert main(["predict", str(bundle), "--public-key", str(public), str(image)]) == 0
+    assert json.loads(capsys.readouterr().out)["decision"] in ("accept", "defer")
+    assert main(["predict", str(bundle), "--public-key", str(PUBLIC_KEY), str(image)]) == 6  # another signer
+    assert "Key mismatch" in capsys.readouterr().err
+    assert main(["predict", str(bundle), str(image)]) == 2
+    assert "no identity to verify" in capsys.readouterr().err
+    _forge_threshold(bundle)
+    _rehash(bundle)
+    assert main(["predict", str(bundle), "--public-key", str(public), str(image)]) == 6
+    err = capsys.readouterr().err
+    assert "signature check failed" in err and "policy.json" in err and "fix:" in err
+
+
+def test_an_unsigned_bundle_needs_allow_unsigned(trained, tmp_path, capsys):
+    from conftest import PUBLIC_KEY, build_bundle
+
+    from streetvision.cli import build_parser, main
+
+    cfg, dirs, out = trained
+    unsigned = cfg.model_copy(update={"signing": cfg.signing.model_copy(update={"method": "none"})})
+    bundle = build_bundle(unsigned, dirs, out, tmp_path)
+    assert not (bundle / "bundle.sig").exists()
+    with pytest.raises(BundleError, match="the bundle is unsigned"):
+        Bundle.load(bundle, TRUST)
+    with pytest.raises(BundleError, match="--allow-unsigned"):
+        Bundle.load(bundle)
+    assert Bundle.load(bundle, TRUST, allow_unsigned=True).policy["kind"] == "threshold"
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(image)
+    capsys.readouterr()
+    assert main(["predict", str(bundle), "--public-key", str(PUBLIC_KEY), str(image)]) == 6
+    assert "unsigned" in capsys.readouterr().err
+    assert main(["predict", str(bundle), "--allow-unsigned", str(image)]) == 0
+    # The flag says what it skips.
+    predict_help = build_parser()._subparsers._group_actions[0].choices["predict"].format_help()
+    assert "--allow-unsigned" in predict_help and "forgery" in predict_help
+
+
+def test_a_local_run_without_a_key_gets_its_own(tmp_path, tiny_cfg):
+    import os
+    import stat
+
+    from streetvision_pipelines.local_run import prepare_run, signing_summary
+
+    from streetvision.config import config_from_yaml_file
+
+    no_key = tiny_cfg.model_copy(update={"signing": tiny_cfg.signing.model_copy(update={"private_key": ""})})
+    run_dir, cfg = prepare_run(no_key, tmp_path, None)
+    private, public = cfg.signing.private_key, cfg.signing.public_key
+    assert private.startswith(str(run_dir.resolve() / "kfp" / "signing")) and os.path.isfile(public)
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o600  # owner only
+    assert config_from_yaml_file(run_dir / "config.yaml").signing == cfg.signing  # a resume signs with it too
+    assert signing_summary(cfg)["fingerprint"].startswith("sha256:")
+    # A configured key is used as given.
+    assert prepare_run(tiny_cfg, tmp_path, None)[1].signing == tiny_cfg.signing

@@ -55,7 +55,7 @@ def test_a_config_file_may_list_presets_as_hydra_does(tmp_path):
     "defaults, message",
     [
         ("{training: gpux}", "defaults: unknown training preset 'gpux'; available: ['cpu', 'gpu']"),
-        ("{data: big}", "defaults: 'data' has no presets; groups with presets: ['model', 'training']"),
+        ("{data: big}", "defaults: 'data' has no presets; groups with presets: ['model', 'signing', 'training']"),
         ("gpu", "defaults: expected a mapping like {training: gpu}"),
         ("[_self_, {training: gpu}]", "with _self_ only last"),
     ],
@@ -77,7 +77,7 @@ def test_the_cluster_overlays_get_the_gpu_recipe(overlay, capsys):
     assert training.device == "auto"  # GPU tasks find their GPU; tasks without GPUs run on CPU
     assert main(["config", "--config", overlay]) == 0  # what `streetvision config --config OVERLAY` shows
     shown = capsys.readouterr().out
-    assert shown.startswith("# presets: model=demo_tiny, training=gpu\n")
+    assert shown.startswith("# presets: model=demo_tiny, training=gpu, signing=cluster\n")
     assert yaml.safe_load(shown)["training"] == training.model_dump()
 
 

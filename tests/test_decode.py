@@ -2,6 +2,7 @@ import io
 
 import numpy as np
 import pytest
+from conftest import png_rgb16
 from PIL import Image
 
 from streetvision.data.decode import QuarantineReason, decode_image
@@ -90,3 +91,12 @@ def test_perceptual_hash_is_close_for_near_duplicates_and_far_for_different_scen
     assert distance(a, b) <= 4 < 16 < distance(a, c)
     assert a.pixel_hash != b.pixel_hash and not a.flat
     assert decode_image(_encode(Image.new("RGB", (64, 64), (9, 9, 9))), 32, 16).flat
+
+
+def test_sixteen_bit_images_are_quarantined_not_truncated():
+    """PIL opens a 16-bit RGB PNG as plain RGB (the low byte of every sample dropped): refused, as 16-bit grey is."""
+    assert Image.open(io.BytesIO(png_rgb16())).mode == "RGB"  # why a mode check alone lets it through
+    with pytest.raises(QuarantineReason, match="16 bits per sample"):
+        decode_image(png_rgb16(), 32, 16)
+    assert _code(_encode(Image.fromarray(np.zeros((40, 40), np.uint16)), "PNG")) == "unsupported_mode"
+    assert decode_image(_encode(Image.new("RGB", (40, 40)), "PNG"), 32, 16).pixels.shape == (32, 32, 3)  # 8-bit

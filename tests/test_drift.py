@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import timm
-from conftest import build_bundle
+from conftest import PUBLIC_KEY, build_bundle
 
 from streetvision.contracts.errors import DataError
 from streetvision.drift import (
@@ -94,8 +94,68 @@ def test_drift_command_on_a_real_bundle(trained, tmp_path, capsys):
         for i, image in enumerate(np.asarray(calib.images)):
             Image.fromarray(transform(image)).save(tmp_path / name / f"{i}.png")
     capsys.readouterr()  # drop the phases' log lines
-    assert main(["drift", str(tmp_path / "bundle"), str(tmp_path / "same"), "--json", "--permutations", "200"]) == 0
+    assert (
+        main(
+            [
+                "drift",
+                str(tmp_path / "bundle"),
+                str(tmp_path / "same"),
+                "--json",
+                "--permutations",
+                "200",
+                "--public-key",
+                str(PUBLIC_KEY),
+            ]
+        )
+        == 0
+    )
     same = json.loads(capsys.readouterr().out)
     assert not same["drifted"] and same["ks_pvalue"] > 0.5 and same["n_new"] == same["n_reference"]
-    assert main(["drift", str(tmp_path / "bundle"), str(tmp_path / "inverted"), "--permutations", "200"]) == 3
+    assert (
+        main(
+            [
+                "drift",
+                str(tmp_path / "bundle"),
+                str(tmp_path / "inverted"),
+                "--permutations",
+                "200",
+                "--public-key",
+                str(PUBLIC_KEY),
+            ]
+        )
+        == 3
+    )
     assert "DRIFT" in capsys.readouterr().out
+
+
+def test_drift_names_a_bad_file_and_carries_on(trained, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from streetvision.cli import main
+    from streetvision.contracts import Role, Split
+    from streetvision.data.shards import load_split
+
+    cfg, dirs, out = trained
+    bundle = build_bundle(cfg, dirs, out, tmp_path)
+    calib = load_split(dirs[Split.VAL_CALIB], split=Split.VAL_CALIB, role=Role.PREDICTION, phase="t", input_name="x")
+    folder = tmp_path / "new"
+    folder.mkdir()
+    images = np.asarray(calib.images)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    args = ["drift", str(bundle), str(folder), "--permutations", "50", "--public-key", str(PUBLIC_KEY)]
+    capsys.readouterr()
+    assert main([*args, "--json"]) == 1  # no drift verdict, but a file was left out
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_new"] == len(images) and [e["path"] for e in result["errors"]] == [str(folder / "broken.jpg")]
+    assert result["errors"][0]["error"].startswith("not_an_image") and result["errors"][0]["fix"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "left out" in captured.out and "broken.jpg" in captured.out and "could not be used" in captured.err
+    # Nothing to compare at all: an error that says so.
+    (tmp_path / "empty").mkdir()
+    assert main(["drift", str(bundle), str(tmp_path / "empty"), "--public-key", str(PUBLIC_KEY)]) == 4
+    assert "no image files in" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, ingest_paths, split_dirs
+from conftest import TINY, ingest_paths, png_rgb16, split_dirs
 from PIL import Image
 
 from streetvision.config import load_config
@@ -75,6 +75,7 @@ BAD = [
     ("small.jpg", _jpeg((1, 1, 1), (8, 8)), "1"),
     ("odd_label.jpg", _jpeg((9, 9, 9)), "maybe"),
 ]
+SIXTEEN_BIT = ("deep.png", png_rgb16(), "1")  # 16 bits per sample, which predict refuses too (tests/test_predict.py)
 
 
 def _manifest_cfg(manifest, *extra):
@@ -82,20 +83,22 @@ def _manifest_cfg(manifest, *extra):
 
 
 def test_manifest_quarantine_names_every_bad_record(tmp_path):
-    manifest = _manifest(tmp_path, bad=BAD)
+    bad = [*BAD, SIXTEEN_BIT]
+    manifest = _manifest(tmp_path, bad=bad)
     cfg = _manifest_cfg(manifest, "data.max_quarantine_fraction=0.2")
     out = tmp_path / "out"
     run_ingest(cfg, ingest_paths(out))
     rows = {r["sample_id"].removeprefix("manifest/"): r for r in _rows(out / "report")}
-    reasons = {name: rows[name]["reason"].split(":")[0] for name, _, _ in BAD}
+    reasons = {name: rows[name]["reason"].split(":")[0] for name, _, _ in bad}
     assert reasons == {
         "empty.jpg": "zero_byte",
         "text.jpg": "not_an_image",
         "missing.jpg": "unreadable",
         "small.jpg": "too_small",
         "odd_label.jpg": "unknown_label",
+        "deep.png": "unsupported_mode",
     }
-    assert all(rows[name]["placement"] == "quarantine" for name, _, _ in BAD)
+    assert all(rows[name]["placement"] == "quarantine" for name, _, _ in bad)
     assert sum(r["placement"] != "quarantine" for r in rows.values()) == 100
 
 

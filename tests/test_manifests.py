@@ -138,3 +138,30 @@ def test_overlay_pipeline_config_compiles_for_its_accelerator(overlay):
     label = {"h100": "nvidia-h100-80gb", "a100": "nvidia-a100-80gb"}[overlay]
     assert plans["phase1"].node_selector == {"cloud.google.com/gke-accelerator": label}
     assert plans["phase1"].resources["resourceMemoryLimit"] == cfg.cluster.phase1.memory
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_mounts_the_signing_key_into_phase6_only(overlay):
+    """The key comes from a Kubernetes secret made out of band, mounted where signing.private_key points, into
+    the task that signs; the public key (a ConfigMap) into the tasks that verify. The YAML holds only names."""
+    cfg = load_config(config_file=MANIFESTS / "overlays" / overlay / PIPELINE_CONFIG)
+    signing = cfg.signing
+    assert signing.method == "key" and signing.key_secret and signing.trust_config_map
+    documents = compile_to_documents(cfg)
+    executors = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    tasks = documents[0]["root"]["dag"]["tasks"]
+    mounts = {}
+    for name, task in tasks.items():
+        executor = documents[0]["components"][task["componentRef"]["name"]]["executorLabel"]
+        spec = executors.get(executor, {})
+        mounts[name] = (
+            [(v["secretName"], v["mountPath"]) for v in spec.get("secretAsVolume", [])],
+            [(v["configMapName"], v["mountPath"]) for v in spec.get("configMapAsVolume", [])],
+        )
+    key_dir, trust_dir = signing.private_key.rpartition("/")[0], signing.public_key.rpartition("/")[0]
+    trust = [(signing.trust_config_map, trust_dir)]
+    assert mounts.pop("phase6-export") == ([(signing.key_secret, key_dir)], trust)
+    assert mounts.pop("evaluate") == ([], trust)
+    assert all(secrets == [] and maps == [] for secrets, maps in mounts.values()), mounts
+    text = yaml.safe_dump_all(documents)
+    assert "PRIVATE KEY" not in text

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import build_bundle
+from conftest import PUBLIC_KEY, TRUST, build_bundle
 
 from streetvision.calibration import prob_roadwork
 from streetvision.cli import main
@@ -26,12 +26,12 @@ def bundle(trained, tmp_path_factory):
 def triton_repo(bundle, tmp_path_factory):
     """One export (the exporter takes ~10 s even for the tiny model); the tests read it."""
     root = tmp_path_factory.mktemp("repo")
-    return export_triton(bundle, root / "repo", name="sv", max_batch_size=32, gpu=True)
+    return export_triton(bundle, root / "repo", name="sv", max_batch_size=32, gpu=True, trust=TRUST)
 
 
 def test_onnx_logits_match_pytorch_for_any_batch_size(bundle, triton_repo):
     path = triton_repo / "1" / "model.onnx"
-    loaded = Bundle.load(bundle)
+    loaded = Bundle.load(bundle, TRUST)
     size = loaded.preprocessing["img_size"]
     images = np.random.default_rng(0).integers(0, 256, (7, size, size, 3), dtype=np.uint8)  # not the export batch
     ours = loaded.predict(images)
@@ -65,9 +65,9 @@ def test_triton_repository_layout(bundle, triton_repo):
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     record = json.loads((model_dir / "export.json").read_text())
     assert record["files"]["1/model.onnx"] == sha256_file(model_dir / "1" / "model.onnx")
-    assert json.loads((model_dir / "policy.json").read_text()) == Bundle.load(bundle).policy
+    assert json.loads((model_dir / "policy.json").read_text()) == Bundle.load(bundle, TRUST).policy
     with pytest.raises(BundleError, match="already exists"):
-        export_triton(bundle, model_dir.parent, name="sv")
+        export_triton(bundle, model_dir.parent, name="sv", trust=TRUST)
 
 
 def test_export_refuses_a_policy_fitted_on_other_weights(bundle, tmp_path, capsys):
@@ -82,8 +82,20 @@ def test_export_refuses_a_policy_fitted_on_other_weights(bundle, tmp_path, capsy
     manifest["files"]["model.safetensors"] = sha256_file(copy / "model.safetensors")
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="policy was fitted on logits of weights"):
-        export_onnx(copy, tmp_path / "m.onnx")
+        export_onnx(copy, tmp_path / "m.onnx", trust=TRUST)
     assert not (tmp_path / "m.onnx").exists()
-    assert main(["export", str(copy), "-o", str(tmp_path / "repo")]) == 2
+    assert main(["export", str(copy), "--public-key", str(PUBLIC_KEY), "-o", str(tmp_path / "repo")]) == 6
     assert "fitted on logits of weights" in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("onnx_only", [False, True])
+def test_export_to_an_existing_file_is_a_clear_error(bundle, tmp_path, capsys, onnx_only):
+    target = tmp_path / "taken"
+    target.write_text("an existing file")
+    args = ["export", str(bundle), "--public-key", str(PUBLIC_KEY), "-o", str(target)]
+    capsys.readouterr()
+    assert main(args + (["--onnx-only"] if onnx_only else [])) == 2
+    err = capsys.readouterr().err
+    assert f"{target} is a file, not a folder" in err and "fix:" in err and "Traceback" not in err
+    assert target.read_text() == "an existing file"

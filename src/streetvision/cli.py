@@ -48,8 +48,9 @@ examples:
   streetvision plan model=vit_base cluster.accelerator=a100
   streetvision compile -o pipeline.yaml
   streetvision report outputs/20261126-101500-ab12cd        # open the evaluation report
-  streetvision predict outputs/<run>/bundle street.jpg more_images/   # JSON lines: P(roadwork), accept/defer
-  streetvision export outputs/<run>/bundle -o triton_models           # ONNX + Triton model repository
+  streetvision predict BUNDLE --public-key KEY.pem street.jpg more/   # JSON lines: P(roadwork), accept/defer
+  streetvision export BUNDLE --public-key KEY.pem -o triton_models      # ONNX + Triton model repository
+  (`streetvision run` prints its bundle and the public key it was signed with)
 """
 
 
@@ -63,10 +64,15 @@ examples:
   streetvision submit --in-cluster --experiment nightly        # from a pod inside the cluster
 """
 
-PREDICT_EPILOG = """Loads only the bundle (every file's sha256 is checked) and prints one JSON line per image:
+# predict and drift: some files could not be used (each has its error record); the rest were scored.
+SOME_FAILED_EXIT = 1
+
+PREDICT_EPILOG = """Loads only the bundle (exactly its files, each file's sha256, and its signature against
+--public-key or another identity) and prints one JSON line per image:
   {"path": "...", "prob_roadwork": 0.93, "prediction": 1, "decision": "accept"}
 "decision" is the bundle's one policy: accept (Stage 1 answers) or defer (hand the image to Stage 2).
-An unreadable image prints {"path": ..., "error": ..., "fix": ...} and the exit status is 1.
+An image that cannot be read, or that ingest would quarantine (too small, 16-bit, alpha ...), prints
+{"path": ..., "error": ..., "fix": ...}; the others are still scored, and the exit status is 1.
 Python: streetvision.inference.predict(bundle, paths) returns the same records.
 """
 
@@ -104,6 +110,42 @@ def _phases_as_one_value(argv: list[str]) -> list[str]:
         out.append(f"--phases={','.join(argv[i + 1 : end])}" if end > i + 1 else argv[i])
         i = end
     return out
+
+
+def _add_trust_args(parser: argparse.ArgumentParser) -> None:
+    """Whom to trust as the bundle's signer (README, "Signed bundles")."""
+    group = parser.add_argument_group("signature (the bundle is refused unless signed by this identity)")
+    group.add_argument("--public-key", metavar="PEM", help="the signer's public key (a local run prints its own)")
+    group.add_argument(
+        "--certificate-chain",
+        action="append",
+        metavar="PEM",
+        help="a root/intermediate certificate a certificate signature must chain to (repeatable)",
+    )
+    group.add_argument("--sigstore-identity", metavar="ID", help="the expected Sigstore signer (needs network)")
+    group.add_argument("--sigstore-issuer", metavar="URL", help="its OIDC issuer, e.g. https://accounts.google.com")
+    group.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept a bundle without a signature, or without checking it: skips the only check that a consistent "
+        "forgery (files edited and manifest.json re-hashed) cannot pass; the manifest's hashes are still checked",
+    )
+
+
+def _trust(args: argparse.Namespace):
+    from streetvision.config.schema import SigningConfig
+
+    if args.public_key:
+        return SigningConfig(method="key", public_key=args.public_key)
+    if args.certificate_chain:
+        return SigningConfig(method="certificate", certificate_chain=args.certificate_chain)
+    if args.sigstore_identity or args.sigstore_issuer:
+        return SigningConfig(
+            method="sigstore",
+            sigstore_identity=args.sigstore_identity or "",
+            sigstore_issuer=args.sigstore_issuer or "",
+        )
+    return None
 
 
 def _resolve_config(args: argparse.Namespace):
@@ -194,7 +236,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from streetvision_pipelines.local_run import prepare_run, run_local
+    from streetvision_pipelines.local_run import prepare_run, run_local, signing_summary
 
     from streetvision.preflight import check_local_inputs
 
@@ -213,7 +255,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.runner == "subprocess":
         check_local_inputs(cfg)
     if run_dir is None:
-        run_dir, cfg = prepare_run(cfg, args.output_dir, None)
+        run_dir, cfg = prepare_run(cfg, args.output_dir, None, group_readable_key=args.runner == "docker")
     print(f"run folder: {run_dir}  (phases: {' -> '.join(cfg.pipeline.phases)})", flush=True)
     result = run_local(cfg, run_dir, runner=args.runner, retries=args.retries)
     _print_table(
@@ -236,6 +278,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"policy: {result.summary.policy_guarantee}")
     if result.summary.bundle:
         print(f"bundle: {result.summary.bundle}")
+        if cfg.signing.public_key:
+            fingerprint = signing_summary(cfg).get("fingerprint", "?")
+            print(f"  signed; verify with --public-key {cfg.signing.public_key}  ({fingerprint})")
     if result.summary.report:
         print(f"report: {result.summary.report}")
     if not result.succeeded:
@@ -329,17 +374,23 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
     from streetvision.drift import check_drift
 
-    result = check_drift(args.bundle, args.images, args.alpha, args.permutations)
+    result = check_drift(
+        args.bundle, args.images, args.alpha, args.permutations, _trust(args), allow_unsigned=args.allow_unsigned
+    )
     if args.json:
         print(json.dumps({**result.__dict__, "drifted": result.drifted}))
     else:
+        for record in result.errors:
+            print(f"left out {record['path']}: {record['error']} ({record['fix']})")
         print(f"{result.n_new} new images vs {result.n_reference} VAL_CALIB reference images")
         print(f"  confidences  KS statistic {result.ks_statistic:.4f}  p={result.ks_pvalue:.4g}")
         print(
             f"  embeddings   MMD^2 {result.mmd:.4g}  p={result.mmd_pvalue:.4g}  Frechet distance {result.frechet:.4g}"
         )
         print(result.verdict())
-    return 3 if result.drifted else 0
+    if result.errors:
+        print(f"{len(result.errors)} image(s) could not be used (see their 'error')", file=sys.stderr)
+    return 3 if result.drifted else SOME_FAILED_EXIT if result.errors else 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -347,23 +398,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from streetvision.inference import predict
 
-    records = predict(args.bundle, args.images, batch_size=args.batch_size, device=args.device)
+    records = predict(
+        args.bundle,
+        args.images,
+        batch_size=args.batch_size,
+        device=args.device,
+        trust=_trust(args),
+        allow_unsigned=args.allow_unsigned,
+    )
     for record in records:
         print(json.dumps(record), flush=True)
     failed = sum("error" in r for r in records)
     if failed:
         print(f"{failed} of {len(records)} image(s) could not be read (see their 'error')", file=sys.stderr)
-    return 1 if failed else 0
+    return SOME_FAILED_EXIT if failed else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from streetvision.export import export_onnx, export_triton
 
+    trust = {"trust": _trust(args), "allow_unsigned": args.allow_unsigned}
     if args.onnx_only:
-        path = export_onnx(args.bundle, Path(args.output) / "model.onnx")
+        path = export_onnx(args.bundle, Path(args.output) / "model.onnx", **trust)
         print(f"ONNX model: {path}  (input 'images' uint8 N x S x S x 3, output 'logits' N x 2)")
         return 0
-    model_dir = export_triton(args.bundle, args.output, args.name, args.max_batch_size, gpu=args.device == "gpu")
+    model_dir = export_triton(
+        args.bundle, args.output, args.name, args.max_batch_size, gpu=args.device == "gpu", **trust
+    )
     print(
         f"Triton model repository: {args.output}  (model '{args.name}': {model_dir}/config.pbtxt, "
         f"{model_dir}/1/model.onnx; calibrator.json and policy.json beside them)"
@@ -503,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     drift = sub.add_parser(
         "drift",
-        help="compare new images with the bundle's VAL_CALIB reference (exit 3 on drift)",
+        help="compare new images with the bundle's VAL_CALIB reference (exit 3 on drift, 1 if files were left out)",
         description="Tests whether new images differ from the data the bundle's policy was fitted on: KS on the "
         "calibrated confidences and an MMD permutation test on the model's embeddings, each with a "
         "p-value (Bonferroni over the two), plus the Frechet distance as the size of the shift.",
@@ -515,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate of the verdict (default 0.05)")
     drift.add_argument("--permutations", type=int, default=500, help="MMD permutation resamples (default 500)")
     drift.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _add_trust_args(drift)
     drift.set_defaults(func=cmd_drift)
     pred = sub.add_parser(
         "predict",
@@ -531,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     pred.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    _add_trust_args(pred)
     pred.set_defaults(func=cmd_predict)
 
     exp = sub.add_parser("export", help="export a bundle's model to ONNX and a Triton model repository")
@@ -546,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size (default: 64)")
     exp.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="Triton instance kind (default: gpu)")
     exp.add_argument("--onnx-only", action="store_true", help="write only DIR/model.onnx")
+    _add_trust_args(exp)
     exp.set_defaults(func=cmd_export)
     return parser
 

@@ -9,7 +9,7 @@ the embedding Gaussians is reported beside them as a size of the shift, not as a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 from scipy import linalg
 from scipy.stats import ks_2samp, permutation_test
 
+from streetvision.config.schema import SigningConfig
 from streetvision.contracts.errors import DataError
 from streetvision.models import to_model_input
 
@@ -115,6 +116,7 @@ class DriftResult:
     mmd_pvalue: float
     frechet: float
     alpha: float
+    errors: list[dict] = field(default_factory=list)  # files left out: {"path", "error", "fix"}
 
     @property
     def drifted(self) -> bool:
@@ -181,18 +183,30 @@ def compare(
 
 
 def check_drift(
-    bundle_dir: str | Path, paths: list[str | Path], alpha: float = 0.05, permutations: int = 500
+    bundle_dir: str | Path,
+    paths: list[str | Path],
+    alpha: float = 0.05,
+    permutations: int = 500,
+    trust: SigningConfig | None = None,
+    allow_unsigned: bool = False,
 ) -> DriftResult:
-    """Compare images (files or folders) with the reference stored in a bundle."""
-    from streetvision.inference import Bundle, expand_image_paths
+    """Compare images (files or folders) with the reference stored in a bundle. A file that cannot be used is
+    left out of the tests and reported in `errors` (its path, what is wrong, and the fix)."""
+    from streetvision.inference import Bundle
 
-    bundle = Bundle.load(bundle_dir)
+    bundle = Bundle.load(bundle_dir, trust, allow_unsigned)
     reference = load_reference(bundle_dir)
-    files = expand_image_paths(paths)
-    size = bundle.preprocessing["img_size"]
-    images = (
-        np.stack([bundle.decode(f.read_bytes()) for f in files]) if files else np.zeros((0, size, size, 3), np.uint8)
-    )
+    records, images = bundle.decode_paths(paths)
+    errors = [record for record in records if "error" in record]
+    if len(images) < 2:
+        shown = "; ".join(f"{r['path']}: {r['error']}" for r in errors[:5])
+        raise DataError(
+            f"{len(images)} usable image(s) of {len(records)} to compare" + (f" (unusable: {shown})" if shown else ""),
+            "drift check",
+            "give at least a few dozen readable images; the tests have no power below that",
+        )
     preds = bundle.predict(images)
     features = embeddings(bundle.model, images, bundle.preprocessing["mean"], bundle.preprocessing["std"])
-    return compare(reference, preds.confidence, features, alpha, permutations)
+    result = compare(reference, preds.confidence, features, alpha, permutations)
+    result.errors = errors
+    return result

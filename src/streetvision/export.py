@@ -4,8 +4,8 @@ The ONNX graph takes what the bundle's `predict` takes — uint8 RGB images (N, 
 resolution — normalises them inside the graph and returns the raw logits (N, 2). The calibrator and the
 policy stay plain JSON beside it (calibrator.json, policy.json, manifest.json): a client applies them
 exactly as `streetvision.inference` does (`calibration.prob_roadwork`, `selective.accept_mask`). Export
-loads the bundle through `Bundle.load`, so a tampered bundle, or one whose policy/calibrator was fitted on
-other weights, is refused before anything is written.
+loads the bundle through `Bundle.load`, so a tampered, unsigned or forged bundle, or one whose
+policy/calibrator was fitted on other weights, is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from streetvision import io as storage
-from streetvision.contracts.errors import BundleError
+from streetvision.config.schema import SigningConfig
+from streetvision.contracts.errors import BundleError, ConfigError
 from streetvision.contracts.validators import BUNDLE_MANIFEST, sha256_file
 from streetvision.inference import Bundle
 from streetvision.models import to_model_input
@@ -44,13 +45,32 @@ class _WithPreprocessing(torch.nn.Module):
         return self.model(to_model_input(images, self.mean, self.std))
 
 
-def export_onnx(bundle_dir: str | Path, out_path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+def _check_output_folder(folder: Path, where: str) -> None:
+    """`folder` is, or can become, a folder: no file in the way of it or of a folder above it."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(
+                    f"{path} is a file, not a folder", where, "pass -o a folder (new or existing), not a file"
+                )
+            return
+
+
+def export_onnx(
+    bundle_dir: str | Path,
+    out_path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    trust: SigningConfig | None = None,
+    allow_unsigned: bool = False,
+) -> Path:
     """Write the bundle's model (with its preprocessing) as ONNX with a dynamic batch axis; return the path."""
-    bundle = Bundle.load(bundle_dir)  # hashes and "fitted on these weights" checked here
+    out_path = Path(out_path)
+    _check_output_folder(out_path.parent, f"export to {out_path}")
+    # Closed, hashes, signature against `trust`, and "fitted on these weights" checked here.
+    bundle = Bundle.load(bundle_dir, trust, allow_unsigned)
     size = bundle.preprocessing["img_size"]
     wrapped = _WithPreprocessing(bundle.model.cpu(), bundle.preprocessing["mean"], bundle.preprocessing["std"]).eval()
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
-    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     def export(tmp: Path) -> None:
@@ -116,18 +136,21 @@ def export_triton(
     name: str = "streetvision_stage1",
     max_batch_size: int = 64,
     gpu: bool = True,
+    trust: SigningConfig | None = None,
+    allow_unsigned: bool = False,
 ) -> Path:
     """A Triton model repository: <repository>/<name>/{config.pbtxt, 1/model.onnx} plus the bundle's calibrator,
     policy and manifest (Triton ignores extra files), and a sha256 of every file written."""
     bundle_dir = Path(bundle_dir)
     model_dir = Path(repository) / name
+    _check_output_folder(model_dir, f"export to {repository}")
     if model_dir.exists():
         raise BundleError(
             f"{model_dir} already exists",
             f"export to {repository}",
             "choose another --name or remove the old model folder first",
         )
-    onnx_path = export_onnx(bundle_dir, model_dir / "1" / "model.onnx")
+    onnx_path = export_onnx(bundle_dir, model_dir / "1" / "model.onnx", trust=trust, allow_unsigned=allow_unsigned)
     img_size = json.loads((bundle_dir / "preprocessing.json").read_text())["img_size"]
     storage.write_text(model_dir / "config.pbtxt", triton_config(name, img_size, max_batch_size, gpu))
     for file in ("calibrator.json", "policy.json", "preprocessing.json", BUNDLE_MANIFEST):

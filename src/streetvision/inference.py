@@ -13,10 +13,13 @@ import numpy as np
 import torch
 
 from streetvision.calibration import calibrated_probabilities
+from streetvision.config.schema import SigningConfig
+from streetvision.contracts.errors import BundleError, DataError
 from streetvision.contracts.validators import validate_bundle
-from streetvision.data.decode import decode_image
+from streetvision.data.decode import QuarantineReason, decode_image
 from streetvision.models import load_model_dir, predict_logits
 from streetvision.selective import accept_mask
+from streetvision.signing import verify_bundle_signature
 
 
 @dataclass
@@ -37,11 +40,22 @@ class Bundle:
     policy: dict
 
     @classmethod
-    def load(cls, path: str | Path) -> Bundle:
+    def load(cls, path: str | Path, trust: SigningConfig | None = None, allow_unsigned: bool = False) -> Bundle:
+        """Load a bundle after checking it: exactly its files, their hashes, one policy, and its signature
+        against `trust` (the signer's public key, certificate chain or Sigstore identity). An unsigned bundle,
+        or one loaded without `trust`, is refused unless `allow_unsigned`."""
         path = Path(path)
-        validate_bundle(path)  # hashes, required files, exactly one policy
+        validate_bundle(path)  # closed, hashes, required files, exactly one policy
+        verify_bundle_signature(path, trust, allow_unsigned)
         read = lambda name: json.loads((path / name).read_text())  # noqa: E731
-        return cls(path, load_model_dir(path), read("preprocessing.json"), read("calibrator.json"), read("policy.json"))
+        preprocessing = read("preprocessing.json")
+        if "validation" not in preprocessing:
+            raise BundleError(
+                "preprocessing.json does not record the image validation its training data passed",
+                f"bundle {path}",
+                "re-export the bundle with this version (phase6), so predict validates images as ingest did",
+            )
+        return cls(path, load_model_dir(path), preprocessing, read("calibrator.json"), read("policy.json"))
 
     def predict(self, images: np.ndarray, batch_size: int = 128, device: str = "cpu") -> Predictions:
         """Score uint8 RGB images already at the bundle's resolution (N, S, S, 3)."""
@@ -57,34 +71,41 @@ class Bundle:
         return Predictions(logits, probs[:, 1], probs.argmax(axis=1), confidence, accept_mask(confidence, self.policy))
 
     def decode(self, data: bytes) -> np.ndarray:
-        """One encoded image as the bundle scores it: decoded exactly as ingest decodes, at the bundle's size."""
-        return decode_image(data, self.preprocessing["img_size"], min_size=1).pixels
+        """One encoded image as the bundle scores it: decoded and validated exactly as ingest did for its
+        training data (the same code and the settings the bundle records), at the bundle's size."""
+        validation = self.preprocessing["validation"]
+        return decode_image(data, self.preprocessing["img_size"], min_size=validation["min_image_size"]).pixels
+
+    def decode_paths(self, paths: list[str | Path]) -> tuple[list[dict], np.ndarray]:
+        """One record per image file (folders are expanded) and the decoded pixels of those without an `error`,
+        in order. A file that cannot be read, or that ingest would quarantine, gets a record with its `error`
+        (what) and `fix` instead of stopping the batch."""
+        records: list[dict] = []
+        pixels = []
+        for path in expand_image_paths(paths):
+            try:
+                if not path.is_file():  # missing, or a device/FIFO that would block or never end
+                    what = "no such file" if not path.exists() else "not a regular file"
+                    raise QuarantineReason("unreadable", what)
+                pixels.append(self.decode(path.read_bytes()))
+                records.append({"path": str(path)})
+            except (QuarantineReason, OSError) as exc:
+                error = str(exc) if isinstance(exc, QuarantineReason) else f"unreadable: {type(exc).__name__}: {exc}"
+                min_size = self.preprocessing["validation"]["min_image_size"]
+                fix = f"pass a readable 8-bit RGB JPEG/PNG/WebP image file, at least {min_size} px on each side"
+                records.append({"path": str(path), "error": error, "fix": fix})
+        size = self.preprocessing["img_size"]
+        return records, np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
 
     def predict_paths(self, paths: list[str | Path], batch_size: int = 128, device: str = "cpu") -> list[dict]:
-        """One record per image file (folders are expanded): P(roadwork) in [0, 1] and accept/defer.
-
-        An unreadable image gets a record with an `error` (what and how to fix) instead of stopping the batch.
-        """
-        files = expand_image_paths(paths)
-        records: list[dict] = []
-        good, pixels = [], []
-        for path in files:
-            try:
-                pixels.append(self.decode(path.read_bytes()))
-                good.append(len(records))
-                records.append({"path": str(path)})
-            except Exception as exc:  # decoders raise many types; the record says which file and why
-                records.append(
-                    {
-                        "path": str(path),
-                        "error": f"{type(exc).__name__}: {exc}",
-                        "fix": "pass a readable JPEG/PNG/WebP image file",
-                    }
-                )
-        if pixels:
-            preds = self.predict(np.stack(pixels), batch_size, device)
-            for i, index in enumerate(good):
-                records[index].update(
+        """One record per image file (folders are expanded): P(roadwork) in [0, 1] and accept/defer, or an
+        `error` and its `fix` for a file that cannot be scored."""
+        records, pixels = self.decode_paths(paths)
+        if len(pixels):
+            preds = self.predict(pixels, batch_size, device)
+            good = [record for record in records if "error" not in record]
+            for i, record in enumerate(good):
+                record.update(
                     prob_roadwork=round(float(preds.prob_roadwork[i]), 6),
                     prediction=int(preds.prediction[i]),
                     decision="accept" if preds.accept[i] else "defer",
@@ -96,19 +117,32 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def expand_image_paths(paths: list[str | Path]) -> list[Path]:
-    """Files as given; folders become their image files (recursively, sorted)."""
+    """Files as given (a missing one too: it gets its own error record); folders become their image files
+    (recursively, sorted). Nothing to score at all is an error."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            files.append(path)
         else:
-            raise FileNotFoundError(f"{path} is neither an image file nor a folder; check the path")
+            files.append(path)
+    if not files:
+        raise DataError(
+            f"no image files in {[str(p) for p in paths]}",
+            "images to score",
+            f"pass image files, or folders holding {'/'.join(IMAGE_SUFFIXES)} files (searched recursively)",
+        )
     return files
 
 
-def predict(bundle_path: str | Path, paths: list[str | Path], batch_size: int = 128, device: str = "cpu") -> list[dict]:
-    """The deployment API: load only the bundle (hash-checked) and score image files or folders."""
-    return Bundle.load(bundle_path).predict_paths(paths, batch_size, device)
+def predict(
+    bundle_path: str | Path,
+    paths: list[str | Path],
+    batch_size: int = 128,
+    device: str = "cpu",
+    trust: SigningConfig | None = None,
+    allow_unsigned: bool = False,
+) -> list[dict]:
+    """The deployment API: load only the bundle (closed, hash-checked, signature verified against `trust`) and
+    score image files or folders."""
+    return Bundle.load(bundle_path, trust, allow_unsigned).predict_paths(paths, batch_size, device)

@@ -13,7 +13,6 @@ def resolve_phases(requested: list[str]) -> tuple[list[str], list[str]]:
     Dependencies with a single possible provider are added; the bundle's policy phase must be chosen.
     `all` means the whole default pipeline (DEFAULT_PHASES) with its threshold policy (phase2), or with the
     policy phase named beside it (`all phase5`); the optional phase 4 joins when named too (`all phase4`).
-    The names come from `pipeline.phases`, whose validator is the one place unknown names are refused.
     """
     chosen = set(requested)
     if "all" in chosen:
@@ -21,6 +20,13 @@ def resolve_phases(requested: list[str]) -> tuple[list[str], list[str]]:
         chosen |= {p for p in DEFAULT_PHASES if p not in POLICY_PHASES}
         if not chosen & set(POLICY_PHASES):
             chosen.add("phase2")
+    unknown = chosen - set(PHASE_NAMES)
+    if unknown:
+        raise ConfigError(
+            f"unknown phase(s) {sorted(unknown)}",
+            "--phases / pipeline.phases",
+            f"choose from {list(PHASE_NAMES)} or all",
+        )
     needs_bundle = chosen & {"phase6", "evaluate"}
     policies = chosen & set(POLICY_PHASES)
     if needs_bundle and len(policies) != 1:

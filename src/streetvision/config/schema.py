@@ -639,6 +639,55 @@ class ClusterConfig(Group):
         )
 
 
+class SigningConfig(Group):
+    """Who signs the bundle (phase 6, with OpenSSF model-signing) and whom evaluate trusts.
+
+    `key`: an elliptic-curve key pair (offline). A local run with no private_key makes one per run folder.
+    `certificate`: a private key with its signing certificate; verified against certificate_chain.
+    `sigstore`: keyless Sigstore signing (needs network and an OIDC identity).
+    `none`: an unsigned bundle; evaluate accepts it only because this says so (predict needs --allow-unsigned).
+    """
+
+    method: Literal["key", "certificate", "sigstore", "none"] = "key"
+    private_key: str = ""  # PEM file (key, certificate)
+    public_key: str = ""  # PEM file the signature is verified with (key)
+    signing_certificate: str = ""  # PEM file (certificate)
+    certificate_chain: list[str] = []  # PEM files: the roots a certificate signature must chain to
+    sigstore_identity: str = ""  # the expected signer, e.g. a workload identity or an e-mail (sigstore)
+    sigstore_issuer: str = ""  # its OIDC issuer, e.g. https://accounts.google.com (sigstore)
+    # On a cluster: a Kubernetes secret holding the private key (and certificate), mounted read-only into the
+    # phase-6 task at the folder of private_key; and a ConfigMap holding public_key / certificate_chain,
+    # mounted into phase 6 and evaluate at the folder of public_key (or of the first chain file). Both are made
+    # out of band (README, "Signed bundles"); "" mounts nothing.
+    key_secret: str = ""
+    trust_config_map: str = ""
+
+    @field_validator("key_secret", "trust_config_map")
+    @classmethod
+    def _mounted_at_absolute_paths(cls, name: str, info: ValidationInfo) -> str:
+        if info.field_name == "key_secret":
+            paths, keys = [info.data.get("private_key", "")], "private_key"
+        else:
+            paths, keys = [info.data.get("public_key", "")] + list(info.data.get("certificate_chain", [])), "public_key"
+        paths = [p for p in paths if p]
+        relative = [p for p in paths if not p.startswith("/")]
+        folder = lambda path: path.rpartition("/")[0]  # noqa: E731
+        key_folder = folder(info.data.get("private_key", "") or "")
+        return _checked(
+            name,
+            name and not paths and f"is mounted at the folder of signing.{keys}, which is not set",
+            name
+            and relative
+            and f"is mounted at the folder of {relative[0]!r}, which must be an absolute path inside the task",
+            name
+            and paths
+            and info.field_name == "trust_config_map"
+            and info.data.get("key_secret")
+            and folder(paths[0]) == key_folder
+            and f"would be mounted at {key_folder}, where signing.key_secret is: put the public key in another folder",
+        )
+
+
 class Config(Group):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -649,3 +698,4 @@ class Config(Group):
     pipeline: PipelineConfig = PipelineConfig()
     cluster: ClusterConfig = ClusterConfig()
     explora: ExploraConfig = ExploraConfig()
+    signing: SigningConfig = SigningConfig()

@@ -10,6 +10,7 @@ import numpy as np
 
 from streetvision import io as storage
 from streetvision.contracts.errors import BundleError, CheckpointError, LabelsError, LogitsError, PolicyError
+from streetvision.contracts.metadata import METADATA_FILE
 
 NUM_CLASSES = 2
 POLICY_KINDS = ("threshold", "gate", "scrc")
@@ -40,6 +41,9 @@ BUNDLE_FILES = (
     "drift_reference.npz",
 )
 BUNDLE_MANIFEST = "manifest.json"
+SIGNATURE_FILE = "bundle.sig"  # OpenSSF model-signing's signature of every other file (streetvision.signing)
+# In a bundle folder but outside its signature: the signature, and the completion record written after it.
+UNSIGNED_FILES = (SIGNATURE_FILE, METADATA_FILE)
 
 
 def validate_logits(logits: np.ndarray, where: str, expected_rows: int | None = None) -> np.ndarray:
@@ -178,7 +182,9 @@ def sha256_file(path: Path) -> str:
 
 
 def validate_bundle(path: str | Path) -> dict:
-    """A bundle: every required file, exactly one policy, and each file matching its recorded sha256."""
+    """A bundle: every required file and nothing else, exactly one policy, each file matching its recorded sha256.
+
+    The signature is checked by `streetvision.signing.verify_bundle_signature` (through `Bundle.load`)."""
     root = Path(path)
     where = f"bundle {root}"
     if not (root / BUNDLE_MANIFEST).is_file():
@@ -191,6 +197,7 @@ def validate_bundle(path: str | Path) -> dict:
             where,
             "the bundle was truncated or edited; re-export it with phase6",
         ) from exc
+    recorded = manifest.get("files", {})
     missing = [name for name in BUNDLE_FILES if not (root / name).is_file()]
     if missing:
         raise BundleError(f"missing files {missing}", where, "re-export the bundle with phase6")
@@ -201,7 +208,16 @@ def validate_bundle(path: str | Path) -> dict:
             where,
             "export with exactly one policy phase (threshold, gate or SCRC) selected",
         )
-    recorded = manifest.get("files", {})
+    # Closed: the bundle's files and nothing else (a stray weights file or code beside them could be picked up).
+    allowed = {*BUNDLE_FILES, BUNDLE_MANIFEST, *UNSIGNED_FILES}
+    present = {str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir()}
+    extra = sorted(present - allowed) + sorted(set(recorded) - set(BUNDLE_FILES))
+    if extra:
+        raise BundleError(
+            f"unexpected files {sorted(set(extra))}: a bundle holds exactly {list(BUNDLE_FILES)} and its manifest",
+            where,
+            "remove them, or re-export the bundle with phase6; never add files to an exported bundle",
+        )
     for name in BUNDLE_FILES:
         if name not in recorded:
             raise BundleError(f"{name} is not in the manifest", where, "re-export the bundle with phase6")

@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.fft import dctn
 
-# Modes we can convert to RGB without inventing data. Alpha, CMYK and 16-bit are refused: converting them
-# silently changes what the model sees compared with deployment's RGB JPEGs.
+# Modes we can convert to RGB without inventing data. Alpha, CMYK and 16 bits per sample (RGB or grey) are
+# refused: converting them silently changes what the model sees compared with deployment's 8-bit RGB JPEGs.
 _CONVERTIBLE_MODES = {"RGB", "L"}
 _EXIF_ORIENTATION = 0x0112
 # Perceptual hash (pHash): DCT of a 32x32 grey copy, the sign of the 8x8 lowest frequencies against their median.
@@ -53,6 +53,21 @@ def perceptual_hash(img: Image.Image) -> tuple[int, bool]:
     return value, flat
 
 
+def image_validation(data_cfg) -> dict:
+    """The settings `decode_image` validates with, from the `data` config: ingest applies them, and a bundle
+    records them so that deployment (predict, drift, evaluate's renders) refuses what ingest quarantines."""
+    return {"min_image_size": data_cfg.min_image_size}
+
+
+def _sixteen_bit(img: Image.Image) -> bool:
+    """Whether the decoder will read more than 8 bits per sample (its raw mode, e.g. 'RGB;16B' or 'I;16')."""
+    for tile in getattr(img, "tile", []):  # an ImageFile before load()
+        rawmode = tile.args if isinstance(tile.args, str) else (tile.args or ("",))[0]
+        if ";16" in str(rawmode):
+            return True
+    return img.mode.startswith("I;16")
+
+
 def decode_image(data: bytes, size: int, min_size: int) -> DecodedImage:
     """Decode `data`, apply EXIF orientation, check it, and resize the whole frame to size x size."""
     if len(data) == 0:
@@ -63,6 +78,10 @@ def decode_image(data: bytes, size: int, min_size: int) -> DecodedImage:
             img: Image.Image = Image.open(io.BytesIO(data))
             fmt = img.format
             mode = img.mode
+            if _sixteen_bit(img):  # PIL opens a 16-bit RGB PNG as mode RGB, dropping the low byte of each sample
+                raise QuarantineReason(
+                    "unsupported_mode", f"{fmt} image with 16 bits per sample; convert it to 8-bit RGB first"
+                )
             if mode == "P" and "transparency" not in img.info:
                 mode = "RGB"  # a plain palette image converts losslessly
             if mode not in _CONVERTIBLE_MODES:

@@ -152,7 +152,8 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
     partition = check_same_partition({"bundle": bundle_meta, "val_test": test.meta}, PHASE)
     evaluation_dir = prepare_output_dir(evaluation_dir)
 
-    bundle = Bundle.load(bundle_dir)
+    # Verified against the configured identity; signing.method=none is the config's explicit "unsigned is fine".
+    bundle = Bundle.load(bundle_dir, cfg.signing, allow_unsigned=cfg.signing.method == "none")
     device = str(task_device(cfg, PHASE))
     target = 1.0 - bundle.policy["target_risk"]
     images = np.asarray(test.images)

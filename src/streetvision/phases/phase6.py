@@ -1,4 +1,5 @@
-"""Phase 6: export the deployment bundle — weights, calibrator, exactly one policy, config, versions, hashes."""
+"""Phase 6: export the deployment bundle — weights, calibrator, exactly one policy, config, versions, hashes —
+and sign it (streetvision.signing)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ from streetvision.contracts.validators import (
     validate_bundle,
     validate_policy,
 )
+from streetvision.data.decode import image_validation
 from streetvision.data.shards import SplitData, load_split
 from streetvision.drift import save_reference
 from streetvision.models import validate_checkpoint
 from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.registry import PHASE_READS
+from streetvision.signing import sign_bundle, verify_bundle_signature
 
 PHASE = "phase6"
 
@@ -114,8 +117,13 @@ def run_phase6(cfg: Config, paths: PhasePaths) -> PhaseResult:
     bundle_dir = prepare_output_dir(bundle_dir)
     save_reference(bundle_dir, reference)
 
-    for name in ("model.safetensors", "model_config.json", "preprocessing.json"):
+    for name in ("model.safetensors", "model_config.json"):
         shutil.copyfile(checkpoint_dir / name, bundle_dir / name)
+    # Deployment decodes and validates images exactly as ingest did for the data these weights and this policy
+    # were fitted on (one pipeline run, one config): predict then refuses what ingest would have quarantined.
+    preprocessing = json.loads((checkpoint_dir / "preprocessing.json").read_text())
+    preprocessing["validation"] = image_validation(cfg.data)
+    (bundle_dir / "preprocessing.json").write_text(json.dumps(preprocessing, indent=2))
     shutil.copyfile(policy_dir / "calibrator.json", bundle_dir / "calibrator.json")
     shutil.copyfile(policy_dir / "policy.json", bundle_dir / "policy.json")
     (bundle_dir / "config.yaml").write_text(config_to_yaml(cfg))
@@ -134,6 +142,11 @@ def run_phase6(cfg: Config, paths: PhasePaths) -> PhaseResult:
     # Written last, atomically: a bundle without its manifest is incomplete and refused by every loader.
     storage.write_text(bundle_dir / BUNDLE_MANIFEST, json.dumps(json_safe(manifest), indent=2))
     validate_bundle(bundle_dir)
+    # Signed last (every file above, the manifest included); checked against the trusted side of the identity
+    # when it is configured here, so a key pair that does not match fails now rather than in evaluate.
+    signature = sign_bundle(bundle_dir, cfg.signing)
+    if signature and (cfg.signing.public_key or cfg.signing.certificate_chain or cfg.signing.sigstore_identity):
+        verify_bundle_signature(bundle_dir, cfg.signing)
 
     lineage = list(
         dict.fromkeys(metas["checkpoint"].lineage + metas["policy"].lineage + [val_calib.meta.reads(PHASE, role)])
@@ -147,7 +160,8 @@ def run_phase6(cfg: Config, paths: PhasePaths) -> PhaseResult:
             "policy": policy["kind"],
             "feasible": policy["feasible"],
             "calib_coverage": round(policy["calib_coverage"], 4),
-            "files": len(BUNDLE_FILES) + 1,
+            "files": len(BUNDLE_FILES) + 1 + (signature is not None),  # + manifest (+ signature)
+            "signed": signature is not None,
             "bytes": sum((bundle_dir / n).stat().st_size for n in BUNDLE_FILES),
         },
     )
