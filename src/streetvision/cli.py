@@ -313,6 +313,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
     import tempfile
 
@@ -327,20 +328,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             "command line",
         )
     cfg = None if args.pipeline_file else _resolve_config(args)[0]
-    options = SubmitOptions(
-        pipeline_file=args.pipeline_file,
-        params=args.param or [],
-        host=args.host,
-        namespace=args.namespace,
-        experiment=args.experiment,
-        run_name=args.run_name,
-        pipeline_root=args.pipeline_root,
-        service_account=args.service_account,
-        no_cache=args.no_cache,
-        token_env=args.token_env,
-        in_cluster=args.in_cluster,
-        dry_run=args.dry_run,
-    )
+    # Each option is the command-line flag of the same name; --param (repeatable) gives the list `params`.
+    named = {f.name: getattr(args, f.name) for f in dataclasses.fields(SubmitOptions) if f.name != "params"}
+    options = SubmitOptions(params=args.param or [], **named)
     with tempfile.TemporaryDirectory(prefix="streetvision-submit-") as tmp:
         sub = prepare_submission(cfg, options, Path(tmp))
         if args.dry_run:
