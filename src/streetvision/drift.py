@@ -191,7 +191,24 @@ def check_drift(
     allow_unsigned: bool = False,
 ) -> DriftResult:
     """Compare images (files or folders) with the reference stored in a bundle. A file that cannot be used is
-    left out of the tests and reported in `errors` (its path, what is wrong, and the fix)."""
+    left out of the tests and reported in `errors` (its path, what is wrong, and the fix).
+
+    Args:
+        bundle_dir: the bundle folder; its VAL_CALIB reference is what the images are compared with.
+        paths: image files, or folders searched recursively.
+        alpha: the verdict's false-alarm rate (Bonferroni over the KS and MMD tests).
+        permutations: MMD permutation resamples.
+        trust: who may have signed the bundle (see `Bundle.load`).
+        allow_unsigned: accept an unsigned bundle.
+
+    Returns:
+        The test statistics, p-values, Frechet distance and verdict (`DriftResult.drifted`), with `errors`.
+
+    Raises:
+        BundleError: the bundle does not verify (see `Bundle.load`).
+        ConfigError: no `trust` for a signed bundle and `allow_unsigned` not set.
+        DataError: fewer than two usable images.
+    """
     from streetvision.inference import Bundle
 
     bundle = Bundle.load(bundle_dir, trust, allow_unsigned)

@@ -63,7 +63,22 @@ def export_onnx(
     trust: SigningConfig | None = None,
     allow_unsigned: bool = False,
 ) -> Path:
-    """Write the bundle's model (with its preprocessing) as ONNX with a dynamic batch axis; return the path."""
+    """Write the bundle's model (with its preprocessing) as ONNX with a dynamic batch axis.
+
+    Args:
+        bundle_dir: the bundle folder.
+        out_path: the .onnx file to write (atomically); its folder is created.
+        opset: the ONNX opset.
+        trust: who may have signed the bundle (see `Bundle.load`).
+        allow_unsigned: accept an unsigned bundle.
+
+    Returns:
+        `out_path`. The model takes ``images`` (uint8, N x S x S x 3) and gives ``logits`` (N x 2).
+
+    Raises:
+        BundleError: the bundle does not verify (see `Bundle.load`).
+        ConfigError: a file stands where the output folder should be, or no `trust` for a signed bundle.
+    """
     out_path = Path(out_path)
     _check_output_folder(out_path.parent, f"export to {out_path}")
     # Closed, hashes, signature against `trust`, and "fitted on these weights" checked here.
@@ -140,7 +155,24 @@ def export_triton(
     allow_unsigned: bool = False,
 ) -> Path:
     """A Triton model repository: <repository>/<name>/{config.pbtxt, 1/model.onnx} plus the bundle's calibrator,
-    policy and manifest (Triton ignores extra files), and a sha256 of every file written."""
+    policy and manifest (Triton ignores extra files), and a sha256 of every file written.
+
+    Args:
+        bundle_dir: the bundle folder.
+        repository: the Triton model repository (created if missing).
+        name: the model's name and folder.
+        max_batch_size: Triton's max_batch_size.
+        gpu: a GPU instance group (else CPU).
+        trust: who may have signed the bundle (see `Bundle.load`).
+        allow_unsigned: accept an unsigned bundle.
+
+    Returns:
+        The model's folder, <repository>/<name>.
+
+    Raises:
+        BundleError: the bundle does not verify, or <repository>/<name> already exists.
+        ConfigError: a file stands where the repository should be, or no `trust` for a signed bundle.
+    """
     bundle_dir = Path(bundle_dir)
     model_dir = Path(repository) / name
     _check_output_folder(model_dir, f"export to {repository}")

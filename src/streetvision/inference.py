@@ -33,6 +33,11 @@ class Predictions:
 
 @dataclass
 class Bundle:
+    """A verified deployment bundle, ready to score: the model, its preprocessing, calibrator and one policy.
+
+    Build it with `Bundle.load`; `predict` scores pixel arrays, `predict_paths` image files.
+    """
+
     path: Path
     model: torch.nn.Module
     preprocessing: dict
@@ -43,7 +48,21 @@ class Bundle:
     def load(cls, path: str | Path, trust: SigningConfig | None = None, allow_unsigned: bool = False) -> Bundle:
         """Load a bundle after checking it: exactly its files, their hashes, one policy, and its signature
         against `trust` (the signer's public key, certificate chain or Sigstore identity). An unsigned bundle,
-        or one loaded without `trust`, is refused unless `allow_unsigned`."""
+        or one loaded without `trust`, is refused unless `allow_unsigned`.
+
+        Args:
+            path: the bundle folder (phase 6's output).
+            trust: who may have signed it (``signing`` config: key, certificate or Sigstore identity).
+            allow_unsigned: accept a bundle without a signature, or without `trust` to check it against.
+
+        Returns:
+            The loaded bundle, its model on the CPU.
+
+        Raises:
+        BundleError: a file missing, added or altered (sha256), not exactly one policy, or a signature that does
+            not verify (or none, unless `allow_unsigned`).
+        ConfigError: no `trust` given for a signed bundle and `allow_unsigned` not set.
+        """
         path = Path(path)
         validate_bundle(path)  # closed, hashes, required files, exactly one policy
         verify_bundle_signature(path, trust, allow_unsigned)
@@ -58,7 +77,19 @@ class Bundle:
         return cls(path, load_model_dir(path), preprocessing, read("calibrator.json"), read("policy.json"))
 
     def predict(self, images: np.ndarray, batch_size: int = 128, device: str = "cpu") -> Predictions:
-        """Score uint8 RGB images already at the bundle's resolution (N, S, S, 3)."""
+        """Score uint8 RGB images already at the bundle's resolution.
+
+        Args:
+            images: uint8 array (N, S, S, 3), S the bundle's ``img_size``.
+            batch_size: images per forward pass.
+            device: a torch device name, e.g. ``cpu`` or ``cuda``.
+
+        Returns:
+            Raw logits, calibrated P(roadwork), prediction, confidence and the policy's accept mask, per image.
+
+        Raises:
+            ValueError: `images` do not have the shape (N, S, S, 3).
+        """
         size = self.preprocessing["img_size"]
         if images.ndim != 4 or images.shape[1:] != (size, size, 3):
             raise ValueError(f"expected images of shape (N, {size}, {size}, 3), got {images.shape}")
@@ -144,5 +175,23 @@ def predict(
     allow_unsigned: bool = False,
 ) -> list[dict]:
     """The deployment API: load only the bundle (closed, hash-checked, signature verified against `trust`) and
-    score image files or folders."""
+    score image files or folders.
+
+    Args:
+        bundle_path: the bundle folder.
+        paths: image files, or folders searched recursively for .jpg/.jpeg/.png/.webp/.bmp files.
+        batch_size: images per forward pass.
+        device: a torch device name.
+        trust: who may have signed the bundle (see `Bundle.load`).
+        allow_unsigned: accept an unsigned bundle.
+
+    Returns:
+        One record per image, in order: ``path``, ``prob_roadwork``, ``prediction`` and ``decision`` (accept or
+        defer), or ``path``, ``error`` and ``fix`` for a file that cannot be scored (the others still are).
+
+    Raises:
+        BundleError: the bundle does not verify (see `Bundle.load`).
+        ConfigError: no `trust` given for a signed bundle and `allow_unsigned` not set.
+        DataError: `paths` name no image file at all.
+    """
     return Bundle.load(bundle_path, trust, allow_unsigned).predict_paths(paths, batch_size, device)
