@@ -5,7 +5,7 @@ import pytest
 from conftest import png_rgb16
 from PIL import Image
 
-from streetvision.data.decode import QuarantineReason, decode_image
+from streetvision.data.decode import QuarantineReason, decode_image, read_image_file
 
 
 def _encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
@@ -100,3 +100,21 @@ def test_sixteen_bit_images_are_quarantined_not_truncated():
         decode_image(png_rgb16(), 32, 16)
     assert _code(_encode(Image.fromarray(np.zeros((40, 40), np.uint16)), "PNG")) == "unsupported_mode"
     assert decode_image(_encode(Image.new("RGB", (40, 40)), "PNG"), 32, 16).pixels.shape == (32, 32, 3)  # 8-bit
+
+
+def test_image_files_are_read_bounded_and_only_when_regular(tmp_path):
+    import os
+
+    image = tmp_path / "a.png"
+    image.write_bytes(_encode(Image.new("RGB", (40, 40)), "PNG"))
+    assert read_image_file(image, 10_000) == image.read_bytes()
+    os.mkfifo(tmp_path / "pipe.jpg")  # opened without blocking, refused on its descriptor
+    for path, max_bytes, expected in [
+        (image, 10, "too_large: more than data.max_record_bytes=10 bytes"),
+        (tmp_path / "pipe.jpg", 10_000, "not a regular file"),
+        (tmp_path, 10_000, "not a regular file"),
+        (tmp_path / "missing.jpg", 10_000, "no such file"),
+        ("/dev/zero", 10_000, "not a regular file"),
+    ]:
+        with pytest.raises(QuarantineReason, match=expected):
+            read_image_file(path, max_bytes)

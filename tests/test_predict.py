@@ -8,6 +8,7 @@ from conftest import PUBLIC_KEY, TRUST, build_bundle, png_rgb16
 from PIL import Image
 
 from streetvision.cli import main
+from streetvision.config import load_config
 from streetvision.contracts import Role, Split
 from streetvision.data.shards import load_split
 from streetvision.inference import Bundle, predict
@@ -82,8 +83,9 @@ def test_predict_refuses_what_ingest_quarantines(bundle_and_images, tmp_path, ca
     """The bundle validates as ingest did (data.min_image_size, 16-bit): such files are not scored."""
     bundle, _, single, _ = bundle_and_images
     loaded = Bundle.load(bundle, TRUST)
-    min_size = loaded.preprocessing["validation"]["min_image_size"]
-    assert min_size > 4
+    validation = loaded.preprocessing["validation"]
+    min_size = validation["min_image_size"]
+    assert min_size > 4 and validation["max_record_bytes"] == load_config().data.max_record_bytes
     Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).save(tmp_path / "tiny.png")
     (tmp_path / "deep.png").write_bytes(png_rgb16())
     records = loaded.predict_paths([single, tmp_path / "tiny.png", tmp_path / "deep.png"])

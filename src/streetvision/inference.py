@@ -16,7 +16,7 @@ from streetvision.calibration import calibrated_probabilities
 from streetvision.config.schema import SigningConfig
 from streetvision.contracts.errors import BundleError, DataError
 from streetvision.contracts.validators import validate_bundle
-from streetvision.data.decode import QuarantineReason, decode_image
+from streetvision.data.decode import QuarantineReason, decode_image, read_image_file
 from streetvision.models import load_model_dir, predict_logits
 from streetvision.selective import accept_mask
 from streetvision.signing import verify_bundle_signature
@@ -68,7 +68,7 @@ class Bundle:
         verify_bundle_signature(path, trust, allow_unsigned)
         read = lambda name: json.loads((path / name).read_text())  # noqa: E731
         preprocessing = read("preprocessing.json")
-        if "validation" not in preprocessing:
+        if not {"min_image_size", "max_record_bytes"} <= set(preprocessing.get("validation", {})):
             raise BundleError(
                 "preprocessing.json does not record the image validation its training data passed",
                 f"bundle {path}",
@@ -115,10 +115,8 @@ class Bundle:
         pixels = []
         for path in expand_image_paths(paths):
             try:
-                if not path.is_file():  # missing, or a device/FIFO that would block or never end
-                    what = "no such file" if not path.exists() else "not a regular file"
-                    raise QuarantineReason("unreadable", what)
-                pixels.append(self.decode(path.read_bytes()))
+                data = read_image_file(path, self.preprocessing["validation"]["max_record_bytes"])
+                pixels.append(self.decode(data))
                 records.append({"path": str(path)})
             except (QuarantineReason, OSError) as exc:
                 error = str(exc) if isinstance(exc, QuarantineReason) else f"unreadable: {type(exc).__name__}: {exc}"

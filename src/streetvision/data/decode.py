@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -54,9 +57,30 @@ def perceptual_hash(img: Image.Image) -> tuple[int, bool]:
 
 
 def image_validation(data_cfg) -> dict:
-    """The settings `decode_image` validates with, from the `data` config: ingest applies them, and a bundle
-    records them so that deployment (predict, drift, evaluate's renders) refuses what ingest quarantines."""
-    return {"min_image_size": data_cfg.min_image_size}
+    """The settings an image is read and validated with (`read_image_file`, `decode_image`), from the `data`
+    config: ingest applies them, and a bundle records them so that deployment (predict, drift, evaluate's
+    renders) refuses what ingest quarantines."""
+    return {"min_image_size": data_cfg.min_image_size, "max_record_bytes": data_cfg.max_record_bytes}
+
+
+def read_image_file(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a local image file: a regular file of at most `max_bytes` (data.max_record_bytes), else a
+    QuarantineReason. Opened without blocking and checked on the open descriptor, so a FIFO or device (or a
+    path swapped for one) is refused, never read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise QuarantineReason("unreadable", "no such file") from None
+    except OSError as exc:
+        raise QuarantineReason("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise QuarantineReason("unreadable", "not a regular file (a folder, device, FIFO or socket)")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise QuarantineReason("too_large", f"more than data.max_record_bytes={max_bytes} bytes")
+    return data
 
 
 def _sixteen_bit(img: Image.Image) -> bool:
