@@ -12,8 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +46,6 @@ from streetvision.training.loop import STATE_FILE, train_classifier
 logger = logging.getLogger(__name__)
 
 PHASE = "phase1"
-OUTPUTS_FILE = "phase1_outputs.json"
 OUTPUT_NAMES = ("checkpoint", "val_select_logits", "val_calib_logits")
 # Settings that do not change the trained weights: a restart with other values still resumes.
 _NOT_IN_RESUME_KEY = (
@@ -118,19 +115,12 @@ def run_phase1(cfg: Config, paths: PhasePaths) -> PhaseResult:
     device = task_device(cfg, PHASE)
     for path in out_dirs.values():
         prepare_output_dir(path)
-    job: dict[str, Any] = {
+    job = {
         "config": config_to_json(cfg),
         "dirs": [str(p) for p in (train_dir, val_select_dir, val_calib_dir, *out_dirs.values())],
     }
-    processes = distributed.resolve_num_processes(cfg.training.num_processes, device.type)
-    if processes == 1:
-        trained = _train_and_write(**job)
-    else:
-        with tempfile.TemporaryDirectory(prefix="streetvision-phase1-") as scratch:
-            job["result_path"] = os.path.join(scratch, OUTPUTS_FILE)
-            logger.info(f"launching {processes} training processes (DDP)")
-            distributed.launch(processes, "streetvision.phases.phase1:_train_and_write", job, scratch)
-            trained = json.loads(Path(job["result_path"]).read_text())
+    processes = distributed.resolve_num_processes(cfg.training.num_processes, device.type, PHASE)
+    trained = distributed.run_job(PHASE, processes, "streetvision.phases.phase1:_train_and_write", job)
     outputs = {name: trained[name] for name in OUTPUT_NAMES}
     if backbone is not None:
         from streetvision.phases.phase4 import add_backbone_lineage
@@ -280,9 +270,7 @@ def _train_and_write(config: str, dirs: list[str], result_path: str | None = Non
         **curve_metrics(result.history, cfg.training.selection_metric),
     }
     outputs["training_curves"] = curves_html(result.history, cfg.training.selection_metric, training_summary)
-    if result_path:
-        Path(result_path).write_text(json.dumps(outputs))
-    return outputs
+    return distributed.hand_back(outputs, result_path)
 
 
 def _logit(p: float) -> float:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from streetvision.cluster_env import resume_root
+from streetvision.config.loader import config_from_json, config_to_json
 from streetvision.config.schema import Config
 from streetvision.contracts.metadata import (
     ArtifactMetadata,
@@ -187,7 +188,8 @@ def run_phase3(cfg: Config, paths: PhasePaths) -> PhaseResult:
     """Gatekeeper-tune phase 1's model, then fit its threshold policy as phase 2 does.
 
     The tuning runs in the training engine: with training.resume_dir set (on a cluster: the run's checkpoint
-    location), its state is saved there and a retried task resumes it.
+    location), its state is saved there and a retried task resumes it. With ``training.num_processes`` > 1 it
+    runs in one torchrun worker per GPU (DDP), as phase 1's training does; rank 0 writes the outputs.
 
     Args:
         cfg: the run's config (``gate``, ``training``, ``calibration``).
@@ -195,33 +197,50 @@ def run_phase3(cfg: Config, paths: PhasePaths) -> PhaseResult:
             ``policy``.
 
     Returns:
-        The outputs' metadata, the tuning and policy scalars and the tuning curves page.
+        The outputs' metadata.
 
     Raises:
         LeakageViolationError: an input comes from a split (or lineage) this phase's role may not read.
         IntegrityError: an input is incomplete (no completion record) or altered since it was written.
         TrainingDivergedError: the loss became NaN or infinite.
     """
-    started = time.time()
-    checkpoint_dir, train_dir = paths.input("checkpoint"), paths.input("train")
-    val_select_dir, val_calib_dir = paths.input("val_select"), paths.input("val_calib")
-    gate_checkpoint_dir, policy_dir = paths.output("gate_checkpoint"), paths.output("policy")
-    g = cfg.gate
-    reads = PHASE_READS[PHASE]
+    _load_inputs(paths)  # checks roles, completeness and the checkpoint before anything is written
+    # Resolved before anything is written or any worker starts: a GPU task without a visible GPU fails here.
+    device = task_device(cfg, PHASE)
+    for name in paths.outputs:
+        prepare_output_dir(paths.output(name))
+    job = {"config": config_to_json(cfg), "paths": {"inputs": dict(paths.inputs), "outputs": dict(paths.outputs)}}
+    processes = distributed.resolve_num_processes(cfg.training.num_processes, device.type, PHASE)
+    return PhaseResult(PHASE, distributed.run_job(PHASE, processes, "streetvision.phases.phase3:_tune_and_write", job))
+
+
+def _load_inputs(paths: PhasePaths) -> tuple[dict[str, SplitData], ArtifactMetadata, str]:
+    """The three splits (each checked for its role), the checkpoint's record, and their common partition."""
+    checkpoint_dir = paths.input("checkpoint")
     inputs: dict[str, SplitData] = {}
-    for name, path in (("train", train_dir), ("val_select", val_select_dir), ("val_calib", val_calib_dir)):
-        role, split = reads[name]
-        inputs[name] = load_split(path, split=split, role=role, phase=PHASE, input_name=name)
+    for name, (role, split) in PHASE_READS[PHASE].items():
+        inputs[name] = load_split(paths.input(name), split=split, role=role, phase=PHASE, input_name=name)
     ckpt_meta = require_input(checkpoint_dir, kind="checkpoint", phase=PHASE, input_name="checkpoint")
     partition = check_same_partition({"checkpoint": ckpt_meta, **{k: v.meta for k, v in inputs.items()}}, PHASE)
     validate_checkpoint(checkpoint_dir)
+    return inputs, ckpt_meta, partition
+
+
+def _tune_and_write(config: str, paths: dict[str, dict[str, str]], result_path: str | None = None) -> dict:
+    """Everything after the input checks; runs in every training process (DDP), rank 0 writes the outputs."""
+    started = time.time()
+    cfg = config_from_json(config)
+    where = PhasePaths(PHASE, **paths)
+    checkpoint_dir = where.input("checkpoint")
+    gate_checkpoint_dir, policy_dir = where.output("gate_checkpoint"), where.output("policy")
+    inputs, ckpt_meta, partition = _load_inputs(where)
     train, select, calib = inputs["train"], inputs["val_select"], inputs["val_calib"]
-    gate_checkpoint_dir, policy_dir = prepare_output_dir(gate_checkpoint_dir), prepare_output_dir(policy_dir)
+    g = cfg.gate
 
     torch.manual_seed(g.seed)
     if cfg.training.num_threads > 0:
         torch.set_num_threads(cfg.training.num_threads)
-    device = task_device(cfg, PHASE)
+    device = task_device(cfg, PHASE, distributed.local_rank())
     loaded = load_model_dir(checkpoint_dir).to(device)
     # A multi-view checkpoint is tuned through its single-view network (every view shares its weights), on single
     # TRAIN views; selection and the threshold score the views as deployment will.
@@ -254,6 +273,9 @@ def run_phase3(cfg: Config, paths: PhasePaths) -> PhaseResult:
         "from that state)",
     )
     result = fit(recipe, plan, checkpoints, device)
+    distributed.barrier()
+    if distributed.rank() != 0:
+        return {}
     # Epoch 0 is the untuned model, 1..epochs the tuned ones.
     history = [
         {"epoch": row["epoch"] + 1, **{k: row[k] for k in ("train_loss", "val_select_aurc") if k in row}}
@@ -299,6 +321,7 @@ def run_phase3(cfg: Config, paths: PhasePaths) -> PhaseResult:
                 "val_select_aurc": round(best_aurc, 4),
                 "val_select_aurc_before": round(history[0]["val_select_aurc"], 4),
                 "device": str(device),
+                "processes": distributed.world_size(),
                 "seconds": round(time.time() - started, 1),
             },
         ),
@@ -313,4 +336,4 @@ def run_phase3(cfg: Config, paths: PhasePaths) -> PhaseResult:
             summary=policy_summary(policy, calibrator),
         ),
     )
-    return PhaseResult(PHASE, {"gate_checkpoint": checkpoint_meta, "policy": policy_meta})
+    return distributed.hand_back({"gate_checkpoint": checkpoint_meta, "policy": policy_meta}, result_path)

@@ -1,7 +1,8 @@
 """Data-parallel training on one node: one process per GPU, launched with torchrun, joined with DDP.
 
-The phase-1 task runs as one process; when more than one process is asked for it writes a small job file
-and starts ``torchrun --standalone --nproc-per-node N -m streetvision.training.distributed JOB``. Each worker
+A training phase's task (phases 1 and 3) runs as one process; when more than one process is asked for
+(`training.num_processes`), `run_job` writes a small job file and starts
+``torchrun --standalone --nproc-per-node N -m streetvision.training.distributed JOB``. Each worker
 joins the process group (NCCL on GPUs, gloo on CPU), runs the job's target function and leaves. Inside a
 worker the helpers below talk to the group; outside one they are no-ops, so the training loop has one path.
 """
@@ -11,16 +12,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from streetvision.cluster_env import usable_cpus
 from streetvision.contracts.errors import ConfigError, TrainingError
+
+logger = logging.getLogger(__name__)
 
 
 def is_distributed() -> bool:
@@ -74,7 +80,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def resolve_num_processes(requested: int, device: str) -> int:
+def resolve_num_processes(requested: int, device: str, phase: str) -> int:
     """0 means one per visible GPU (1 without GPUs)."""
     if requested == 0:
         uses_gpu = device != "cpu" and torch.cuda.is_available()
@@ -82,13 +88,40 @@ def resolve_num_processes(requested: int, device: str) -> int:
     if device != "cpu" and torch.cuda.is_available() and requested > torch.cuda.device_count():
         raise ConfigError(
             f"training.num_processes={requested} but only {torch.cuda.device_count()} GPU(s) are visible",
-            "phase1",
+            phase,
             "set training.num_processes=0 (one per GPU) or request that many GPUs for the task",
         )
     return requested
 
 
-def launch(num_processes: int, target: str, kwargs: dict, job_dir: str | Path) -> None:
+def run_job(phase: str, num_processes: int, target: str, job: dict[str, Any]) -> dict[str, Any]:
+    """`target(**job)` ("module:function") in this process when `num_processes` is 1, else in that many torchrun
+    workers; returns what the call on rank 0 returned (workers hand it back with `hand_back`)."""
+    if num_processes == 1:
+        return _function(target)(**job)
+    with tempfile.TemporaryDirectory(prefix=f"streetvision-{phase}-") as scratch:
+        result_path = os.path.join(scratch, RESULT_FILE)
+        logger.info(f"{phase}: launching {num_processes} training processes (DDP)")
+        launch(num_processes, target, {**job, "result_path": result_path}, scratch, phase)
+        return json.loads(Path(result_path).read_text())
+
+
+def hand_back(result: dict[str, Any], result_path: str | None) -> dict[str, Any]:
+    """The end of a `run_job` target: rank 0's result goes back to the launching process (JSON-able)."""
+    if result_path and rank() == 0:
+        Path(result_path).write_text(json.dumps(result))
+    return result
+
+
+RESULT_FILE = "result.json"
+
+
+def _function(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def launch(num_processes: int, target: str, kwargs: dict, job_dir: str | Path, phase: str) -> None:
     """Run `target` ("module:function", called with **kwargs) in `num_processes` torchrun workers; returns
     when all finished, raises when any failed (their output is in this task's log)."""
     job = Path(job_dir) / "distributed_job.json"
@@ -111,7 +144,7 @@ def launch(num_processes: int, target: str, kwargs: dict, job_dir: str | Path) -
     if result.returncode != 0:
         raise TrainingError(
             f"a training worker failed (torchrun exit code {result.returncode})",
-            f"phase1 with training.num_processes={num_processes}",
+            f"{phase} with training.num_processes={num_processes}",
             "the worker's error is printed above in this task's log; fix it, or set training.num_processes=1",
         )
 
@@ -128,8 +161,7 @@ def _worker_main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     try:
-        module, _, name = job["target"].partition(":")
-        getattr(importlib.import_module(module), name)(**job["kwargs"])
+        _function(job["target"])(**job["kwargs"])
     finally:
         dist.destroy_process_group()
     return 0
