@@ -63,13 +63,13 @@ RECORD_RESERVE_BYTES = 16 * 1024
 # What the local runner's own log lines say when it reuses a cached task or retries a failed one
 # (kfp.local.orchestrator.task_executor: "Task X cache hit ...", "Task X failed (attempt i/n). Retrying in ...").
 TASK_EVENTS = ("cache hit", "Retrying in")
-# Local-runner chatter that buries the phases' own output: the executor's input JSON, its bookkeeping lines,
-# and the repr of every output artifact. run.log keeps all of it.
-_QUIET = re.compile(
-    r"\[KFP Executor [^]]*INFO\]: (Looking for|Loading KFP|Wrote executor)"
-    r"|^\s*(\w+: \w+\( name=|uri='|metadata=\{)"
-    r"|Streamed logs:|outputs:$|has no outputs$"
-)
+# The local runner's bookkeeping records in this process (kfp.local.task_dispatcher logs them on the root
+# logger), told apart by their first line: each whole record, however many lines of artifact repr it holds,
+# goes to run.log only.
+RUNNER_BOOKKEEPING = ("Streamed logs:", " outputs:", " has no outputs")
+# A task's own output reaches this process as text (the subprocess's stdout), so its executor's bookkeeping
+# lines are told apart by their text: kept in run.log, left off the console (with the input JSON dump).
+_QUIET = re.compile(r"\[KFP Executor [^]]*INFO\]: (Looking for|Loading KFP|Wrote executor)")
 
 
 class ConsoleFilter(io.TextIOBase):
@@ -123,21 +123,42 @@ class LocalRun:
     summary: RunSummary
 
 
+class _RunLogOnly(logging.Filter):
+    """On the root logger (which keeps its filters while the local runner swaps its handlers per task): the
+    runner's bookkeeping records are written to run.log and not passed on to the console."""
+
+    def __init__(self, log_file):
+        super().__init__()
+        self.log_file = log_file
+        self.formatter = logging.Formatter("%(asctime)s - %(levelname)s - %(message)s")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().split("\n", 1)[0].rstrip().endswith(RUNNER_BOOKKEEPING):
+            return True
+        self.log_file.write(self.formatter.format(record) + "\n")
+        return False
+
+
 @contextlib.contextmanager
-def _show_task_events():
-    """The local runner logs a reused (cached) task and a retried one at INFO outside its own log setup, where
-    they are dropped; a resumed run should say which phases it reused, and any run which task it retried."""
+def _route_runner_records(log_file):
+    """The local runner's own records, by record: bookkeeping to run.log only (`_RunLogOnly`), and a reused
+    (cached) or retried task said on the console too. Those two are logged at INFO outside the runner's own
+    log setup, where they would be dropped; a resumed run should say which phases it reused, and any run which
+    task it retried."""
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stdout)  # the console filter: console and run.log
     handler.addFilter(lambda record: any(event in record.getMessage() for event in TASK_EVENTS))
     handler.setFormatter(logging.Formatter("%(message)s"))
+    bookkeeping = _RunLogOnly(log_file)
     level = root.level
     root.addHandler(handler)
+    root.addFilter(bookkeeping)
     root.setLevel(logging.INFO)
     try:
         yield
     finally:
         root.removeHandler(handler)
+        root.removeFilter(bookkeeping)
         root.setLevel(level)
 
 
@@ -353,7 +374,7 @@ def _run_locked(cfg: Config, run_dir: Path, runner: str, retries: int) -> LocalR
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
             # The local runner uses this environment, not the image; it warns that the image is not "python".
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            with contextlib.redirect_stdout(ConsoleFilter(sys.stdout, log_file)), _show_task_events():
+            with contextlib.redirect_stdout(ConsoleFilter(sys.stdout, log_file)), _route_runner_records(log_file):
                 pipeline_root = (run_dir / PIPELINE_ROOT).resolve()
                 cfg = with_rendered_demo(cfg, run_dir, pipeline_root)
                 compile_pipeline(cfg, run_dir / "pipeline.yaml", retry)

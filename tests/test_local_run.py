@@ -42,6 +42,10 @@ def test_whole_pipeline_runs_locally(tmp_path):
     assert "blessing: PASSED" in result.stdout or "blessing: FAILED" in result.stdout
     assert "Got executor_input" not in result.stdout  # kept in run.log, not on the console
     assert "Got executor_input" in (run_dir / "run.log").read_text()
+    # The runner's own bookkeeping records (artifact reprs included) go to run.log whole, not to the console.
+    for chatter in ("Streamed logs:", "outputs:\n", "uri='"):
+        assert chatter not in result.stdout and chatter in (run_dir / "run.log").read_text(), chatter
+    assert "Executing task" in result.stdout and "[streetvision] " in result.stdout  # the phases' own lines
 
 
 @pytest.mark.slow
