@@ -183,18 +183,19 @@ def submit(sub: Submission, client=None) -> str:
 
 @dataclass
 class SubmitOptions:
-    """What a submission is asked for besides the config (the `streetvision submit` options)."""
+    """What a submission is asked for besides the config (the `streetvision submit` options, whose defaults
+    are the command line's)."""
 
+    namespace: str  # the Kubeflow profile the run executes in
+    token_env: str  # the environment variable holding a bearer token
     pipeline_file: str | None = None  # a compiled YAML to submit as it is, instead of compiling the config
     params: list[str] = field(default_factory=list)  # NAME=VALUE pipeline parameters
     host: str | None = None  # default: $KF_PIPELINES_ENDPOINT, or the in-cluster API with in_cluster
-    namespace: str = "streetvision"
     experiment: str | None = None  # default: pipeline.name
     run_name: str | None = None  # default: the pipeline name and the UTC time
     pipeline_root: str | None = None  # default: cluster.pipeline_root
     service_account: str | None = None  # default: cluster.service_account
     no_cache: bool = False
-    token_env: str = TOKEN_ENV
     in_cluster: bool = False
     dry_run: bool = False
 
