@@ -439,3 +439,70 @@ def test_a_local_run_without_a_key_gets_its_own(tmp_path, tiny_cfg):
     assert signing_summary(cfg)["fingerprint"].startswith("sha256:")
     # A configured key is used as given.
     assert prepare_run(tiny_cfg, tmp_path, None)[1].signing == tiny_cfg.signing
+
+
+def _certificate(subject, key, issuer, issuer_key, ca: bool):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = lambda cn: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # noqa: E731
+    usage = dict.fromkeys(
+        ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement", "encipher_only"), False
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name(subject))
+        .issuer_name(name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=not ca, key_cert_sign=ca, crl_sign=ca, decipher_only=False, **usage),
+            critical=True,
+        )
+    )
+    if not ca:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def test_the_certificate_flow_signs_and_verifies_offline(tmp_path):
+    """signing.method=certificate: a key with its certificate signs, a chain to its CA verifies; a change after
+    signing, or a chain to another CA, is refused."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from streetvision.config.schema import SigningConfig
+    from streetvision.signing import sign_bundle, verify_bundle_signature
+
+    pem = lambda cert: cert.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    ca_key, other_key, key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    (tmp_path / "ca.pem").write_bytes(pem(_certificate("ca", ca_key, "ca", ca_key, ca=True)))
+    (tmp_path / "other.pem").write_bytes(pem(_certificate("other", other_key, "other", other_key, ca=True)))
+    (tmp_path / "leaf.pem").write_bytes(pem(_certificate("signer", key, "ca", ca_key, ca=False)))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    (folder / "policy.json").write_text('{"threshold": 0.9}')
+    signing = SigningConfig(
+        method="certificate",
+        private_key=str(tmp_path / "key.pem"),
+        signing_certificate=str(tmp_path / "leaf.pem"),
+        certificate_chain=[str(tmp_path / "ca.pem")],
+    )
+    sign_bundle(folder, signing)
+    assert verify_bundle_signature(folder, signing).startswith("signed by certificate chain")
+    other = signing.model_copy(update={"certificate_chain": [str(tmp_path / "other.pem")]})
+    with pytest.raises(BundleError, match="signature check failed"):
+        verify_bundle_signature(folder, other)
+    (folder / "policy.json").write_text('{"threshold": 0.5}')
+    with pytest.raises(BundleError, match="changed since signing: policy.json"):
+        verify_bundle_signature(folder, signing)
