@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -127,9 +128,12 @@ def test_several_sources_in_one_run_tag_every_record(folder, tmp_path):
 
 
 def test_rerun_is_identical_and_new_samples_never_move_old_ones(tmp_path):
+    """With data.split.assignment=stable (a fixed hash cut, floors off); the balanced default's bounded moves are
+    in test_splits."""
+    stable = ["data.split.assignment=stable", "data.split.min_val_select=0", "data.split.min_val_calib=0"]
     write_folder(tmp_path / "v1", n=100, with_bad=False)
-    _, first, meta1 = ingest(tmp_path, "data.source=folder", f"data.path={tmp_path / 'v1'}", name="a")
-    _, again, meta2 = ingest(tmp_path, "data.source=folder", f"data.path={tmp_path / 'v1'}", name="b")
+    _, first, meta1 = ingest(tmp_path, "data.source=folder", f"data.path={tmp_path / 'v1'}", *stable, name="a")
+    _, again, meta2 = ingest(tmp_path, "data.source=folder", f"data.path={tmp_path / 'v1'}", *stable, name="b")
     assert {k: v["fingerprint"] for k, v in meta1.outputs.items() if k != "data_report"} == {
         k: v["fingerprint"] for k, v in meta2.outputs.items() if k != "data_report"
     }
@@ -144,7 +148,7 @@ def test_rerun_is_identical_and_new_samples_never_move_old_ones(tmp_path):
     for i in range(40):
         label = LABELS[i % 3 != 0]
         (tmp_path / "v2" / label / f"new{i:03d}.jpg").write_bytes(encode(scene(50_000 + i)))
-    _, grown, _ = ingest(tmp_path, "data.source=folder", f"data.path={tmp_path / 'v2'}", name="c")
+    _, grown, _ = ingest(tmp_path, "data.source=folder", f"data.path={tmp_path / 'v2'}", *stable, name="c")
     before = {r["sample_id"]: r["placement"] for r in rows_of(first)}
     after = {r["sample_id"]: r["placement"] for r in rows_of(grown)}
     assert len(after) == len(before) + 40
@@ -213,3 +217,58 @@ def test_exif_rotated_record_is_stored_upright(folder, tmp_path):
     )
     got = open_shards(out / row["placement"])[i].astype(np.int16)
     assert np.abs(got - expected).mean() < 6
+
+
+@pytest.mark.parametrize("column", ["group_id", "group", "sequence"])
+def test_manifest_group_column_is_read_under_its_common_names(tmp_path, column):
+    from streetvision.data.sources import manifest_records
+
+    path = tmp_path / "m.csv"
+    path.write_text(f"path,label,{column}\na.jpg,1,s1\nb.jpg,1,s1\nc.jpg,0,\n")
+    records = manifest_records(path)
+    assert [r.group_id for r in records] == ["manifest/s1", "manifest/s1", "manifest/c.jpg"]
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(json.dumps({"path": "a.jpg", "label": "1", column: "s9"}) + "\n")
+    assert manifest_records(jsonl)[0].group_id == "manifest/s9"
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [("path,label,grp", "unknown column(s) ['grp']"), ("path,label,group,sequence", "several group columns")],
+)
+def test_manifest_unknown_or_ambiguous_column_is_an_error(tmp_path, header, message):
+    from streetvision.data.sources import manifest_records
+
+    path = tmp_path / "m.csv"
+    path.write_text(f"{header}\na.jpg,1,s1,s1\n")
+    with pytest.raises(DataError, match=re.escape(message)):
+        manifest_records(path)
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(json.dumps({"path": "a.jpg", "label": "1", "scene": "x"}) + "\n")
+    with pytest.raises(DataError, match="line 1: unknown column"):
+        manifest_records(jsonl)
+
+
+def test_data_report_shows_shares_class_ratios_and_warns_about_a_large_group(tmp_path):
+    """One 30-frame sequence in 100 images: placed as a whole, listed first among the largest groups, warned."""
+    root = tmp_path / "m"
+    write_manifest(root, n=80, fmt="csv")
+    lines = (root / "manifest.csv").read_text().splitlines()
+    header, rows = lines[0], [line for line in lines[1:] if "missing" not in line and "odd" not in line]
+    fields = header.split(",")
+    big = []
+    for line in rows[:30]:
+        cells = line.split(",")
+        cells[fields.index("group_id")] = "long-sequence"
+        big.append(",".join(cells))
+    (root / "manifest.csv").write_text("\n".join([header, *big, *rows[30:]]) + "\n")
+    _, out, _ = ingest(tmp_path, "data.source=manifest", f"data.manifest={root / 'manifest.csv'}", name="r")
+    report = json.loads((out / "report" / "report.json").read_text())
+    splits = report["splits"]
+    assert sum(s["share"] for s in splits.values()) == pytest.approx(1.0, abs=1e-3)
+    for s in splits.values():
+        assert s["positive_rate"] == pytest.approx(s["class_counts"]["1"] / s["count"], abs=1e-4)
+    assert report["largest_groups"][0]["group"] == "manifest/long-sequence"
+    assert report["largest_groups"][0]["images"] >= 25
+    assert any("manifest/long-sequence" in w for w in report["warnings"])
+    assert "WARNING: group manifest/long-sequence" in (out / "report" / "report.md").read_text()

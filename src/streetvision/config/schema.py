@@ -126,13 +126,27 @@ class DemoConfig(Group):
 
 
 class SplitConfig(Group):
-    """Group-aware split: a seeded hash of the group id picks the split."""
+    """Group-aware split, balanced per class (streetvision.data.splits.assign_splits): groups in a seeded hash
+    order, boundaries at the target counts."""
 
     train: float = Field(0.7, gt=0.0, le=1.0)
     val_select: float = Field(0.1, gt=0.0, le=1.0)
     val_calib: float = Field(0.1, gt=0.0, le=1.0)
     val_test: float = Field(0.1, gt=0.0, le=1.0)
     seed: int = 0
+    # Floors in images: on small data VAL_SELECT and VAL_CALIB grow to these (taken from TRAIN, which keeps at
+    # least min_train_fraction). Model selection on ~150 images is noise, and a 5 % risk target needs ~60-100
+    # error-free accepted VAL_CALIB images before any threshold can be certified.
+    min_val_select: int = Field(250, ge=0)
+    min_val_calib: int = Field(300, ge=0)
+    min_train_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    # balanced: shares and class ratios on target up to one group per boundary; adding data may move a few old
+    # groups next to a boundary. stable: a fixed cut of the seeded hash, so adding data never moves an old group
+    # (with the floors at 0: floors make the shares depend on the data size), shares within sampling noise.
+    assignment: Literal["balanced", "stable"] = "balanced"
+    # A group holding more than this share of the images is placed first, into the split furthest below its
+    # target, and the data report warns about it (a near-duplicate group that big is suspicious).
+    large_group_fraction: Fraction = 0.01
 
     def fractions(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in ("train", "val_select", "val_calib", "val_test")}

@@ -26,6 +26,7 @@ QUARANTINE = "quarantine"
 EXAMPLES_PER_REASON = 5
 THUMB = 96  # thumbnail side in pixels
 REPORT_HTML = "report.html"
+LARGEST_GROUPS = 10
 
 
 def _records_csv(records, labels, placement, quarantined) -> bytes:
@@ -96,6 +97,8 @@ def write_data_report(
         counts = class_counts(np.array([p.label for p in items], dtype=np.int64))
         splits[split.value] = {
             "count": len(items),
+            "share": round(len(items) / max(1, len(placed)), 4),
+            "positive_rate": round(counts["1"] / len(items), 4) if items else None,
             "class_counts": counts,
             "groups": len({p.group for p in items}),
             "sources": dict(sorted(Counter(p.record.source for p in items).items())),
@@ -110,6 +113,23 @@ def write_data_report(
         ][:EXAMPLES_PER_REASON]
         for code in reasons
     }
+    sizes: Counter = Counter(p.group for p in placed)
+    group_split = {p.group: p.split.value for p in placed}
+    group_labels: dict[str, Counter] = {}
+    for p in placed:
+        group_labels.setdefault(p.group, Counter())[p.label] += 1
+    largest = [
+        {"group": g, "images": n, "split": group_split[g], "labels": {str(k): v for k, v in group_labels[g].items()}}
+        for g, n in sorted(sizes.items(), key=lambda gn: (-gn[1], gn[0]))[:LARGEST_GROUPS]
+    ]
+    limit = max(2, cfg.data.split.large_group_fraction * len(placed))
+    warnings = [
+        f"group {g['group']} holds {g['images']} images ({g['images'] / len(placed):.1%} of the data, more than "
+        f"data.split.large_group_fraction={cfg.data.split.large_group_fraction}): check that they are really "
+        "duplicates or one sequence (records.csv lists its members)"
+        for g in largest
+        if g["images"] > limit
+    ]
     report = {
         "records": len(records),
         "placed": len(placed),
@@ -121,6 +141,9 @@ def write_data_report(
         "duplicates": dedupe,
         "exact_duplicate_label_conflicts": len(dedupe["exact_duplicate_label_conflicts"]),
         "splits": splits,
+        "split_notes": dedupe.get("split_notes", []),
+        "largest_groups": largest,
+        "warnings": warnings,
         "partition": partition,
         "image_size": cfg.model.img_size,
         "label_names": list(cfg.data.label_names),
@@ -151,13 +174,16 @@ def _split_rows(report: dict) -> list[list[str]]:
             [
                 split,
                 str(s["count"]),
+                f"{s['share']:.1%}",
                 *(str(s["class_counts"][str(k)]) for k in (0, 1)),
+                f"{s['positive_rate']:.1%}" if s["positive_rate"] is not None else "-",
                 str(s["groups"]),
                 ", ".join(f"{k}: {v}" for k, v in s["sources"].items()),
                 str(s["majority_rate"]),
             ]
         )
-    return [["split", "images", names[0], names[1], "groups", "sources", "majority rate"], *rows]
+    header = ["split", "images", "share", names[0], names[1], f"{names[1]} rate", "groups", "sources", "majority rate"]
+    return [header, *rows]
 
 
 def _summary_lines(report: dict) -> list[str]:
@@ -170,6 +196,10 @@ def _summary_lines(report: dict) -> list[str]:
         f"{d['near_duplicate_radius']}): {d['near_duplicate_pairs']} pairs; {d['joined_groups']} groups joined; "
         f"{d['groups_with_mixed_labels']} groups hold both labels; {d['flat_images_not_hashed']} flat images "
         "matched by exact hash only",
+        *report["split_notes"],
+        "largest groups: "
+        + ", ".join(f"{g['group']} ({g['images']} images, {g['split']})" for g in report["largest_groups"][:5]),
+        *(f"WARNING: {w}" for w in report["warnings"]),
     ]
 
 

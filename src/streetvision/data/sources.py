@@ -27,6 +27,24 @@ from streetvision.config.schema import DataConfig, SourceConfig
 from streetvision.contracts.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# A manifest's group column, under its common names; any other unknown column is an error, never ignored.
+GROUP_COLUMNS = ("group_id", "group", "sequence")
+MANIFEST_COLUMNS = ("path", "uri", "label", "source", *GROUP_COLUMNS)
+
+
+def _check_manifest_columns(columns, uri: str, line: str = "") -> None:
+    unknown = sorted(set(columns) - set(MANIFEST_COLUMNS))
+    groups = [c for c in GROUP_COLUMNS if c in columns]
+    problem = (unknown and f"unknown column(s) {unknown}") or (len(groups) > 1 and f"several group columns {groups}")
+    if problem:
+        raise DataError(
+            f"{line}{problem}; a manifest has path (or uri), label, and optionally source and one group column "
+            f"({' / '.join(GROUP_COLUMNS)})",
+            f"manifest {uri}",
+            "rename or drop the column (a sequence or scene id belongs in the group column)",
+        )
+
+
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 
 
@@ -128,6 +146,7 @@ def _manifest_rows(text: str, uri: str) -> Iterator[tuple[int, dict]]:
                 raise DataError(
                     f"line {line_no} is not a JSON object", f"manifest {uri}", "write one JSON object per line"
                 )
+            _check_manifest_columns(row, uri, f"line {line_no}: ")
             yield line_no, {k: "" if v is None else str(v) for k, v in row.items()}
         return
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -138,12 +157,14 @@ def _manifest_rows(text: str, uri: str) -> Iterator[tuple[int, dict]]:
             f"manifest {uri}",
             "add a header row: path,label[,group_id,source]",
         )
+    _check_manifest_columns(columns, uri)
     for line_no, row in enumerate(reader, start=2):
         yield line_no, {k: (v or "") for k, v in row.items() if k is not None}
 
 
 def manifest_records(src: SourceConfig | str | Path) -> list[SourceRecord]:
-    """A CSV (header row) or JSONL manifest: path or uri, label, optional group_id and source.
+    """A CSV (header row) or JSONL manifest: path or uri, label, optional group (group_id, group or sequence)
+    and source.
 
     Relative paths are relative to the manifest's folder (or prefix). A record without a group id is its
     own group. A string argument is a manifest path with the default source name.
@@ -169,7 +190,7 @@ def manifest_records(src: SourceConfig | str | Path) -> list[SourceRecord]:
     for line_no, row in _manifest_rows(text, uri):
         raw = (row.get("path") or row.get("uri") or "").strip()
         sample_id = f"{name}/{raw}" if raw else f"{name}/line{line_no}"
-        group = (row.get("group_id") or "").strip()
+        group = next((row[c] for c in GROUP_COLUMNS if c in row), "").strip()
         records.append(
             SourceRecord(
                 sample_id=sample_id,

@@ -43,7 +43,14 @@ from streetvision.data.decode import DecodedImage, QuarantineReason, decode_imag
 from streetvision.data.report import REPORT_HTML, write_data_report
 from streetvision.data.shards import SAMPLES_FILE, class_counts, write_shard, write_shard_manifest
 from streetvision.data.sources import SourceRecord, read_parquet_images, read_sources
-from streetvision.data.splits import merge_groups, near_duplicate_pairs, split_of_group
+from streetvision.data.splits import (
+    GroupFacts,
+    assign_splits,
+    hamming_distances,
+    merge_groups,
+    near_duplicate_clusters,
+    near_duplicate_pairs,
+)
 from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.progress import progress
 
@@ -199,9 +206,15 @@ def decode_records(
         yield from storage.prefetch(decode_pool, decode, flat, ahead=4 * n_decode)
 
 
+def _group_facts(placed: list[Placed]) -> dict[str, GroupFacts]:
+    labels: dict[str, Counter] = defaultdict(Counter)
+    for item in placed:
+        labels[item.group][item.label] += 1
+    return {group: GroupFacts(sum(c.values()), int(c[1] >= c[0])) for group, c in labels.items()}
+
+
 def _partition_id(placed: list[Placed], cfg: Config) -> str:
-    digest = hashlib.sha256(json.dumps(cfg.data.split.fractions(), sort_keys=True).encode())
-    digest.update(str(cfg.data.split.seed).encode())
+    digest = hashlib.sha256(json.dumps(cfg.data.split.model_dump(), sort_keys=True).encode())
     for item in sorted(placed, key=lambda p: p.record.sample_id):
         assert item.split is not None, "placed before the partition is named"
         digest.update(f"{item.record.sample_id}\t{item.split.value}\n".encode())
@@ -260,19 +273,22 @@ def _dedupe(placed: list[Placed], quarantined: dict[int, QuarantineReason], cfg:
         pairs += [(items[0].group, other.group) for other in items[1:]]
     placed[:] = [p for p in placed if p.index not in quarantined]
 
-    near_pairs = 0
+    # Exact duplicates (and a source's own groups) always stay together; near duplicates join those units by
+    # complete linkage, so no chain of close pairs can join distinct images (streetvision.data.splits).
+    exact = merge_groups(pairs, [p.group for p in placed])
+    near_pairs, cluster = 0, {}
     if cfg.dedupe.near_duplicate_radius >= 0:
         hashed = [p for p in placed if not p.image.flat]
-        found = near_duplicate_pairs(
-            np.array([p.image.phash for p in hashed], dtype=np.uint64), cfg.dedupe.near_duplicate_radius
-        )
+        hashes = np.array([p.image.phash for p in hashed], dtype=np.uint64)
+        found = near_duplicate_pairs(hashes, cfg.dedupe.near_duplicate_radius)
         near_pairs = len(found)
-        pairs += [(hashed[a].group, hashed[b].group) for a, b in found.tolist()]
-    merged = merge_groups(pairs, [p.group for p in placed])
+        cluster = near_duplicate_clusters([exact[p.group] for p in hashed], found, hamming_distances(hashes, found))
     members: dict[str, set[str]] = defaultdict(set)
     for item in placed:
-        members[merged[item.group]].add(item.group)
-        item.group = merged[item.group]
+        unit = exact[item.group]
+        merged = cluster.get(unit, unit)
+        members[merged].add(item.group)
+        item.group = merged
     joined = sorted(((g, sorted(m)) for g, m in members.items() if len(m) > 1), key=lambda gm: (-len(gm[1]), gm[0]))
     labels_by_group: dict[str, set[int]] = defaultdict(set)
     for item in placed:
@@ -360,8 +376,12 @@ def run_ingest(cfg: Config, paths: PhasePaths) -> PhaseResult:
         decode_seconds = time.time() - decode_started
 
         dedupe = _dedupe(placed, quarantined, data_cfg)
+        split_of, split_notes = assign_splits(_group_facts(placed), data_cfg.split)
+        for note in split_notes:
+            log(f"split: {note}")
         for item in placed:
-            item.split = split_of_group(item.group, data_cfg.split)
+            item.split = split_of[item.group]
+        dedupe["split_notes"] = split_notes
         partition = _partition_id(placed, cfg)
         by_split: dict[Split, list[Placed]] = {s: [] for s in Split}
         for item in sorted(placed, key=lambda p: p.record.sample_id):
@@ -369,6 +389,8 @@ def run_ingest(cfg: Config, paths: PhasePaths) -> PhaseResult:
             by_split[item.split].append(item)
 
         report = write_data_report(report_dir, cfg, records, labels, by_split, quarantined, dedupe, partition, staging)
+        for warning in report["warnings"]:
+            log(f"WARNING: {warning}")
         _check_outcome(report, by_split, data_cfg.max_quarantine_fraction, report_dir)
 
         metas: dict[str, ArtifactMetadata] = {}
