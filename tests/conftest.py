@@ -32,6 +32,7 @@ PRIVATE_KEY, PUBLIC_KEY = generate_key_pair(_KEYS)
 TRUST = SigningConfig(method="key", public_key=str(PUBLIC_KEY))
 
 TINY = [
+    "model=vit_tiny",  # the shrunk ViT family, shrunk further below (the default CNN has no depth/width knobs)
     "data.demo.num_sequences=80",
     "data.demo.frames_min=1",
     "data.demo.frames_max=2",

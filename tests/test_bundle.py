@@ -506,3 +506,25 @@ def test_the_certificate_flow_signs_and_verifies_offline(tmp_path):
     (folder / "policy.json").write_text('{"threshold": 0.5}')
     with pytest.raises(BundleError, match="changed since signing: policy.json"):
         verify_bundle_signature(folder, signing)
+
+
+def test_the_default_small_cnn_trains_tunes_exports_and_predicts(ingested, tmp_path):
+    """The default from-scratch model (a timm ResNet) through phase 1, phase 3, phase 6, Bundle.predict and ONNX."""
+    from streetvision.config import load_config
+    from streetvision.export import export_onnx, onnx_logits
+
+    _, dirs, _, _ = ingested
+    vit_keys = ("model=", "model.patch_size", "model.depth", "model.embed_dim", "model.num_heads")
+    cfg = load_config([o for o in TINY if not o.startswith(vit_keys)] + ["gate.epochs=1", "training.multiview=single"])
+    assert cfg.model.name == "test_resnet"
+    ckpt = tmp_path / "checkpoint"
+    run_phase1(cfg, phase1_paths(dirs, tmp_path))
+    assert type(load_model_dir(ckpt)).__name__ == "ResNet"
+    run_phase3(cfg, phase3_paths(dirs, ckpt, tmp_path))
+    run_phase6(cfg, _export(dirs, tmp_path / "gate_checkpoint", tmp_path / "gate", tmp_path / "bundle"))
+    calib = load_split(dirs[Split.VAL_CALIB], split=Split.VAL_CALIB, role=Role.PREDICTION, phase="test", input_name="x")
+    images = np.asarray(calib.images[:5])
+    preds = Bundle.load(tmp_path / "bundle", TRUST).predict(images)
+    assert preds.logits.shape == (5, 2) and np.isfinite(preds.logits).all()
+    onnx = export_onnx(tmp_path / "bundle", tmp_path / "model.onnx", trust=TRUST)
+    np.testing.assert_allclose(onnx_logits(onnx, images), preds.logits, atol=1e-4, rtol=1e-4)

@@ -14,7 +14,7 @@ OVERLAYS = ["manifests/overlays/h100/streetvision.yaml", "manifests/overlays/a10
 def test_defaults_live_once_the_schema_equals_the_loaded_defaults():
     assert Config().model_dump() == load_config().model_dump() and Config() == load_config()
     cfg = load_config()
-    assert cfg.model.img_size == 64 and cfg.model.depth == 4  # the demo_tiny preset is the default
+    assert cfg.model.img_size == 64 and cfg.model.name == "test_resnet"  # the demo_tiny preset is the default
     assert selected_presets() == {"model": "demo_tiny", "training": "cpu"}
     # ... and those default presets change nothing.
     assert load_config(["model=demo_tiny", "training=cpu"]) == Config()
@@ -207,7 +207,15 @@ def test_value_ranges_quantities_and_lists_are_checked():
 
 def test_cross_field_rules_are_reported_with_the_other_problems_of_their_group():
     with pytest.raises(ConfigError) as info:
-        load_config(["cluster.retries=-1", "cluster.checkpoint_root=relative", "model.img_size=66", "model.depth=0"])
+        load_config(
+            [
+                "model=vit_tiny",
+                "cluster.retries=-1",
+                "cluster.checkpoint_root=relative",
+                "model.img_size=66",
+                "model.depth=0",
+            ]
+        )
     text = str(info.value)
     assert "cluster.retries" in text and "cluster.checkpoint_root: with checkpoint_pvc set" in text
     assert "model.patch_size: 8 does not divide model.img_size=66" in text and "model.depth" in text

@@ -14,7 +14,14 @@ from streetvision.models import (
     validate_checkpoint,
 )
 
-TINY_MODEL = ["model.img_size=32", "model.patch_size=8", "model.depth=1", "model.embed_dim=48", "model.num_heads=2"]
+TINY_MODEL = [
+    "model=vit_tiny",
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.depth=1",
+    "model.embed_dim=48",
+    "model.num_heads=2",
+]
 
 
 def test_tiny_dinov2_architecture_from_config():

@@ -73,22 +73,25 @@ MemoryQuantity = Annotated[
 
 
 class ModelConfig(Group):
-    """A timm architecture, optionally shrunk (depth/width) for CPU demos and tests.
+    """A timm architecture, optionally shrunk (depth/width, ViTs only) for CPU demos and tests.
 
-    The defaults are the demo's DINOv2-architecture ViT shrunk for CPU (random init, 64 px, 4 blocks of width
-    192: the `demo_tiny` preset); `model=vit_small` and `model=vit_base` pick the real backbones at 224 px.
+    The default is the from-scratch CPU recipe's model: timm's smallest ResNet-D (`test_resnet`: one block per
+    stage, widths 32-96, 0.37M parameters), random init, 64 px. A small CNN learns from ~1,000 images in minutes
+    on CPU, where a ViT from scratch does not (on 1,797 digit scans, 20 epochs: VAL_SELECT MCC 0.97 against
+    0.48 for a 4-block ViT). `model=vit_tiny` picks that shrunk DINOv2-architecture ViT; `model=vit_small` and
+    `model=vit_base` the real pretrained backbones at 224 px (the cluster overlays' choice).
     """
 
-    name: str = "vit_small_patch14_dinov2"
+    name: str = "test_resnet"
     # "none": random init; "hub": timm's pretrained weights for `name` (needs network);
     # anything else: a local .safetensors/.pt file with a state dict for this architecture.
     weights: str = "none"
     img_size: int = Field(64, ge=16)
-    # Shrinking the architecture; null (None) keeps the architecture's own value.
-    patch_size: int | None = Field(8, gt=0)
-    depth: int | None = Field(4, gt=0)
-    embed_dim: int | None = Field(192, gt=0)
-    num_heads: int | None = Field(3, gt=0)
+    # Shrinking a ViT; null (None) keeps the architecture's own value (and is the only value a CNN takes).
+    patch_size: int | None = Field(None, gt=0)
+    depth: int | None = Field(None, gt=0)
+    embed_dim: int | None = Field(None, gt=0)
+    num_heads: int | None = Field(None, gt=0)
     head_dropout: Unit = 0.3
 
     @field_validator("patch_size")

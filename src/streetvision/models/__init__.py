@@ -20,9 +20,28 @@ NUM_CLASSES = 2
 _ARCH_OVERRIDES = ("patch_size", "depth", "embed_dim", "num_heads")
 
 
+# timm families built for one input size (position embeddings): they take `img_size`. Convolutional ones take any
+# size and no such argument.
+_SIZED_FAMILIES = (
+    "vision_transformer",
+    "vision_transformer_hybrid",
+    "vision_transformer_relpos",
+    "eva",
+    "deit",
+    "beit",
+)
+
+
+def takes_img_size(name: str) -> bool:
+    import timm
+
+    return timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1] in _SIZED_FAMILIES
+
+
 def model_spec(cfg: ModelConfig) -> dict:
     """Everything needed to rebuild the architecture (no weights): stored beside every checkpoint."""
-    kwargs = {"img_size": cfg.img_size, "drop_rate": cfg.head_dropout}
+    kwargs: dict = {"img_size": cfg.img_size} if takes_img_size(cfg.name) else {}
+    kwargs["drop_rate"] = cfg.head_dropout
     kwargs.update({k: getattr(cfg, k) for k in _ARCH_OVERRIDES if getattr(cfg, k) is not None})
     return {"name": cfg.name, "num_classes": NUM_CLASSES, "kwargs": kwargs}
 
