@@ -378,7 +378,7 @@ def run_ingest(cfg: Config, paths: PhasePaths) -> PhaseResult:
         dedupe = _dedupe(placed, quarantined, data_cfg)
         split_of, split_notes = assign_splits(_group_facts(placed), data_cfg.split)
         for note in split_notes:
-            log(f"split: {note}")
+            logger.info(f"split: {note}")
         for item in placed:
             item.split = split_of[item.group]
         dedupe["split_notes"] = split_notes
@@ -390,7 +390,7 @@ def run_ingest(cfg: Config, paths: PhasePaths) -> PhaseResult:
 
         report = write_data_report(report_dir, cfg, records, labels, by_split, quarantined, dedupe, partition, staging)
         for warning in report["warnings"]:
-            log(f"WARNING: {warning}")
+            logger.warning(warning)
         _check_outcome(report, by_split, data_cfg.max_quarantine_fraction, report_dir)
 
         metas: dict[str, ArtifactMetadata] = {}
