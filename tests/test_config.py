@@ -244,7 +244,7 @@ CRASHING_OVERRIDES = {
     "pipeline.phases=[]": "pipeline.phases: name at least one phase",
     "pipeline.phases=phase1": "pipeline.phases: expected a list, got str 'phase1'",
     "pipeline.phases=[phase6]": "pipeline.phases: the bundle takes exactly one policy phase",
-    "model.embed_dim=100": "model.num_heads: 3 does not divide model.embed_dim=100",
+    "model.embed_dim=100": "model.embed_dim: shrinks a ViT only; model.name=test_resnet takes none",
     "data.max_record_bytes=0": "data.max_record_bytes: must be >= 1, got 0",
     "cluster.phase1.cpu=0": "cluster.phase1.cpu: must be more than 0, got '0'",
     "cluster.phase1.memory=0.5Gi": "cluster.phase1.memory: a Kubernetes memory quantity",  # kfp refuses fractions

@@ -94,6 +94,18 @@ class ModelConfig(Group):
     num_heads: int | None = Field(None, gt=0)
     head_dropout: Unit = 0.3
 
+    @field_validator("patch_size", "depth", "embed_dim", "num_heads")
+    @classmethod
+    def _vit_only(cls, value: int | None, info: ValidationInfo) -> int | None:
+        name = info.data.get("name", "")
+        vit = "vit" in name or name.startswith(("deit", "eva", "beit"))
+        return _checked(
+            value,
+            value is not None
+            and not vit
+            and f"shrinks a ViT only; model.name={name} takes none (pick model=vit_tiny for the shrunk ViT)",
+        )
+
     @field_validator("patch_size")
     @classmethod
     def _divides_img_size(cls, patch: int | None, info: ValidationInfo) -> int | None:
