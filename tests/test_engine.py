@@ -107,7 +107,8 @@ def test_phase3_interrupted_then_resumed_equals_the_uninterrupted_run(trained, t
 
     monkeypatch.setattr(phase3.GateRecipe, "step", real_step)
     logs = []
-    monkeypatch.setattr(engine, "log", logs.append)
+    # The library logger does not propagate to the root logger (its one console handler prints), so listen on it.
+    monkeypatch.setattr(engine.logger, "info", lambda msg, *args, **kwargs: logs.append(msg % args if args else msg))
     resumed_dir, resumed = _phase3(trained, tmp_path / "resumed", resumable, monkeypatch)
     assert any("resuming from" in line and "epoch 2, step 1 of 3" in line for line in logs), logs
 

@@ -85,7 +85,8 @@ def test_killed_mid_epoch_then_restarted_equals_uninterrupted(ingested, tmp_path
 
     again = _run(tmp_path, dirs, "restarted", resumable)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from" in again.stdout and "epoch 2, step 1 of 3" in again.stdout
+    console = again.stdout + again.stderr  # log lines go to stderr
+    assert "resuming from" in console and "epoch 2, step 1 of 3" in console
 
     a = load_file(str(tmp_path / "plain" / "checkpoint" / "model.safetensors"))
     b = load_file(str(tmp_path / "restarted" / "checkpoint" / "model.safetensors"))
