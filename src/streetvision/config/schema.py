@@ -77,9 +77,9 @@ class ModelConfig(Group):
 
     The default is the from-scratch CPU recipe's model: timm's smallest ResNet-D (`test_resnet`: one block per
     stage, widths 32-96, 0.37M parameters), random init, 64 px. A small CNN learns from ~1,000 images in minutes
-    on CPU, where a ViT from scratch does not (on 1,797 digit scans, 20 epochs: VAL_SELECT MCC 0.97 against
-    0.48 for a 4-block ViT). `model=vit_tiny` picks that shrunk DINOv2-architecture ViT; `model=vit_small` and
-    `model=vit_base` the real pretrained backbones at 224 px (the cluster overlays' choice).
+    on CPU, where a ViT from scratch does not (benchmarks/quality_vs_peers.py). `model=vit_tiny` picks a shrunk
+    DINOv2-architecture ViT; `model=vit_small` and `model=vit_base` the real pretrained backbones at 224 px (the
+    cluster overlays' choice).
     """
 
     name: str = "test_resnet"
