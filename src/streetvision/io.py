@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -122,6 +123,51 @@ def read_bytes(uri: str | Path) -> bytes:
     if is_gcs(uri):
         return _blob(str(uri)).download_as_bytes(retry=retry_policy())
     return Path(uri).read_bytes()
+
+
+class NotARegularFileError(OSError):
+    """A path that is not a regular file (a FIFO, a device, a socket, a folder): never read as data."""
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    kinds += [(stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def read_prefix(uri: str | Path, limit: int) -> bytes:
+    """At most the first `limit` bytes of a regular file or a GCS object (all of it when it is smaller).
+
+    Locally the path is checked with stat before it is opened, and again with fstat on the descriptor, which is
+    opened non-blocking: a FIFO can neither hang the reader nor be swapped in between, and a device (/dev/zero)
+    cannot stream forever; anything but a regular file raises NotARegularFileError. A GCS object is fetched
+    with a ranged request, so a large one is never downloaded whole.
+    """
+    if is_gcs(uri):
+        from google.api_core.exceptions import RequestRangeNotSatisfiable
+
+        try:
+            return _blob(str(uri)).download_as_bytes(start=0, end=limit - 1, retry=retry_policy())
+        except RequestRangeNotSatisfiable:  # an empty object has no byte 0
+            return b""
+    mode = os.stat(uri).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotARegularFileError(errno.EINVAL, f"{_file_kind(mode)}, not a regular file", str(uri))
+    fd = os.open(uri, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFileError(errno.EINVAL, f"{_file_kind(mode)}, not a regular file", str(uri))
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, min(left, READ_CHUNK_BYTES))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def open_read(uri: str | Path) -> BinaryIO:

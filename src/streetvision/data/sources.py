@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from streetvision import io as storage
 from streetvision.config.schema import DataConfig, SourceConfig
 from streetvision.contracts.errors import DataError
+from streetvision.data.decode import QuarantineReason
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # A manifest's group column, under its common names; any other unknown column is an error, never ignored.
@@ -65,6 +66,31 @@ class SourceRecord:
         return f"{self.uri}#row_group={self.row_group},row={self.row}" if self.row_group >= 0 else self.uri
 
 
+def unreadable(exc: BaseException) -> QuarantineReason:
+    """A read failure as the record's quarantine reason (first line of the message; the OS's own words)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    detail = getattr(exc, "strerror", None) or text
+    return QuarantineReason("unreadable", f"{type(exc).__name__}: {detail}")
+
+
+def read_record_bytes(uri: str, max_bytes: int) -> bytes:
+    """The bytes of one image file, read with bounds; any failure is a QuarantineReason naming it.
+
+    Only a regular file is read (not_a_file: a FIFO, device, socket or folder), and at most `max_bytes` of it
+    (too_large beyond: data.max_record_bytes): a bad path costs a stat, never a hang or a full memory. Ingest
+    and prediction read every image through here.
+    """
+    try:
+        data = storage.read_prefix(uri, max_bytes + 1)
+    except storage.NotARegularFileError as exc:
+        raise QuarantineReason("not_a_file", f"{exc.filename} is {exc.strerror}") from None
+    except Exception as exc:  # missing, unreadable, a transient storage error that outlived its retries ...
+        raise unreadable(exc) from None
+    if len(data) > max_bytes:
+        raise QuarantineReason("too_large", f"the file is over data.max_record_bytes={max_bytes} bytes")
+    return data
+
+
 def read_sources(cfg: DataConfig) -> Iterator[SourceRecord]:
     """Every record of every configured source, source by source, in a stable order.
 
@@ -84,7 +110,7 @@ def read_sources(cfg: DataConfig) -> Iterator[SourceRecord]:
         if src.kind == "folder":
             yield from folder_records(src)
         elif src.kind == "manifest":
-            yield from manifest_records(src)
+            yield from manifest_records(src, cfg.allow_outside_paths)
         elif src.kind == "parquet":
             yield from parquet_records(src)
 
@@ -162,12 +188,31 @@ def _manifest_rows(text: str, uri: str) -> Iterator[tuple[int, dict]]:
         yield line_no, {k: (v or "") for k, v in row.items() if k is not None}
 
 
-def manifest_records(src: SourceConfig | str | Path) -> list[SourceRecord]:
+def outside_root(target: str, root: str) -> str:
+    """Why `target` lies outside the folder or gs:// prefix `root` ("" when it is inside). Local paths are
+    compared after resolving symlinks, so a link inside the folder cannot point out of it."""
+    if storage.is_gcs(root) or storage.is_gcs(target):
+
+        def key(uri: str) -> str:
+            return posixpath.normpath(uri.removeprefix(storage.GCS_SCHEME))
+
+        inside = storage.is_gcs(root) and storage.is_gcs(target) and key(target).startswith(key(root) + "/")
+        return "" if inside else f"{target} is outside the manifest's location {root}/"
+    resolved, folder = Path(target).resolve(), Path(root).resolve()
+    if resolved.is_relative_to(folder):
+        return ""
+    shown = f"{target} (resolves to {resolved})" if str(resolved) != target else target
+    return f"{shown} is outside the manifest's folder {folder}"
+
+
+def manifest_records(src: SourceConfig | str | Path, allow_outside: bool = False) -> list[SourceRecord]:
     """A CSV (header row) or JSONL manifest: path or uri, label, optional group (group_id, group or sequence)
     and source.
 
-    Relative paths are relative to the manifest's folder (or prefix). A record without a group id is its
-    own group. A string argument is a manifest path with the default source name.
+    Relative paths are relative to the manifest's folder (or prefix). A path outside it (../, absolute, a
+    symlink out of it) is a record quarantined as outside_root unless `allow_outside` (data.allow_outside_paths).
+    A record without a group id is its own group. A string argument is a manifest path with the default
+    source name.
     """
     if not isinstance(src, SourceConfig):
         src = SourceConfig(kind="manifest", path=str(src))
@@ -191,15 +236,19 @@ def manifest_records(src: SourceConfig | str | Path) -> list[SourceRecord]:
         raw = (row.get("path") or row.get("uri") or "").strip()
         sample_id = f"{name}/{raw}" if raw else f"{name}/line{line_no}"
         group = next((row[c] for c in GROUP_COLUMNS if c in row), "").strip()
+        target = storage.join(base, raw) if raw else ""
+        problem = "" if raw else f"unreadable: manifest line {line_no} has no path"
+        if target and not allow_outside and (outside := outside_root(target, base)):
+            problem = f"outside_root: {outside}; set data.allow_outside_paths=true to read it"
         records.append(
             SourceRecord(
                 sample_id=sample_id,
-                uri=storage.join(base, raw) if raw else "",
+                uri=target,
                 label=(row.get("label") or "").strip(),
                 group_id=f"{name}/{group}" if group else sample_id,
                 source=(row.get("source") or "").strip() or name,
                 origin=name,
-                problem="" if raw else f"unreadable: manifest line {line_no} has no path",
+                problem=problem,
             )
         )
     return records

@@ -42,7 +42,7 @@ from streetvision.contracts.splits import Split
 from streetvision.data.decode import DecodedImage, QuarantineReason, decode_image
 from streetvision.data.report import REPORT_HTML, write_data_report
 from streetvision.data.shards import SAMPLES_FILE, class_counts, write_shard, write_shard_manifest
-from streetvision.data.sources import SourceRecord, read_parquet_images, read_sources
+from streetvision.data.sources import SourceRecord, read_parquet_images, read_record_bytes, read_sources, unreadable
 from streetvision.data.splits import (
     GroupFacts,
     assign_splits,
@@ -128,29 +128,30 @@ def label_index(raw: str, names: list[str], src: SourceConfig | None = None) -> 
     raise QuarantineReason("unknown_label", f"label {raw!r} is neither 0/1 nor one of data.label_names={names}{extra}")
 
 
-def _unreadable(exc: BaseException) -> QuarantineReason:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    detail = getattr(exc, "strerror", None) or text
-    return QuarantineReason("unreadable", f"{type(exc).__name__}: {detail}")
-
-
-def _fetch_unit(unit: tuple, records: list[SourceRecord], sources: dict[str, SourceConfig]) -> list[tuple[int, object]]:
+def _fetch_unit(
+    unit: tuple, records: list[SourceRecord], sources: dict[str, SourceConfig], max_bytes: int
+) -> list[tuple[int, object]]:
     """Bytes (or the reason they could not be read) of one file, or of every listed row of one row group."""
     if unit[0] == "file":
         index = unit[1]
         try:
-            return [(index, storage.read_bytes(records[index].uri))]
-        except Exception as exc:  # any read failure is this record's problem, not the run's
-            return [(index, _unreadable(exc))]
+            return [(index, read_record_bytes(records[index].uri, max_bytes))]
+        except QuarantineReason as reason:  # this record's problem, not the run's
+            return [(index, reason)]
     _, file, row_group, indices = unit
     try:
         column = read_parquet_images(file, row_group, sources[records[indices[0]].origin].image_column)
     except Exception as exc:
-        return [(i, _unreadable(exc)) for i in indices]
+        return [(i, unreadable(exc)) for i in indices]
     out: list[tuple[int, object]] = []
     for i in indices:
         data = column[records[i].row]
-        out.append((i, data if data is not None else QuarantineReason("zero_byte", "the row's image is null")))
+        if data is None:
+            out.append((i, QuarantineReason("zero_byte", "the row's image is null")))
+        elif len(data) > max_bytes:
+            out.append((i, QuarantineReason("too_large", f"the image is over data.max_record_bytes={max_bytes} bytes")))
+        else:
+            out.append((i, data))
     return out
 
 
@@ -201,7 +202,9 @@ def decode_records(
         ThreadPoolExecutor(n_io, thread_name_prefix="read") as io_pool,
         ThreadPoolExecutor(n_decode, thread_name_prefix="decode") as decode_pool,
     ):
-        fetched = storage.prefetch(io_pool, lambda u: _fetch_unit(u, records, sources), units, ahead=2 * n_io)
+        fetched = storage.prefetch(
+            io_pool, lambda u: _fetch_unit(u, records, sources, cfg.max_record_bytes), units, ahead=2 * n_io
+        )
         flat = (item for batch in fetched for item in batch)
         yield from storage.prefetch(decode_pool, decode, flat, ahead=4 * n_decode)
 
