@@ -1,5 +1,7 @@
 """VAL_TEST metrics against scikit-learn/scipy and brute-force definitions, on inputs made here at random."""
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.stats import bootstrap
@@ -19,6 +21,7 @@ from streetvision.metrics.evaluation import (
     INTERVAL_METRICS,
     adaptive_calibration_error,
     aurc_scores,
+    batch_metrics,
     bootstrap_intervals,
     coverage_at_accuracy,
     evaluation_metrics,
@@ -125,3 +128,53 @@ def test_bootstrap_matches_scipy_and_handles_degenerate_metrics():
     assert all(np.isnan(intervals["selective_accuracy"]))  # undefined on every resample
     again = bootstrap_intervals(labels, prob, nothing, 0.95, resamples=300, seed=7)
     assert str(again) == str(intervals)  # same seed, same intervals (str: NaN != NaN)
+
+
+def test_batched_metrics_equal_the_metrics_of_each_row():
+    rows = [_sample(seed, n=120, ties=seed % 2 == 1) for seed in range(8)]
+    labels, prob, accept = (np.stack(column) for column in zip(*rows, strict=True))
+    labels[3] = 1  # one class only: AUROC, MCC and the negative recall are undefined or 0 by convention
+    accept[4] = False  # nothing accepted: selective accuracy is NaN
+    batched = batch_metrics(labels, prob, accept, 0.9, ece_bins=10)
+    for i in range(len(rows)):
+        one = evaluation_metrics(labels[i], prob[i], accept[i], 0.9, ece_bins=10)
+        for name, value in one.items():
+            assert batched[name][i] == pytest.approx(value, nan_ok=True), (i, name)
+    assert np.isnan(batched["auroc"][3]) and np.isnan(batched["selective_accuracy"][4])
+    pred = (prob[3] >= 0.5).astype(int)
+    assert batched["mcc"][3] == pytest.approx(matthews_corrcoef(labels[3], pred))
+    assert batched["auroc"][5] == pytest.approx(roc_auc_score(labels[5], prob[5]))
+
+
+@pytest.mark.parametrize("method", ["BCa", "percentile"])
+def test_vectorized_intervals_equal_scipys_per_resample_intervals(method):
+    """The batched statistic gives scipy's own interval: same draws, computed one resample at a time."""
+    labels, prob, accept = _sample(8, n=90)
+    intervals = bootstrap_intervals(labels, prob, accept, 0.9, resamples=200, method=method, seed=3)
+
+    def one_at_a_time(index):
+        values = evaluation_metrics(labels[index], prob[index], accept[index], 0.9)
+        return np.array([values[name] for name in INTERVAL_METRICS])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = bootstrap(
+            (np.arange(90),),
+            one_at_a_time,
+            vectorized=False,
+            n_resamples=200,
+            method=method,
+            random_state=np.random.default_rng(3),
+        )
+    for row, name in enumerate(INTERVAL_METRICS):
+        expected = (direct.confidence_interval.low[row], direct.confidence_interval.high[row])
+        if np.all(np.isfinite(expected)):
+            assert intervals[name] == pytest.approx(expected), name
+
+
+def test_above_the_bca_size_the_percentile_interval_is_used():
+    labels, prob, accept = _sample(9, n=400)
+    kwargs = dict(resamples=200, seed=1)
+    switched = bootstrap_intervals(labels, prob, accept, 0.9, bca_max_samples=399, **kwargs)
+    assert switched == bootstrap_intervals(labels, prob, accept, 0.9, method="percentile", **kwargs)
+    assert switched != bootstrap_intervals(labels, prob, accept, 0.9, bca_max_samples=400, **kwargs)

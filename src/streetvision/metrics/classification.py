@@ -12,19 +12,25 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
-    """Top-label ECE with equal-width confidence bins: sum_b |B|/N * |acc(B) - conf(B)|."""
+def expected_calibration_errors(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> np.ndarray:
+    """Top-label ECE with equal-width confidence bins, sum_b |B|/N * |acc(B) - conf(B)|, along the last axis
+    (one value per row: the bootstrap scores many resamples at once)."""
     confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
+    gap = np.asarray(correct, dtype=np.float64) - confidence
     # Bin b holds (edges[b], edges[b+1]]; confidence 0 falls in the first bin.
     edges = np.linspace(0.0, 1.0, bins + 1)
     index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            total += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(total)
+    n = confidence.shape[-1]
+    rows = int(np.prod(confidence.shape[:-1], dtype=np.int64))
+    flat = (index.reshape(rows, n) + bins * np.arange(rows)[:, None]).ravel()
+    # A bin's |B|/N * |acc(B) - conf(B)| is |sum(correct - confidence)| over the bin, / N.
+    sums = np.bincount(flat, weights=gap.reshape(-1), minlength=rows * bins).reshape(rows, bins)
+    return (np.abs(sums).sum(axis=-1) / n).reshape(confidence.shape[:-1])
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """`expected_calibration_errors` of one sample."""
+    return float(expected_calibration_errors(confidence, correct, bins))
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, ece_bins: int = 15) -> dict[str, float]:

@@ -30,7 +30,12 @@ from streetvision.contracts.splits import Role, Split
 from streetvision.data.shards import class_counts, load_split
 from streetvision.devices import task_device
 from streetvision.inference import Bundle, Predictions
-from streetvision.metrics.evaluation import bootstrap_intervals, evaluation_metrics, risk_coverage_curve
+from streetvision.metrics.evaluation import (
+    bootstrap_intervals,
+    evaluation_metrics,
+    interval_method,
+    risk_coverage_curve,
+)
 from streetvision.phases.result import ClassificationCurves, PhasePaths, PhaseResult
 from streetvision.registry import PHASE_READS
 from streetvision.report import write_html_report
@@ -57,6 +62,10 @@ def _scored(bundle: Bundle, images: np.ndarray, labels: np.ndarray, cfg: Config,
     return preds, point
 
 
+def _method(cfg: Config, n: int) -> str:
+    return interval_method(cfg.evaluation.bootstrap_method, n, cfg.evaluation.bca_max_samples)
+
+
 def _intervals(preds: Predictions, labels: np.ndarray, target: float, cfg: Config) -> dict:
     ev = cfg.evaluation
     return bootstrap_intervals(
@@ -69,6 +78,7 @@ def _intervals(preds: Predictions, labels: np.ndarray, target: float, cfg: Confi
         ev.confidence_level,
         ev.bootstrap_method,
         ev.seed,
+        ev.bca_max_samples,
     )
 
 
@@ -161,7 +171,7 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
     intervals = _intervals(preds, test.labels, target, cfg)
     logger.info(
         f"VAL_TEST metrics with {cfg.evaluation.confidence_level:.0%} bootstrap intervals "
-        f"({cfg.evaluation.bootstrap_resamples} resamples, {cfg.evaluation.bootstrap_method})"
+        f"({cfg.evaluation.bootstrap_resamples} resamples, {_method(cfg, len(test.labels))})"
     )
 
     challenge = []
