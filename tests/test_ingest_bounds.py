@@ -17,8 +17,7 @@ from ingest_data import encode, rows_of, scene, write_folder, write_manifest
 from streetvision_pipelines.local_run import prepare_run
 
 from streetvision.config import config_to_yaml, load_config
-from streetvision.data.decode import QuarantineReason
-from streetvision.data.sources import read_record_bytes
+from streetvision.data.decode import QuarantineReason, read_image_file
 from streetvision.phases import ingest
 from streetvision.run_summary import PIPELINE_ROOT, RUN_CONFIG
 
@@ -83,10 +82,10 @@ def test_the_bounded_reader_refuses_what_is_not_a_small_regular_file(tmp_path, n
     codes = {}
     for name in ("/dev/zero", str(tmp_path / "fifo.jpg"), str(tmp_path), str(tmp_path / "big.jpg"), "/no/such.jpg"):
         with pytest.raises(QuarantineReason) as info:
-            read_record_bytes(name, max_bytes=1000)
+            read_image_file(name, max_bytes=1000)
         codes[name] = info.value.code
     assert list(codes.values()) == ["not_a_file", "not_a_file", "not_a_file", "too_large", "unreadable"]
-    assert read_record_bytes(str(tmp_path / "fits.jpg"), max_bytes=1000) == b"\xff" * 1000
+    assert read_image_file(str(tmp_path / "fits.jpg"), max_bytes=1000) == b"\xff" * 1000
 
 
 def _with_rows(root, rows: list[tuple[str, str]]) -> Path:

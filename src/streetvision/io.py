@@ -142,6 +142,18 @@ def read_prefix(uri: str | Path, limit: int) -> bytes:
     opened non-blocking: a FIFO can neither hang the reader nor be swapped in between, and a device (/dev/zero)
     cannot stream forever; anything but a regular file raises NotARegularFileError. A GCS object is fetched
     with a ranged request, so a large one is never downloaded whole.
+
+    Args:
+        uri: a local path or ``gs://bucket/key``.
+        limit: the most bytes to return.
+
+    Returns:
+        The file's first min(size, limit) bytes.
+
+    Raises:
+        NotARegularFileError: a local path that is a FIFO, device, socket or folder.
+        FileNotFoundError: no local file at `uri`.
+        google.api_core.exceptions.NotFound: no such GCS object.
     """
     if is_gcs(uri):
         from google.api_core.exceptions import RequestRangeNotSatisfiable

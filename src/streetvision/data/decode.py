@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.fft import dctn
+
+from streetvision import io as storage
 
 # Modes we can convert to RGB without inventing data. Alpha, CMYK and 16 bits per sample (RGB or grey) are
 # refused: converting them silently changes what the model sees compared with deployment's 8-bit RGB JPEGs.
@@ -63,21 +63,32 @@ def image_validation(data_cfg) -> dict:
     return {"min_image_size": data_cfg.min_image_size, "max_record_bytes": data_cfg.max_record_bytes}
 
 
+def unreadable(exc: BaseException) -> QuarantineReason:
+    """A read failure as the record's quarantine reason (first line of the message; the OS's own words)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    detail = getattr(exc, "strerror", None) or text
+    return QuarantineReason("unreadable", f"{type(exc).__name__}: {detail}")
+
+
 def read_image_file(path: str | Path, max_bytes: int) -> bytes:
-    """The bytes of a local image file: a regular file of at most `max_bytes` (data.max_record_bytes), else a
-    QuarantineReason. Opened without blocking and checked on the open descriptor, so a FIFO or device (or a
-    path swapped for one) is refused, never read."""
+    """The bytes of one image file (a local path or gs:// URI), read with bounds; ingest, predict and drift read
+    every image file through here.
+
+    Only a regular file is read (not_a_file: a FIFO, device, socket or folder is refused on a non-blocking
+    descriptor, never read), and at most `max_bytes` of it (too_large beyond: data.max_record_bytes): a bad path
+    costs a stat, never a hang or a full memory.
+
+    Raises:
+        QuarantineReason: not_a_file, too_large, or unreadable (missing, no permission, a storage error).
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        data = storage.read_prefix(path, max_bytes + 1)
     except FileNotFoundError:
         raise QuarantineReason("unreadable", "no such file") from None
-    except OSError as exc:
-        raise QuarantineReason("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise QuarantineReason("unreadable", "not a regular file (a folder, device, FIFO or socket)")
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(max_bytes + 1)
+    except storage.NotARegularFileError as exc:
+        raise QuarantineReason("not_a_file", f"{exc.filename} is {exc.strerror}") from None
+    except Exception as exc:  # no permission, a transient storage error that outlived its retries ...
+        raise unreadable(exc) from None
     if len(data) > max_bytes:
         raise QuarantineReason("too_large", f"more than data.max_record_bytes={max_bytes} bytes")
     return data

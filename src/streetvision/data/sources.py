@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 from streetvision import io as storage
 from streetvision.config.schema import DataConfig, SourceConfig
 from streetvision.contracts.errors import DataError
-from streetvision.data.decode import QuarantineReason
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # A manifest's group column, under its common names; any other unknown column is an error, never ignored.
@@ -64,31 +63,6 @@ class SourceRecord:
     @property
     def location(self) -> str:
         return f"{self.uri}#row_group={self.row_group},row={self.row}" if self.row_group >= 0 else self.uri
-
-
-def unreadable(exc: BaseException) -> QuarantineReason:
-    """A read failure as the record's quarantine reason (first line of the message; the OS's own words)."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    detail = getattr(exc, "strerror", None) or text
-    return QuarantineReason("unreadable", f"{type(exc).__name__}: {detail}")
-
-
-def read_record_bytes(uri: str, max_bytes: int) -> bytes:
-    """The bytes of one image file, read with bounds; any failure is a QuarantineReason naming it.
-
-    Only a regular file is read (not_a_file: a FIFO, device, socket or folder), and at most `max_bytes` of it
-    (too_large beyond: data.max_record_bytes): a bad path costs a stat, never a hang or a full memory. Ingest
-    and prediction read every image through here.
-    """
-    try:
-        data = storage.read_prefix(uri, max_bytes + 1)
-    except storage.NotARegularFileError as exc:
-        raise QuarantineReason("not_a_file", f"{exc.filename} is {exc.strerror}") from None
-    except Exception as exc:  # missing, unreadable, a transient storage error that outlived its retries ...
-        raise unreadable(exc) from None
-    if len(data) > max_bytes:
-        raise QuarantineReason("too_large", f"the file is over data.max_record_bytes={max_bytes} bytes")
-    return data
 
 
 def read_sources(cfg: DataConfig) -> Iterator[SourceRecord]:

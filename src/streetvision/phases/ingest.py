@@ -39,10 +39,10 @@ from streetvision.contracts.metadata import (
     write_metadata,
 )
 from streetvision.contracts.splits import Split
-from streetvision.data.decode import DecodedImage, QuarantineReason, decode_image
+from streetvision.data.decode import DecodedImage, QuarantineReason, decode_image, read_image_file, unreadable
 from streetvision.data.report import REPORT_HTML, write_data_report
 from streetvision.data.shards import SAMPLES_FILE, class_counts, write_shard, write_shard_manifest
-from streetvision.data.sources import SourceRecord, read_parquet_images, read_record_bytes, read_sources, unreadable
+from streetvision.data.sources import SourceRecord, read_parquet_images, read_sources
 from streetvision.data.splits import (
     GroupFacts,
     assign_splits,
@@ -135,7 +135,7 @@ def _fetch_unit(
     if unit[0] == "file":
         index = unit[1]
         try:
-            return [(index, read_record_bytes(records[index].uri, max_bytes))]
+            return [(index, read_image_file(records[index].uri, max_bytes))]
         except QuarantineReason as reason:  # this record's problem, not the run's
             return [(index, reason)]
     _, file, row_group, indices = unit
