@@ -2,10 +2,11 @@
 
     python benchmarks/evaluate_scaling.py [--sizes 2000 20000 200000] [--resamples 1000]
 
-Prints, per n, the seconds (wall and CPU: on a busy machine the CPU time is the comparable one) for one interval set (every metric of INTERVAL_METRICS, as evaluate computes it
-for VAL_TEST, each challenge level and each slice) with the config's defaults: BCa up to
-evaluation.bca_max_samples images, percentile above. `--bca-max-samples` changes that size, e.g. to time BCa
-at 20k (its jackknife is n statistics of n - 1 images: the cost grows as n^2).
+Prints, per n, the seconds (wall, and CPU: the comparable number on a busy machine) for one interval set
+(every metric of INTERVAL_METRICS, as evaluate computes it for VAL_TEST, each challenge level and each slice)
+with the config's defaults: BCa up to evaluation.bca_max_samples images, percentile above.
+`--bca-max-samples` changes that size, e.g. to time BCa at 20k (its jackknife is n statistics of n - 1
+images: the cost grows as n^2).
 """
 
 import argparse
