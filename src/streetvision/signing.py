@@ -180,12 +180,14 @@ def generate_key_pair(directory: str | Path, group_readable: bool = False) -> tu
     private, public = directory / PRIVATE_KEY_FILE, directory / PUBLIC_KEY_FILE
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     mode = 0o640 if group_readable else 0o600
-    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # never readable by others, not even briefly
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-    public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    with storage.naming_disk_full(private, len(pem)):
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # never readable by others, not even briefly
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+    with storage.naming_disk_full(public):
+        public.write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
     return private, public
 
 
