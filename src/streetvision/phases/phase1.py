@@ -40,7 +40,7 @@ from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.registry import PHASE_READS
 from streetvision.training import distributed
 from streetvision.training.curves import curve_metrics, curves_html
-from streetvision.training.engine import Checkpoints, autocast_dtype
+from streetvision.training.engine import Checkpoints
 from streetvision.training.loop import STATE_FILE, train_classifier
 
 logger = logging.getLogger(__name__)
@@ -178,10 +178,14 @@ def _train_and_write(config: str, dirs: list[str], result_path: str | None = Non
     if rank != 0:
         return {}
 
-    amp = autocast_dtype(cfg.training.precision)
+    # From here on every logit is computed in fp32, by the function Bundle.predict uses (models.predict_logits
+    # without autocast): the calibrator and policy are fitted on VAL_CALIB logits, and a guarantee certified on
+    # bf16 logits would hold for numbers deployment never computes. Deployment stays fp32 (not bf16) because
+    # `predict` and evaluate run on CPUs without fast bf16, and a bundle must score alike on every device.
+    # Training (and its per-epoch VAL_SELECT scoring) keeps training.precision; this inference is cheap.
     model.to(device)
-    prior = _correct_prior(model, cfg, train.labels, select, mean, std, device, amp)
-    scorer, views = _choose_views(model, cfg, select, mean, std, device, amp)
+    prior = _correct_prior(model, cfg, train.labels, select, mean, std, device)
+    scorer, views = _choose_views(model, cfg, select, mean, std, device)
 
     spec = model_spec(cfg.model)
     if views["chosen"] == "multi":
@@ -221,7 +225,7 @@ def _train_and_write(config: str, dirs: list[str], result_path: str | None = Non
     outputs: dict[str, Any] = {}  # metadata by output name, plus the training scalars and curves page
     summaries = {}
     for data, out_dir in ((select, val_select_logits_dir), (calib, val_calib_logits_dir)):
-        logits = predict_logits(scorer, data.images, mean, std, cfg.evaluation.batch_size, device, amp)
+        logits = predict_logits(scorer, data.images, mean, std, cfg.evaluation.batch_size, device)
         write_predictions(out_dir, data.sample_ids, data.labels, logits)
         metrics = classification_metrics(data.labels, probabilities(logits), cfg.evaluation.ece_bins)
         summaries[data.split.value] = metrics
@@ -277,7 +281,7 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def _correct_prior(model, cfg: Config, train_labels, select: SplitData, mean, std, device, amp) -> dict:
+def _correct_prior(model, cfg: Config, train_labels, select: SplitData, mean, std, device) -> dict:
     """Shift the head bias from the prior the loss trained for to the deployment prior; report the effect on
     VAL_SELECT (metrics at the 0.5 cut, before and after)."""
     trained_prior = 0.5 if cfg.training.balance_classes else float(np.mean(train_labels == 1))
@@ -285,7 +289,7 @@ def _correct_prior(model, cfg: Config, train_labels, select: SplitData, mean, st
     shift = _logit(cfg.training.deployment_prior) - _logit(trained_prior) if cfg.training.prior_correction else 0.0
 
     def metrics() -> dict:
-        logits = predict_logits(model, select.images, mean, std, cfg.evaluation.batch_size, device, amp)
+        logits = predict_logits(model, select.images, mean, std, cfg.evaluation.batch_size, device)
         m = classification_metrics(select.labels, probabilities(logits), cfg.evaluation.ece_bins)
         return {k: round(m[k], 4) for k in ("accuracy", "balanced_accuracy", "mcc")}
 
@@ -310,7 +314,7 @@ def _correct_prior(model, cfg: Config, train_labels, select: SplitData, mean, st
     return report
 
 
-def _choose_views(model, cfg: Config, select: SplitData, mean, std, device, amp):
+def _choose_views(model, cfg: Config, select: SplitData, mean, std, device):
     """Single view vs 1 global + 3x3 local views, scored on VAL_SELECT; returns the scorer and a report."""
     t = cfg.training
     report: dict = {"mode": t.multiview, "aggregation": t.multiview_aggregation, "cost_factor": multiview_cost()}
@@ -319,7 +323,7 @@ def _choose_views(model, cfg: Config, select: SplitData, mean, std, device, amp)
         if t.multiview != "select" and name != t.multiview:
             continue
         started = time.perf_counter()
-        logits = predict_logits(scorer, select.images, mean, std, cfg.evaluation.batch_size, device, amp)
+        logits = predict_logits(scorer, select.images, mean, std, cfg.evaluation.batch_size, device)
         report[f"{name}_seconds"] = round(time.perf_counter() - started, 3)
         report[f"{name}_val_select_{t.selection_metric}"] = selection_score(t.selection_metric, select.labels, logits)
     if t.multiview == "select":
