@@ -313,3 +313,44 @@ def test_the_policy_phases_certify_by_calibration_threshold_method(method):
     assert policy["method"] == method and policy["feasible"]
     assert policy["min_error_free_accepted"] == min_error_free_accepted(0.05, 0.05, method, 300)
     assert ("Learn-then-Test" in policy["guarantee"]) == (method == "ltt")
+
+
+def test_calibration_size_check_says_what_would_reach_the_target():
+    from streetvision.selective import calibration_size_check, min_val_calib_size
+
+    ok = calibration_size_check(168, 0.05, 0.05, "ltt", 0.1, 1680)
+    assert ok["reachable"] and ok["min_error_free_accepted"] == 59 and "168 images" in ok["message"]
+    short = calibration_size_check(168, 0.01, 0.05, "ltt", 0.1, 1680)
+    assert not short["reachable"] and "never reach" in short["message"]
+    # Each suggested fix is enough on its own, and only just: the sizes come from the same bound.
+    fraction, target = short["val_calib_fraction_needed"], short["target_risk_reachable"]
+    assert calibration_size_check(round(fraction * 1680), 0.01, 0.05, "ltt", fraction, 1680)["reachable"]
+    assert calibration_size_check(168, target, 0.05, "ltt", 0.1, 1680)["reachable"]
+    assert not calibration_size_check(168, target - 0.002, 0.05, "ltt", 0.1, 1680)["reachable"]
+    assert f"data.split.val_calib >= {fraction:.2f}" in short["message"]
+    assert f"calibration.target_risk >= {target:.3f}" in short["message"]
+    # SGR needs more, and the message points at LTT; its smallest VAL_CALIB meets its own Bonferroni factor.
+    sgr = calibration_size_check(90, 0.05, 0.05, "sgr", 0.1, 900)
+    assert not sgr["reachable"] and "threshold_method=ltt (needs 59)" in sgr["message"]
+    size = min_val_calib_size(0.05, 0.05, "sgr")
+    assert size >= min_error_free_accepted(0.05, 0.05, "sgr", size)
+    assert size - 1 < min_error_free_accepted(0.05, 0.05, "sgr", size - 1)
+
+
+def test_plan_and_ingest_report_the_val_calib_size_the_target_needs(ingested):
+    import json
+
+    from streetvision.cli import _calibration_size_line
+    from streetvision.config import load_config
+
+    cfg, dirs, report_dir, _ = ingested
+    report = json.loads((report_dir / "report.json").read_text())
+    check = report["calibration_size"]
+    n_calib = report["splits"]["val_calib"]["count"]
+    need = min_error_free_accepted(cfg.calibration.target_risk, cfg.calibration.delta)
+    assert check["val_calib_images"] == n_calib and check["min_error_free_accepted"] == need
+    assert check["reachable"] == (n_calib >= need) and check["message"] in (report_dir / "report.md").read_text()
+    line = _calibration_size_line(load_config(["calibration.target_risk=0.01"]))
+    assert line.startswith("WARNING:") and "needs at least 299 accepted VAL_CALIB images" in line
+    line = _calibration_size_line(load_config(["data.source=folder", "data.path=images"]))
+    assert "at least 59 accepted VAL_CALIB images" in line and "590 images in all" in line

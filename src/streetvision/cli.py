@@ -223,7 +223,33 @@ def cmd_plan(args: argparse.Namespace) -> int:
         ["#", "phase", "reads", "writes", "image / resources"],
         rows,
     )
+    print(_calibration_size_line(cfg))
     return 0
+
+
+def _calibration_size_line(cfg) -> str:
+    """Before training: how large VAL_CALIB must be for the target, and for the demo source whether it will be."""
+    import math
+
+    from streetvision.selective import calibration_size_check, min_val_calib_size
+
+    c, fraction = cfg.calibration, cfg.data.split.val_calib
+    if cfg.data.source == "demo":  # the only source whose size is known before ingest
+        demo = cfg.data.demo
+        placed = round(demo.num_sequences * (demo.frames_min + demo.frames_max) / 2)
+        check = calibration_size_check(
+            round(placed * fraction), c.target_risk, c.delta, c.threshold_method, fraction, placed
+        )
+        return ("" if check["reachable"] else "WARNING: ") + check["message"].replace(
+            "VAL_CALIB holds", "VAL_CALIB will hold about", 1
+        )
+    size = min_val_calib_size(c.target_risk, c.delta, c.threshold_method)
+    return (
+        f"calibration: certifying error <= {c.target_risk:.1%} among accepted images at delta={c.delta} "
+        f"({c.threshold_method}) needs at least {size} accepted VAL_CALIB images without one error; with "
+        f"data.split.val_calib={fraction} that is at least {math.ceil(size / fraction)} images in all (ingest "
+        "reports the real VAL_CALIB size and warns when it falls short)."
+    )
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

@@ -65,6 +65,68 @@ def min_error_free_accepted(target_risk: float, delta: float, method: str = "ltt
     return k
 
 
+def min_val_calib_size(target_risk: float, delta: float, method: str = "ltt") -> int:
+    """The smallest VAL_CALIB that can certify `target_risk` at all (every image accepted and correct).
+
+    For "ltt" this is `min_error_free_accepted`; for "sgr" the images needed grow with VAL_CALIB itself (its
+    Bonferroni factor is ceil(log2 n)), so it is the smallest n that meets its own requirement.
+    """
+    n = min_error_free_accepted(target_risk, delta, method, 0)
+    while n < min_error_free_accepted(target_risk, delta, method, n):
+        n += 1
+    return n
+
+
+def reachable_target(n_calib: int, delta: float, method: str = "ltt") -> float:
+    """The smallest target risk `n_calib` error-free accepted images can certify (nothing smaller ever passes)."""
+    level = delta / sgr_tests(n_calib) if method == "sgr" else delta
+    return clopper_pearson_upper(0, n_calib, level)
+
+
+def calibration_size_check(
+    n_calib: int, target_risk: float, delta: float, method: str, val_calib_fraction: float, n_placed: int
+) -> dict:
+    """Whether a VAL_CALIB of `n_calib` images (of `n_placed` split) can reach the target, with a message that
+    says so, and when it cannot, which data.split.val_calib fraction or calibration.target_risk would."""
+    need = min_error_free_accepted(target_risk, delta, method, n_calib)
+    check = {
+        "val_calib_images": n_calib,
+        "min_error_free_accepted": need,
+        "threshold_method": method,
+        "target_risk": target_risk,
+        "delta": delta,
+        "reachable": n_calib >= need,
+    }
+    message = (
+        f"VAL_CALIB holds {n_calib} images; certifying error <= {target_risk:.1%} among accepted images at "
+        f"delta={delta} ({method}) needs at least {need} accepted VAL_CALIB images without one error (each error "
+        "raises that number)"
+    )
+    if check["reachable"]:
+        check["message"] = message + "."
+        return check
+    fixes = []
+    size = min_val_calib_size(target_risk, delta, method)
+    if n_placed and size < n_placed:
+        fraction = math.ceil(size / n_placed * 100) / 100
+        fixes.append(
+            f"data.split.val_calib >= {fraction:.2f} (now {val_calib_fraction:.2f}; {size} of {n_placed} images)"
+        )
+        check["val_calib_fraction_needed"] = fraction
+    else:
+        fixes.append(f"more data ({size} VAL_CALIB images at least)")
+    loosest = math.ceil(reachable_target(n_calib, delta, method) * 1000) / 1000
+    if loosest < 1:
+        fixes.append(f"calibration.target_risk >= {loosest:.3f}")
+        check["target_risk_reachable"] = loosest
+    if method == "sgr":
+        fixes.append(f"calibration.threshold_method=ltt (needs {min_error_free_accepted(target_risk, delta)})")
+    check["message"] = (
+        f"{message}: this split can never reach the target, every image would go to Stage 2. Set {' or '.join(fixes)}."
+    )
+    return check
+
+
 def fit_threshold(
     confidence: np.ndarray, correct: np.ndarray, target_risk: float, delta: float, method: str = "ltt"
 ) -> dict:

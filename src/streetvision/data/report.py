@@ -21,6 +21,7 @@ from PIL import Image
 
 from streetvision import io as storage
 from streetvision.data.shards import class_counts
+from streetvision.selective import calibration_size_check
 
 QUARANTINE = "quarantine"
 EXAMPLES_PER_REASON = 5
@@ -147,6 +148,15 @@ def write_data_report(
         "partition": partition,
         "image_size": cfg.model.img_size,
         "label_names": list(cfg.data.label_names),
+        # Before any training: can this VAL_CALIB certify the configured target at all?
+        "calibration_size": calibration_size_check(
+            splits["val_calib"]["count"],
+            cfg.calibration.target_risk,
+            cfg.calibration.delta,
+            cfg.calibration.threshold_method,
+            cfg.data.split.val_calib,
+            len(placed),
+        ),
     }
     storage.write_bytes(str(report_dir / "report.json"), json.dumps(report, indent=2).encode())
 
@@ -200,6 +210,7 @@ def _summary_lines(report: dict) -> list[str]:
         "largest groups: "
         + ", ".join(f"{g['group']} ({g['images']} images, {g['split']})" for g in report["largest_groups"][:5]),
         *(f"WARNING: {w}" for w in report["warnings"]),
+        ("" if report["calibration_size"]["reachable"] else "WARNING: ") + report["calibration_size"]["message"],
     ]
 
 

@@ -395,6 +395,8 @@ def run_ingest(cfg: Config, paths: PhasePaths) -> PhaseResult:
         for warning in report["warnings"]:
             logger.warning(warning)
         _check_outcome(report, by_split, data_cfg.max_quarantine_fraction, report_dir)
+        size_check = report["calibration_size"]
+        log(("" if size_check["reachable"] else "WARNING: ") + size_check["message"])
 
         metas: dict[str, ArtifactMetadata] = {}
         for split, items in by_split.items():
@@ -432,6 +434,8 @@ def run_ingest(cfg: Config, paths: PhasePaths) -> PhaseResult:
             "quarantined": len(quarantined),
             "near_duplicate_pairs": dedupe["near_duplicate_pairs"],
             "majority_rate_val_test": report["splits"]["val_test"]["majority_rate"],
+            "val_calib_can_reach_target": report["calibration_size"]["reachable"],
+            "min_error_free_accepted": report["calibration_size"]["min_error_free_accepted"],
             "decode_images_per_second": round(len(todo) / max(decode_seconds, 1e-9), 1),
             "seconds": round(time.time() - started, 1),
         },
