@@ -150,7 +150,7 @@ def write_data_report(
         "label_names": list(cfg.data.label_names),
         # Before any training: can this VAL_CALIB certify the configured target at all?
         "calibration_size": calibration_size_check(
-            splits["val_calib"]["count"],
+            sum(len(items) for split, items in by_split.items() if split.value == "val_calib"),
             cfg.calibration.target_risk,
             cfg.calibration.delta,
             cfg.calibration.threshold_method,
