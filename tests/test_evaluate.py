@@ -5,6 +5,7 @@ import io
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import build_bundle
 from PIL import Image
@@ -40,11 +41,23 @@ def test_blessing_checks_each_configured_bound_on_point_or_interval():
     point = {"accuracy": 0.9, "majority_rate": 0.8, "mcc": 0.6, "ece": 0.05, "auroc": 0.9, "coverage": 0.5}
     intervals = {"accuracy": (0.78, 0.95), "mcc": (0.4, 0.7), "ece": (0.03, 0.12)}
     verdict = bless(point, intervals, cfg.evaluation.blessing)
-    assert verdict["passed"] and len(verdict["checks"]) == 3
+    assert verdict["passed"] and len(verdict["checks"]) == 4  # answers, above majority, mcc, ece
     cfg.evaluation.blessing.judge = "lower_bound"
     cautious = bless(point, intervals, cfg.evaluation.blessing)
     assert not cautious["passed"]
-    assert [c["passed"] for c in cautious["checks"]] == [False, False, False]  # 0.78 <= 0.8, 0.4 < 0.5, 0.12 > 0.1
+    # Coverage 0.5 > 0 answers; 0.78 <= 0.8, 0.4 < 0.5, 0.12 > 0.1.
+    assert [c["passed"] for c in cautious["checks"]] == [True, False, False, False]
+
+
+def test_default_blessing_fails_a_policy_that_answers_nothing_and_says_why():
+    point = {"accuracy": 0.9, "majority_rate": 0.8, "coverage": 0.0}
+    verdict = bless(point, {}, load_config([]).evaluation.blessing)
+    assert not verdict["passed"]
+    failed = [c for c in verdict["checks"] if not c["passed"]]
+    assert len(failed) == 1 and "sends every image to Stage 2" in failed[0]["rule"]
+    assert "evaluation.blessing.require_answers=false" in failed[0]["rule"]
+    opted_out = bless(point, {}, load_config(["evaluation.blessing.require_answers=false"]).evaluation.blessing)
+    assert opted_out["passed"]
 
 
 def test_evaluate_writes_intervals_challenge_blessing_and_the_report_command_finds_it(trained, tmp_path, capsys):
@@ -62,10 +75,25 @@ def test_evaluate_writes_intervals_challenge_blessing_and_the_report_command_fin
     assert low <= saved["metrics"]["accuracy"] <= high
     assert [entry["level"] for entry in saved["challenge"]] == [0, 3]
     above_majority = saved["metrics"]["accuracy"] > saved["metrics"]["majority_rate"]
-    assert [c["passed"] for c in saved["blessing"]["checks"]] == [above_majority, False]
+    answers = saved["answers"]
+    assert [c["passed"] for c in saved["blessing"]["checks"]] == [answers["answered"] > 0, above_majority, False]
+    # Errors among answered images, next to the guarantee's own quantity (the same one for a threshold policy).
+    rows = pq.read_table(tmp_path / "eval" / "predictions.parquet").to_pydict()
+    accept = np.array(rows["accept"])
+    wrong = np.array(rows["prediction"]) != np.array(rows["label"])
+    assert answers["answered"] == accept.sum()
+    if accept.any():
+        assert answers["answered_error"] == pytest.approx(wrong[accept].mean()) == answers["guarantee_value"]
+    assert all("answers" in entry for entry in saved["challenge"])
     assert {t["metric"] for t in saved["seed_targets"]} >= {"accuracy", "ece", "auroc"}
     page = result.reports["report"]
-    for text in ("Blessing: FAILED", "Challenge levels", "Against the seed", "bootstrap interval"):
+    for text in (
+        "Blessing: FAILED",
+        "Challenge levels",
+        "Against the seed",
+        "bootstrap interval",
+        "error among answered",
+    ):
         assert text in page
     assert page.count("<img") == 5
     assert "accuracy_ci_low" in result.metrics and "challenge_level3_accuracy" in result.metrics

@@ -354,3 +354,29 @@ def test_plan_and_ingest_report_the_val_calib_size_the_target_needs(ingested):
     assert line.startswith("WARNING:") and "needs at least 299 accepted VAL_CALIB images" in line
     line = _calibration_size_line(load_config(["data.source=folder", "data.path=images"]))
     assert "at least 59 accepted VAL_CALIB images" in line and "590 images in all" in line
+
+
+def test_policy_outcomes_put_answered_errors_beside_each_guarantees_quantity():
+    from streetvision.selective import policy_outcomes
+
+    rng = np.random.default_rng(12)
+    probs, y = _draw(rng, 2000)
+    confidence, wrong = probs.max(axis=1), probs.argmax(axis=1) != y
+    threshold = ltt_threshold(confidence[:1000], ~wrong[:1000], 0.05, 0.05)
+    out = policy_outcomes(threshold, probs[1000:], y[1000:])
+    accepted = confidence[1000:] >= threshold["threshold"]
+    assert out["answered"] == accepted.sum() and out["answered_error"] == pytest.approx(wrong[1000:][accepted].mean())
+    assert out["guarantee_value"] == out["answered_error"] and out["promised"] == 0.05
+    scrc = scrc_policy(probs[:1000], y[:1000], 0.05, 0.1, selection_rate=0.9)
+    out = policy_outcomes(scrc, probs[1000:], y[1000:])
+    selected = confidence[1000:] >= scrc["selection_threshold"]
+    missed = probs[1000:][np.arange(1000), y[1000:]] < scrc["set_threshold"]
+    assert out["selected"] == selected.sum() and out["guarantee_value"] == pytest.approx(missed[selected].mean())
+    # Every wrong answer is a miss of a selected image, so answered errors never exceed selected misses in count.
+    assert out["answered_error"] * out["answered"] <= missed[selected].sum()
+    assert "prediction-set miss rate among selected" in out["guarantee_quantity"]
+    text = guarantee_text(scrc)
+    assert "among *answered* images the error can reach" in text
+    assert f"{min(1.0, 0.05 / scrc['calib_singleton_rate']):.1%}" in text
+    infeasible = policy_outcomes(ltt_threshold(confidence[:30], ~wrong[:30], 0.05, 0.05), probs, y)
+    assert infeasible["answered"] == 0 and infeasible["answered_error"] is None and infeasible["promised"] is None

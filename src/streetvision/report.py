@@ -133,6 +133,8 @@ def _challenge(challenge):
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -160,6 +162,27 @@ def _compact_rows(entries: list[dict], key: str) -> list[list[str]]:
         [html.escape(str(e[key])), str(e["metrics"]["n"])]
         + [f"{_fmt(e['metrics'][m])} {_interval(e['intervals'][m])}" for m in _COMPACT]
         for e in entries
+    ]
+
+
+def _answer_rows(results: dict) -> list[list[str]]:
+    """One row per input distribution: what was answered and how often wrongly, beside the guarantee's quantity."""
+    entries = [("VAL_TEST (as cached)", results["answers"])]
+    entries += [(f"challenge level {e['level']}", e["answers"]) for e in results["challenge"]]
+    entries += [(row["name"], row["answers"]) for row in results.get("answer_mixes", [])]
+    return [
+        [
+            html.escape(name),
+            str(a["images"]),
+            str(a["answered"]),
+            _fmt(a["coverage"]),
+            _fmt(a["answered_error"]),
+            _fmt(a["guarantee_value"]),
+            html.escape(
+                a.get("promise") or ("none (infeasible policy)" if a["promised"] is None else f"<= {a['promised']}")
+            ),
+        ]
+        for name, a in entries
     ]
 
 
@@ -201,6 +224,19 @@ def write_html_report(
     sections = [
         f"<h2>Metrics ({metrics['n']} VAL_TEST images, calibrated probabilities, decision at 0.5)</h2>",
         _table(["metric", "value", f"{level} bootstrap interval"], metric_rows),
+        "<h2>Answers beside the guarantee</h2>",
+        _table(
+            [
+                "images",
+                "n",
+                "answered",
+                "coverage",
+                "error among answered",
+                html.escape(results["answers"]["guarantee_quantity"]),
+                "promised",
+            ],
+            _answer_rows(results),
+        ),
         "<h2>Against the seed's targets</h2>",
         _table(["metric", "target", "measured", "verdict"], target_rows),
     ]

@@ -272,6 +272,39 @@ def _test_words(policy: dict) -> str:
     return f"SGR, Bonferroni over {policy['tests']} tests"
 
 
+def guarantee_quantity(policy: dict) -> str:
+    """What the policy's certificate bounds, in words (for threshold policies it is the answered-image error)."""
+    if policy["kind"] == "scrc":
+        return "prediction-set miss rate among selected images"
+    return "error rate among accepted (answered) images"
+
+
+def policy_outcomes(policy: dict, probs: np.ndarray, labels: np.ndarray) -> dict:
+    """On labelled images: what a user reads (the error among *answered* images) beside the quantity the
+    guarantee bounds, which for SCRC is not the same thing. Probabilities are calibrated, shape (N, 2)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    confidence = probs.max(axis=1)
+    answered = accept_mask(confidence, policy)
+    wrong = probs.argmax(axis=1) != labels
+    out = {
+        "images": int(len(labels)),
+        "answered": int(answered.sum()),
+        "coverage": float(answered.mean()) if len(labels) else 0.0,
+        "answered_error": float(wrong[answered].mean()) if answered.any() else None,
+        "guarantee_quantity": guarantee_quantity(policy),
+        "promised": policy["target_risk"] if policy["feasible"] else None,
+    }
+    if policy["kind"] == "scrc":
+        selected = confidence >= policy["selection_threshold"] if policy["feasible"] else np.zeros(len(labels), bool)
+        missed = probs[np.arange(len(labels)), labels] < (policy["set_threshold"] or 0.0)
+        out["selected"] = int(selected.sum())
+        out["guarantee_value"] = float(missed[selected].mean()) if selected.any() else None
+    else:
+        out["guarantee_value"] = out["answered_error"]
+    return out
+
+
 def guarantee_text(policy: dict) -> str:
     if policy["kind"] == "scrc":
         return scrc_guarantee_text(policy)
@@ -394,7 +427,19 @@ def scrc_guarantee_text(policy: dict) -> str:
         f"{policy['calib_selected_rate']:.1%} of VAL_CALIB), the prediction set {{y : p_y >= "
         f"{policy['set_threshold']:.4f}}} misses the true label for at most {policy['target_risk']:.1%} of images, "
         f"with probability >= {1 - policy['delta']:.0%} over the VAL_CALIB draw (SCRC-I, Clopper-Pearson bound "
-        f"{policy['risk_bound']:.3f}, fixed-sequence test). Stage 1 answers only selected singletons, so its wrong "
-        f"answers are at most {policy['target_risk']:.1%} of selected images; it answered "
-        f"{policy['calib_coverage']:.1%} of VAL_CALIB (the rest goes to Stage 2)."
+        f"{policy['risk_bound']:.3f}, fixed-sequence test). Stage 1 answers only selected singletons, and each "
+        f"wrong answer is a miss, so wrong answers are at most {policy['target_risk']:.1%} of *selected* images: "
+        f"among *answered* images the error can reach {policy['target_risk']:.1%} / (share of selected images "
+        f"answered), about {_answered_bound(policy)} at VAL_CALIB's share of {policy['calib_singleton_rate']:.1%} "
+        f"(an estimate; that share is not certified). It answered {policy['calib_coverage']:.1%} of VAL_CALIB "
+        f"(the rest goes to Stage 2), with error {_rate(policy['calib_accepted_error'])} among those answers."
     )
+
+
+def _answered_bound(policy: dict) -> str:
+    share = policy["calib_singleton_rate"]
+    return f"{min(1.0, policy['target_risk'] / share):.1%}" if share else "100%"
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

@@ -440,6 +440,9 @@ class BlessingConfig(Group):
     """
 
     require_above_majority: bool = True
+    # A policy that accepts nothing on VAL_TEST (infeasible, or a threshold no image reaches) fails the blessing:
+    # Stage 1 would answer nothing. false: judge the model alone.
+    require_answers: bool = True
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
     min_mcc: float | None = Field(None, ge=-1.0, le=1.0)
     min_auroc: float | None = Field(None, ge=0.0, le=1.0)

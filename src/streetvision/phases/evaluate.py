@@ -39,6 +39,7 @@ from streetvision.metrics.evaluation import (
 from streetvision.phases.result import ClassificationCurves, PhasePaths, PhaseResult
 from streetvision.registry import PHASE_READS
 from streetvision.report import write_html_report
+from streetvision.selective import policy_outcomes
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,12 @@ def _scored(bundle: Bundle, images: np.ndarray, labels: np.ndarray, cfg: Config,
 
 def _method(cfg: Config, n: int) -> str:
     return interval_method(cfg.evaluation.bootstrap_method, n, cfg.evaluation.bca_max_samples)
+
+
+def _answers(bundle: Bundle, preds: Predictions, labels: np.ndarray) -> dict:
+    """Errors among answered images beside the guarantee's own quantity (see selective.policy_outcomes)."""
+    probs = np.stack([1.0 - preds.prob_roadwork, preds.prob_roadwork], axis=1)
+    return policy_outcomes(bundle.policy, probs, labels)
 
 
 def _intervals(preds: Predictions, labels: np.ndarray, target: float, cfg: Config) -> dict:
@@ -111,6 +118,16 @@ def bless(point: dict, intervals: dict, rules: BlessingConfig) -> dict:
         low, high = intervals[name]
         return low if higher_is_better else high
 
+    if rules.require_answers:
+        checks.append(
+            {
+                "rule": "the policy answers some VAL_TEST images (coverage > 0); one that accepts nothing sends every "
+                "image to Stage 2 (make it feasible with more VAL_CALIB data, a stronger model or a looser "
+                "calibration.target_risk, or set evaluation.blessing.require_answers=false)",
+                "value": point["coverage"],
+                "passed": bool(point["coverage"] > 0),
+            }
+        )
     if rules.require_above_majority:
         value = judged("accuracy", True)
         checks.append(
@@ -169,6 +186,7 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
     images = np.asarray(test.images)
     preds, point = _scored(bundle, images, test.labels, cfg, device)
     intervals = _intervals(preds, test.labels, target, cfg)
+    answers = _answers(bundle, preds, test.labels)
     logger.info(
         f"VAL_TEST metrics with {cfg.evaluation.confidence_level:.0%} bootstrap intervals "
         f"({cfg.evaluation.bootstrap_resamples} resamples, {_method(cfg, len(test.labels))})"
@@ -186,6 +204,7 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
                 "description": LEVELS[level],
                 "metrics": level_point,
                 "intervals": _intervals(level_preds, test.labels, target, cfg),
+                "answers": _answers(bundle, level_preds, test.labels),
             }
         )
         logger.info(
@@ -241,6 +260,7 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
         "metrics": point,
         "intervals": intervals,
         "confidence_level": cfg.evaluation.confidence_level,
+        "answers": answers,
         "challenge": challenge,
         "slices": slices,
         "blessing": blessing,
@@ -266,7 +286,8 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
     logger.info(
         f"VAL_TEST: accuracy {point['accuracy']:.3f} ({verdict} the majority-class rate "
         f"{point['majority_rate']:.3f}), MCC {point['mcc']:.3f}, AUROC {point['auroc']:.3f}, "
-        f"ECE {point['ece']:.3f}, coverage {point['coverage']:.3f}; blessing "
+        f"ECE {point['ece']:.3f}, coverage {point['coverage']:.3f}, error among answered images "
+        f"{_share(answers['answered_error'])}; blessing "
         f"{'PASSED' if blessing['passed'] else 'FAILED'}"
     )
     summary = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in point.items()}
@@ -274,6 +295,10 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
         {
             "accuracy_interval": [round(v, 4) for v in intervals["accuracy"]],
             "mcc_interval": [round(v, 4) for v in intervals["mcc"]],
+            "answered": answers["answered"],
+            "answered_error": answers["answered_error"],
+            "guarantee_quantity": answers["guarantee_quantity"],
+            "guarantee_value": answers["guarantee_value"],
             "blessed": blessing["passed"],
             "blessing_checks": [f"{c['rule']}: {'pass' if c['passed'] else 'FAIL'}" for c in blessing["checks"]],
             "seconds": round(time.time() - started, 1),
@@ -312,3 +337,7 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
         ),
         parameters={"blessed": bool(blessing["passed"])},
     )
+
+
+def _share(value: float | None) -> str:
+    return "n/a (nothing answered)" if value is None else f"{value:.3f}"

@@ -396,7 +396,7 @@ def run_ingest(cfg: Config, paths: PhasePaths) -> PhaseResult:
             logger.warning(warning)
         _check_outcome(report, by_split, data_cfg.max_quarantine_fraction, report_dir)
         size_check = report["calibration_size"]
-        log(("" if size_check["reachable"] else "WARNING: ") + size_check["message"])
+        (logger.info if size_check["reachable"] else logger.warning)(size_check["message"])
 
         metas: dict[str, ArtifactMetadata] = {}
         for split, items in by_split.items():

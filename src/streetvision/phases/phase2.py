@@ -19,7 +19,7 @@ from streetvision.data.shards import load_logits
 from streetvision.metrics.classification import selective_metrics
 from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.registry import PHASE_READS
-from streetvision.selective import accept_mask, fit_threshold, guarantee_text
+from streetvision.selective import accept_mask, fit_threshold, guarantee_quantity, guarantee_text
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ def policy_summary(policy: dict, calibrator: dict) -> dict:
         "calib_coverage": round(policy["calib_coverage"], 4),
         "risk_bound": policy["risk_bound"],
         "target_risk": policy["target_risk"],
+        # What a user reads (errors among answered images) beside what the guarantee bounds; the same for a
+        # threshold, not for SCRC (its guarantee is about prediction sets of selected images).
+        "guarantee_quantity": guarantee_quantity(policy),
+        "answered_error_calib": policy["calib_accepted_error"] if policy["kind"] == "scrc" else policy["calib_risk"],
         "calibrator": calibrator["kind"],
         "guarantee": policy["guarantee"],
         "weights_sha256": policy["weights_sha256"],
