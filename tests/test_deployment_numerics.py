@@ -3,7 +3,7 @@
 
 import numpy as np
 import torch
-from conftest import TINY, build_bundle
+from conftest import PHASE1_OUTPUTS, TINY, build_bundle, phase1_paths
 
 from streetvision.config import load_config
 from streetvision.contracts import Role, Split
@@ -19,16 +19,9 @@ TOLERANCE = 1e-5
 def test_val_calib_logits_equal_the_bundles_logits_under_bf16_training(ingested, tmp_path):
     _, dirs, _, _ = ingested
     cfg = load_config(TINY + ["training.precision=bf16"])  # CPU autocast runs bf16 too: the mismatch would show
-    out = {name: tmp_path / name for name in ("checkpoint", "val_select_logits", "val_calib_logits")}
-    run_phase1(
-        cfg,
-        dirs[Split.TRAIN],
-        dirs[Split.VAL_SELECT],
-        dirs[Split.VAL_CALIB],
-        out["checkpoint"],
-        out["val_select_logits"],
-        out["val_calib_logits"],
-    )
+    paths = phase1_paths(dirs, tmp_path)
+    run_phase1(cfg, paths)
+    out = {name: paths.output(name) for name in PHASE1_OUTPUTS}
     bundle = Bundle.load(build_bundle(cfg, dirs, out, tmp_path))
     calib = load_split(dirs[Split.VAL_CALIB], split=Split.VAL_CALIB, role=Role.PREDICTION, phase="t", input_name="x")
     written = load_logits(
@@ -41,3 +34,52 @@ def test_val_calib_logits_equal_the_bundles_logits_under_bf16_training(ingested,
     prep = bundle.preprocessing
     bf16 = predict_logits(model, np.asarray(calib.images), prep["mean"], prep["std"], autocast_dtype=torch.bfloat16)
     assert np.abs(bf16 - deployed).max() > 10 * TOLERANCE
+
+
+def test_deployment_renders_follow_the_configured_mix_and_score_as_the_bundle_does():
+    from streetvision.challenge import deployment_render_logits, render_as_deployed
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16 * 3, 2)).eval()
+    images = np.random.default_rng(0).integers(0, 255, (40, 24, 24, 3), dtype=np.uint8)
+    mean, std = [0.5] * 3, [0.25] * 3
+    logits, levels = deployment_render_logits(model, images, mean, std, [0, 3], 3, 32, 16, seed=5)
+    assert logits.shape == (40, 3, 2) and levels.shape == (40, 3)
+    assert set(np.unique(levels)) == {0, 3} and 0.3 < (levels == 3).mean() < 0.7  # each level equally likely
+    again, _ = deployment_render_logits(model, images, mean, std, [0, 3], 3, 32, 16, seed=5)
+    np.testing.assert_array_equal(logits, again)  # seeded: a rerun of phase 1 fits the same policy
+    # Render 0 of the level-3 images, rebuilt through the deployment decode path, gives the same logits.
+    rows = np.flatnonzero(levels[:, 0] == 3)
+    pixels = render_as_deployed(images[rows], 3, 32, 16, seed=5 * 7919)
+    np.testing.assert_allclose(logits[rows, 0], predict_logits(model, pixels, mean, std), rtol=0, atol=TOLERANCE)
+    assert not np.allclose(logits[:, 0], logits[:, 1])  # renders differ
+
+
+def test_policy_phases_certify_one_render_per_image_and_name_the_distribution(trained, tmp_path):
+    import pytest
+
+    from streetvision.config import load_config
+    from streetvision.contracts.errors import PolicyError
+    from streetvision.phases.phase2 import calibration_inputs
+
+    cfg, dirs, out = trained
+    data = load_logits(
+        out["val_calib_logits"], split=Split.VAL_CALIB, role=Role.POLICY_FITTING, phase="t", input_name="x"
+    )
+    assert data.renders is not None  # TINY lists challenge levels [0, 3]: the default fits on deployment inputs
+    render_logits, levels = data.renders
+    assert render_logits.shape == (len(data.labels), cfg.calibration.renders_per_image, 2)
+    assert set(np.unique(levels)) <= {0, 3}
+    inputs = calibration_inputs(cfg, data.logits, data.labels, data.renders, "t")
+    np.testing.assert_array_equal(inputs.certify_logits, render_logits[:, 0])
+    assert len(inputs.fit_logits) == render_logits.shape[0] * render_logits.shape[1]
+    assert "deployment inputs" in inputs.distribution and "[0, 3]" in inputs.distribution
+    plain = calibration_inputs(load_config(TINY + ["calibration.fit_on=plain"]), data.logits, data.labels, None, "t")
+    assert plain.certify_logits is data.logits and "not deployment" in plain.distribution
+    with pytest.raises(PolicyError, match="hold no deployment renders"):
+        calibration_inputs(cfg, data.logits, data.labels, None, "t")
+    other = load_config(TINY + ["evaluation.challenge_levels=[1, 2]"])
+    with pytest.raises(PolicyError, match="deployment mix is"):
+        calibration_inputs(other, data.logits, data.labels, data.renders, "t")
+    bundle = Bundle.load(build_bundle(cfg, dirs, out, tmp_path))
+    assert "deployment inputs" in bundle.policy["guarantee"] and bundle.policy["calibration_levels"] == [0, 3]

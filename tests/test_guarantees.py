@@ -304,12 +304,13 @@ def test_ltt_guarantee_text_names_the_test_and_infeasibility_names_the_size_need
 @pytest.mark.parametrize("method", ["ltt", "sgr"])
 def test_the_policy_phases_certify_by_calibration_threshold_method(method):
     from streetvision.config.schema import Config
-    from streetvision.phases.phase2 import fit_threshold_policy
+    from streetvision.phases.phase2 import calibration_inputs, fit_threshold_policy
 
     rng = np.random.default_rng(11)
     probs, y = _draw(rng, 300)
-    cfg = Config.model_validate({"calibration": {"threshold_method": method}})
-    _, policy = fit_threshold_policy(cfg, np.log(np.clip(probs, 1e-12, None)), y, "0" * 64)
+    cfg = Config.model_validate({"calibration": {"threshold_method": method, "fit_on": "plain"}})
+    logits = np.log(np.clip(probs, 1e-12, None))
+    _, policy = fit_threshold_policy(cfg, calibration_inputs(cfg, logits, y, None, "test"), "0" * 64)
     assert policy["method"] == method and policy["feasible"]
     assert policy["min_error_free_accepted"] == min_error_free_accepted(0.05, 0.05, method, 300)
     assert ("Learn-then-Test" in policy["guarantee"]) == (method == "ltt")
@@ -380,3 +381,38 @@ def test_policy_outcomes_put_answered_errors_beside_each_guarantees_quantity():
     assert f"{min(1.0, 0.05 / scrc['calib_singleton_rate']):.1%}" in text
     infeasible = policy_outcomes(ltt_threshold(confidence[:30], ~wrong[:30], 0.05, 0.05), probs, y)
     assert infeasible["answered"] == 0 and infeasible["answered_error"] is None and infeasible["promised"] is None
+
+
+# --- Certifying on deployment renders: renders of one image are not independent ---
+
+
+def _render_draws(rng, n, renders, jitter):
+    """n images (latent z, label y) and `renders` renders each: z + N(0, jitter^2), so renders of one image
+    are strongly correlated. Marginally a render is N(+-MU, 1 + jitter^2); the confidence is monotone in |z|."""
+    y = rng.integers(0, 2, n)
+    z = rng.normal(np.where(y == 1, MU, -MU), 1.0)[:, None] + rng.normal(0, jitter, (n, renders))
+    return expit(2 * MU * z), y
+
+
+def _render_risk(threshold: float, jitter: float) -> float:
+    """True error among accepted renders (max-probability >= threshold) for the render distribution."""
+    c, s = _cut(threshold), np.sqrt(1 + jitter**2)
+    wrong, right = norm.cdf((-c - MU) / s), norm.sf((c - MU) / s)
+    return wrong / (wrong + right)
+
+
+def test_certifying_one_render_per_image_keeps_the_promise_and_pooling_renders_does_not():
+    """Why phase 2 certifies on one render per image: counting R correlated renders as R independent samples
+    makes the Clopper-Pearson bound too tight, and the guarantee breaks on the very distribution it names."""
+    rng = np.random.default_rng(21)
+    target, delta, trials, n, renders, jitter = 0.05, 0.1, 1000, 150, 8, 0.05
+    one = pooled = 0
+    for _ in range(trials):
+        p1, y = _render_draws(rng, n, renders, jitter)
+        confidence, correct = np.maximum(p1, 1 - p1), (p1 >= 0.5) == (y[:, None] == 1)
+        first = ltt_threshold(confidence[:, 0], correct[:, 0], target, delta)
+        one += first["feasible"] and _render_risk(first["threshold"], jitter) > target
+        every = ltt_threshold(confidence.ravel(), correct.ravel(), target, delta)
+        pooled += every["feasible"] and _render_risk(every["threshold"], jitter) > target
+    assert one <= _allowed_violations(delta, trials)
+    assert pooled > _allowed_violations(delta, trials)

@@ -14,6 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from streetvision.config.schema import Config
+from streetvision.data.decode import decode_image
+from streetvision.models import predict_logits
+
 LEVELS = {
     0: "224 px JPEG, no augmentation",
     1: "+ rotation ±20°, random resized crop (scale 0.2-1), horizontal and vertical flips",
@@ -79,3 +83,64 @@ def _jpeg(picture: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def render_as_deployed(images: np.ndarray, level: int, size: int, img_size: int, seed: int) -> np.ndarray:
+    """`images` as a deployed bundle scores them: rendered at `level` to `size` px JPEG bytes, then decoded to
+    the bundle's `img_size` by the decoder `Bundle.decode` (and ingest) use. Its size floor is not applied: a
+    render is always `size` px, and the floor only refuses an image, it never changes pixels."""
+    encoded = render_challenge(images, level, size, seed)
+    return np.stack([decode_image(data, img_size, min_size=1).pixels for data in encoded])
+
+
+def deployment_render_logits(
+    scorer: torch.nn.Module,
+    images: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    levels: list[int],
+    renders: int,
+    size: int,
+    img_size: int,
+    seed: int,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, R, 2) of R deployment renders per image and their levels (N, R).
+
+    Deployment's mix: each render of each image draws its level uniformly from `levels` (the configured
+    challenge levels, each equally likely), then its augmentation; the draws are seeded and use no labels.
+    Scored with the fp32 inference function `Bundle.predict` uses.
+    """
+    images = np.asarray(images)
+    n = len(images)
+    drawn = np.random.default_rng([seed, n]).choice(np.asarray(levels, dtype=np.int64), size=(n, renders))
+    logits = np.zeros((n, renders, 2), np.float32)
+    for r in range(renders):
+        for level in np.unique(drawn[:, r]):
+            rows = np.flatnonzero(drawn[:, r] == level)
+            pixels = render_as_deployed(np.asarray(images[rows]), int(level), size, img_size, seed * 7919 + r)
+            logits[rows, r] = predict_logits(scorer, pixels, mean, std, batch_size, device)
+    return logits, drawn
+
+
+def val_calib_renders(
+    cfg: Config, scorer: torch.nn.Module, images: np.ndarray, mean: list[float], std: list[float], device
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """VAL_CALIB's deployment renders for the policy phases (None when they fit on plain VAL_CALIB)."""
+    levels = cfg.calibration_levels()
+    if not levels:
+        return None
+    return deployment_render_logits(
+        scorer,
+        images,
+        mean,
+        std,
+        levels,
+        cfg.calibration.renders_per_image,
+        cfg.evaluation.challenge_size,
+        cfg.model.img_size,
+        cfg.calibration.seed,
+        cfg.evaluation.batch_size,
+        device,
+    )

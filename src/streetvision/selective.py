@@ -305,6 +305,28 @@ def policy_outcomes(policy: dict, probs: np.ndarray, labels: np.ndarray) -> dict
     return out
 
 
+def pooled_outcomes(parts: list[dict]) -> dict:
+    """`policy_outcomes` of several renders of one image set pooled: the mixture that draws each part equally
+    often (every part scores all images once), e.g. deployment's mix of challenge levels."""
+    images = sum(p["images"] for p in parts)
+    answered = sum(p["answered"] for p in parts)
+    wrong = sum((p["answered_error"] or 0.0) * p["answered"] for p in parts)
+    pooled = {
+        **parts[0],
+        "images": images,
+        "answered": answered,
+        "coverage": answered / images if images else 0.0,
+        "answered_error": wrong / answered if answered else None,
+    }
+    if "selected" in parts[0]:  # SCRC: the miss rate among selected images, pooled the same way
+        selected = sum(p["selected"] for p in parts)
+        missed = sum((p["guarantee_value"] or 0.0) * p["selected"] for p in parts)
+        pooled.update(selected=selected, guarantee_value=missed / selected if selected else None)
+    else:
+        pooled["guarantee_value"] = pooled["answered_error"]
+    return pooled
+
+
 def guarantee_text(policy: dict) -> str:
     if policy["kind"] == "scrc":
         return scrc_guarantee_text(policy)
@@ -312,11 +334,11 @@ def guarantee_text(policy: dict) -> str:
     if not policy["feasible"]:
         return (
             f"No threshold meets the target: selective accuracy >= {1 - policy['target_risk']:.1%} could not be "
-            f"certified at confidence {1 - policy['delta']:.0%} from {policy['n_calib']} VAL_CALIB samples "
-            f"({_test_words(policy)}; certifying it needs at least {policy['min_error_free_accepted']} accepted "
-            "VAL_CALIB images without one error). The policy accepts nothing (every image goes to Stage 2). More "
-            "VAL_CALIB data (data.split.val_calib), a stronger model or a looser calibration.target_risk can make "
-            "it feasible."
+            f"certified at confidence {1 - policy['delta']:.0%} from {policy['n_calib']} VAL_CALIB samples, for "
+            f"{drawn} ({_test_words(policy)}; certifying it needs at least {policy['min_error_free_accepted']} "
+            "accepted VAL_CALIB images without one error). The policy accepts nothing (every image goes to "
+            "Stage 2). More VAL_CALIB data (data.split.val_calib), a stronger model or a looser "
+            "calibration.target_risk can make it feasible."
         )
     return (
         f"Among accepted images, accuracy >= {1 - policy['target_risk']:.1%} with probability >= "
@@ -418,7 +440,8 @@ def scrc_guarantee_text(policy: dict) -> str:
         return (
             f"No SCRC policy meets the target: a prediction-set miss rate <= {policy['target_risk']:.1%} among "
             f"selected images could not be certified at confidence {1 - policy['delta']:.0%} from "
-            f"{policy['n_risk_part']} VAL_CALIB samples ({policy['calib_selected_rate']:.1%} selected). The policy "
+            f"{policy['n_risk_part']} VAL_CALIB samples ({policy['calib_selected_rate']:.1%} selected), for "
+            f"{policy.get('distribution', 'images drawn like VAL_CALIB')}. The policy "
             "accepts nothing (every image goes to Stage 2). More VAL_CALIB data, a higher "
             "calibration.scrc_selection_rate or a looser calibration.target_risk can make it feasible."
         )
@@ -426,7 +449,8 @@ def scrc_guarantee_text(policy: dict) -> str:
         f"Among selected images (calibrated confidence >= {policy['selection_threshold']:.4f}, "
         f"{policy['calib_selected_rate']:.1%} of VAL_CALIB), the prediction set {{y : p_y >= "
         f"{policy['set_threshold']:.4f}}} misses the true label for at most {policy['target_risk']:.1%} of images, "
-        f"with probability >= {1 - policy['delta']:.0%} over the VAL_CALIB draw (SCRC-I, Clopper-Pearson bound "
+        f"with probability >= {1 - policy['delta']:.0%} over the VAL_CALIB draw, for "
+        f"{policy.get('distribution', 'images drawn like VAL_CALIB')} (SCRC-I, Clopper-Pearson bound "
         f"{policy['risk_bound']:.3f}, fixed-sequence test). Stage 1 answers only selected singletons, and each "
         f"wrong answer is a miss, so wrong answers are at most {policy['target_risk']:.1%} of *selected* images: "
         f"among *answered* images the error can reach {policy['target_risk']:.1%} / (share of selected images "

@@ -412,6 +412,14 @@ class CalibrationConfig(Group):
     # or "sgr" (binary search, Bonferroni over its ceil(log2 n) tests). ltt needs fewer error-free images: 59
     # against 99 for 5 % at delta 0.05 (streetvision.selective.min_error_free_accepted).
     threshold_method: Literal["ltt", "sgr"] = "ltt"
+    # What the calibrator and policy are fitted on, i.e. the distribution the guarantee is about. "deployment":
+    # VAL_CALIB rendered as deployment sends images (evaluation.challenge_levels, each level equally likely,
+    # at evaluation.challenge_size px JPEG); "plain": VAL_CALIB as ingest cached it; "auto": deployment when
+    # evaluation.challenge_levels lists any level, else plain.
+    fit_on: Literal["auto", "deployment", "plain"] = "auto"
+    # Deployment renders per VAL_CALIB image. All of them fit the calibrator; the certificate uses one per image,
+    # since renders of one image are not independent draws.
+    renders_per_image: int = Field(2, ge=1)
     # SCRC (phase 5): share of images selected by confidence, and share of VAL_CALIB used to set that cut.
     scrc_selection_rate: Fraction = 0.8
     scrc_selection_fraction: Fraction = 0.3
@@ -735,3 +743,23 @@ class Config(Group):
     cluster: ClusterConfig = ClusterConfig()
     explora: ExploraConfig = ExploraConfig()
     signing: SigningConfig = SigningConfig()
+
+    def calibration_levels(self) -> list[int]:
+        """The challenge levels VAL_CALIB is rendered at for the calibrator and policy ([]: plain VAL_CALIB)."""
+        fit_on = self.calibration.fit_on
+        if fit_on == "plain" or (fit_on == "auto" and not self.evaluation.challenge_levels):
+            return []
+        return sorted(set(self.evaluation.challenge_levels))
+
+    @field_validator("evaluation")
+    @classmethod
+    def _deployment_mix_is_listed(cls, evaluation: EvaluationConfig, info: ValidationInfo) -> EvaluationConfig:
+        calibration = info.data.get("calibration")
+        return _checked(
+            evaluation,
+            calibration is not None
+            and calibration.fit_on == "deployment"
+            and not evaluation.challenge_levels
+            and "calibration.fit_on=deployment renders VAL_CALIB at evaluation.challenge_levels, which is empty: "
+            "list the levels deployment sends, or set calibration.fit_on=plain",
+        )

@@ -123,6 +123,15 @@ class LogitsData:
     labels: np.ndarray
     logits: np.ndarray  # (N, 2) float32
     meta: ArtifactMetadata
+    # Deployment-style renders of the same images (VAL_CALIB only): (N, R, 2) logits and (N, R) challenge levels.
+    render_logits: np.ndarray | None = None
+    render_levels: np.ndarray | None = None
+
+    @property
+    def renders(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.render_logits is None or self.render_levels is None:
+            return None
+        return self.render_logits, self.render_levels
 
 
 def class_counts(labels: np.ndarray) -> dict[str, int]:
@@ -253,19 +262,30 @@ def open_shards(path: str | Path, where: str = "", meta: ArtifactMetadata | None
     return ShardedImages(shards, image_shape, verifiers or None)
 
 
-def write_predictions(out_dir: str | Path, sample_ids: list[str], labels: np.ndarray, logits: np.ndarray) -> None:
+def write_predictions(
+    out_dir: str | Path,
+    sample_ids: list[str],
+    labels: np.ndarray,
+    logits: np.ndarray,
+    renders: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
+    """One row per sample; `renders` = ((N, R, 2) logits, (N, R) levels) adds each image's deployment renders."""
     where = f"writing {out_dir}"
     logits = validate_logits(np.asarray(logits, dtype=np.float32), where, expected_rows=len(sample_ids))
     labels = validate_labels(labels, where, expected_rows=len(sample_ids))
-    table = pa.table(
-        {
-            "sample_id": pa.array(sample_ids, pa.string()),
-            "label": pa.array(labels, pa.int64()),
-            "logit_0": pa.array(logits[:, 0], pa.float32()),
-            "logit_1": pa.array(logits[:, 1], pa.float32()),
-        }
-    )
-    pq.write_table(table, Path(out_dir) / PREDICTIONS_FILE)
+    columns = {
+        "sample_id": pa.array(sample_ids, pa.string()),
+        "label": pa.array(labels, pa.int64()),
+        "logit_0": pa.array(logits[:, 0], pa.float32()),
+        "logit_1": pa.array(logits[:, 1], pa.float32()),
+    }
+    if renders is not None:
+        render_logits, levels = np.asarray(renders[0], dtype=np.float32), np.asarray(renders[1], dtype=np.int64)
+        validate_logits(render_logits.reshape(-1, 2), where, expected_rows=levels.size)
+        columns["render_level"] = pa.array(list(levels), pa.list_(pa.int64()))
+        columns["render_logit_0"] = pa.array(list(render_logits[:, :, 0]), pa.list_(pa.float32()))
+        columns["render_logit_1"] = pa.array(list(render_logits[:, :, 1]), pa.list_(pa.float32()))
+    pq.write_table(pa.table(columns), Path(out_dir) / PREDICTIONS_FILE)
 
 
 def load_logits(path: str | Path, *, split: Split, role: Role, phase: str, input_name: str) -> LogitsData:
@@ -284,4 +304,16 @@ def load_logits(path: str | Path, *, split: Split, role: Role, phase: str, input
             where,
             "regenerate the logits with phase1 instead of editing them",
         )
-    return LogitsData(split=split, sample_ids=sample_ids, labels=labels, logits=logits, meta=meta)
+    data = LogitsData(split=split, sample_ids=sample_ids, labels=labels, logits=logits, meta=meta)
+    if "render_level" in table.column_names:
+        rows = table.column("render_level").to_pylist()
+        if len({len(r) for r in rows}) != 1 or not rows[0]:
+            raise DataError(
+                "rows hold different numbers of deployment renders", where, "regenerate the logits with phase1"
+            )
+        levels = np.array(rows, dtype=np.int64)
+        pair = [np.array(table.column(f"render_logit_{k}").to_pylist(), dtype=np.float32) for k in (0, 1)]
+        render_logits = np.stack(pair, axis=-1).reshape(*levels.shape, 2)
+        validate_logits(render_logits.reshape(-1, 2), where, expected_rows=levels.size)
+        data.render_logits, data.render_levels = render_logits, levels
+    return data

@@ -39,7 +39,7 @@ from streetvision.metrics.evaluation import (
 from streetvision.phases.result import ClassificationCurves, PhasePaths, PhaseResult
 from streetvision.registry import PHASE_READS
 from streetvision.report import write_html_report
-from streetvision.selective import policy_outcomes
+from streetvision.selective import policy_outcomes, pooled_outcomes
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +212,14 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
             f"deployment score {level_point['deployment_score']:.3f}"
         )
 
+    answer_mixes = _promises(bundle.policy, answers, challenge)
+    for row in answer_mixes:
+        mixed = row["answers"]
+        logger.info(
+            f"{row['name']}: answered {mixed['coverage']:.3f} of images, error among answered "
+            f"{_share(mixed['answered_error'])} (promised <= {bundle.policy['target_risk']})"
+        )
+
     slices = []
     for name, mask in _slice_masks(test):
         sub = Predictions(*(getattr(preds, f)[mask] for f in Predictions.__dataclass_fields__))
@@ -261,6 +269,7 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
         "intervals": intervals,
         "confidence_level": cfg.evaluation.confidence_level,
         "answers": answers,
+        "answer_mixes": answer_mixes,
         "challenge": challenge,
         "slices": slices,
         "blessing": blessing,
@@ -299,6 +308,7 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
             "answered_error": answers["answered_error"],
             "guarantee_quantity": answers["guarantee_quantity"],
             "guarantee_value": answers["guarantee_value"],
+            "deployment_mix_answered_error": answer_mixes[0]["answers"]["answered_error"] if answer_mixes else None,
             "blessed": blessing["passed"],
             "blessing_checks": [f"{c['rule']}: {'pass' if c['passed'] else 'FAIL'}" for c in blessing["checks"]],
             "seconds": round(time.time() - started, 1),
@@ -341,3 +351,24 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
 
 def _share(value: float | None) -> str:
     return "n/a (nothing answered)" if value is None else f"{value:.3f}"
+
+
+def _promises(policy: dict, plain: dict, challenge: list[dict]) -> list[dict]:
+    """Marks each VAL_TEST row with what the guarantee promises for it, and returns the pooled row of the
+    deployment mix when the policy was certified on it (the rows it pools are evaluated here)."""
+    certified = list(policy.get("calibration_levels") or [])
+    target = policy["target_risk"] if policy["feasible"] else None
+    bound = "none (infeasible policy)" if target is None else f"<= {target}"
+    plain["promise"] = "not promised (certified for the deployment mix)" if certified else bound
+    for entry in challenge:
+        part = entry["level"] in certified
+        entry["answers"]["promise"] = (
+            "not promised alone (one part of the certified mix)"
+            if part
+            else f"not promised (certified for {'levels ' + str(certified) if certified else 'plain images'})"
+        )
+    parts = [e["answers"] for e in challenge if e["level"] in certified]
+    if not certified or {e["level"] for e in challenge if e["level"] in certified} != set(certified):
+        return []
+    pooled = pooled_outcomes(parts) | {"promise": bound}
+    return [{"name": f"deployment mix of levels {certified} (what the guarantee is for)", "answers": pooled}]

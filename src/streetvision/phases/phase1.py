@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from streetvision import io as storage
+from streetvision.challenge import val_calib_renders
 from streetvision.cluster_env import resume_root
 from streetvision.config.loader import config_from_json, config_to_json
 from streetvision.config.schema import Config
@@ -226,7 +227,10 @@ def _train_and_write(config: str, dirs: list[str], result_path: str | None = Non
     summaries = {}
     for data, out_dir in ((select, val_select_logits_dir), (calib, val_calib_logits_dir)):
         logits = predict_logits(scorer, data.images, mean, std, cfg.evaluation.batch_size, device)
-        write_predictions(out_dir, data.sample_ids, data.labels, logits)
+        # VAL_CALIB also as deployment sends it: phase 2 fits the calibrator and policy on these renders.
+        renders = val_calib_renders(cfg, scorer, np.asarray(data.images), mean, std, device) if data is calib else None
+        rendered = {"deployment_render_levels": cfg.calibration_levels()} if renders is not None else {}
+        write_predictions(out_dir, data.sample_ids, data.labels, logits, renders)
         metrics = classification_metrics(data.labels, probabilities(logits), cfg.evaluation.ece_bins)
         summaries[data.split.value] = metrics
         outputs[f"{data.split.value}_logits"] = write_metadata(
@@ -241,7 +245,8 @@ def _train_and_write(config: str, dirs: list[str], result_path: str | None = Non
                 partition=partition,
                 lineage=trained_on + [data.meta.reads(PHASE, Role.PREDICTION)],
                 summary={k: round(v, 4) for k, v in metrics.items() if k in ("accuracy", "mcc", "auroc", "ece")}
-                | {"weights_sha256": weights_sha256},  # policies fitted on these logits record it
+                | {"weights_sha256": weights_sha256}  # policies fitted on these logits record it
+                | rendered,
             ),
         )
     outputs["checkpoint"] = write_metadata(

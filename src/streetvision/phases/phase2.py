@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,19 +46,80 @@ def fit_calibrator_from_config(cfg: Config, logits: np.ndarray, labels: np.ndarr
     return calibrator
 
 
+@dataclass
+class CalibrationInputs:
+    """VAL_CALIB as the policy phases use it: the logits the calibrator is fitted on, the logits (one row per
+    image) the policy is certified on, and in words the distribution the guarantee then holds for."""
+
+    fit_logits: np.ndarray
+    fit_labels: np.ndarray
+    certify_logits: np.ndarray
+    certify_labels: np.ndarray
+    distribution: str
+    levels: list[int]
+
+
+def calibration_inputs(
+    cfg: Config,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    renders: tuple[np.ndarray, np.ndarray] | None,
+    where: str,
+) -> CalibrationInputs:
+    """Plain VAL_CALIB, or its deployment renders when cfg.calibration_levels() lists levels (the default).
+
+    Renders of one image share that image, so they are not independent draws, and a Clopper-Pearson bound over
+    all of them would count one image several times. The certificate therefore uses one render per image (the
+    first; its level and augmentation are drawn independently of the image and its label): n i.i.d. draws from
+    the deployment mix, so the bound holds for it exactly. The calibrator is a fit, not a certificate, and uses
+    every render: more renders give it more of deployment's variety.
+    """
+    levels = cfg.calibration_levels()
+    if not levels:
+        plain = "VAL_CALIB-like images as ingest caches them (not deployment's challenge renders)"
+        return CalibrationInputs(logits, labels, logits, labels, plain, [])
+    if renders is None:
+        raise PolicyError(
+            "the VAL_CALIB logits hold no deployment renders, but calibration.fit_on asks for the calibrator and "
+            f"policy to be fitted on VAL_CALIB rendered at challenge levels {levels}",
+            where,
+            "rerun phase1 with this config (it renders VAL_CALIB at evaluation.challenge_levels), or set "
+            "calibration.fit_on=plain",
+        )
+    render_logits, render_levels = renders
+    found = sorted({int(v) for v in np.unique(render_levels)})
+    if not set(found) <= set(levels):
+        raise PolicyError(
+            f"the VAL_CALIB renders are at challenge levels {found}, the config's deployment mix is {levels}",
+            where,
+            "rerun phase1 with this config so the renders follow evaluation.challenge_levels",
+        )
+    per_image = render_levels.shape[1]
+    mix = (
+        f"deployment inputs: VAL_CALIB-like images sent as {cfg.evaluation.challenge_size} px JPEGs at challenge "
+        f"levels {levels}, each level equally likely (certified on one render per image; the calibrator saw "
+        f"{per_image})"
+    )
+    return CalibrationInputs(
+        render_logits.reshape(-1, 2), np.repeat(labels, per_image), render_logits[:, 0], labels, mix, levels
+    )
+
+
 def fit_threshold_policy(
-    cfg: Config, logits: np.ndarray, labels: np.ndarray, weights_sha256: str, kind: str = "threshold"
+    cfg: Config, inputs: CalibrationInputs, weights_sha256: str, kind: str = "threshold"
 ) -> tuple[dict, dict]:
-    """Calibrator + certified threshold (calibration.threshold_method) on VAL_CALIB logits; used by phase 2 and,
-    on the tuned model, by phase 3."""
-    calibrator = fit_calibrator_from_config(cfg, logits, labels, weights_sha256)
-    probs = calibrated_probabilities(calibrator, logits)
+    """Calibrator + certified threshold (calibration.threshold_method) on VAL_CALIB; used by phase 2 and, on the
+    tuned model, by phase 3."""
+    calibrator = fit_calibrator_from_config(cfg, inputs.fit_logits, inputs.fit_labels, weights_sha256)
+    probs = calibrated_probabilities(calibrator, inputs.certify_logits)
+    labels = inputs.certify_labels
     confidence, pred = probs.max(axis=1), probs.argmax(axis=1)
     c = cfg.calibration
     policy = fit_threshold(confidence, pred == labels, c.target_risk, c.delta, c.threshold_method)
     policy["kind"] = kind
     policy["calibrator"] = calibrator["kind"]
     policy["weights_sha256"] = weights_sha256
+    policy["distribution"], policy["calibration_levels"] = inputs.distribution, inputs.levels
     at_threshold = selective_metrics(labels, pred, accept_mask(confidence, policy))
     # Roadwork precision (PPV) among accepted VAL_CALIB images at t.
     policy["calib_roadwork_precision"] = at_threshold["roadwork_precision_accepted"]
@@ -111,10 +173,12 @@ def run_phase2(cfg: Config, paths: PhasePaths) -> PhaseResult:
     val_calib_logits_dir, policy_dir = paths.input("val_calib_logits"), paths.output("policy")
     role, split = PHASE_READS[PHASE]["val_calib_logits"]
     data = load_logits(val_calib_logits_dir, split=split, role=role, phase=PHASE, input_name="val_calib_logits")
-    weights_sha256 = logits_weights_sha256(data.meta, f"{PHASE} input 'val_calib_logits' ({val_calib_logits_dir})")
+    where = f"{PHASE} input 'val_calib_logits' ({val_calib_logits_dir})"
+    weights_sha256 = logits_weights_sha256(data.meta, where)
+    inputs = calibration_inputs(cfg, data.logits, data.labels, data.renders, where)
     policy_dir = prepare_output_dir(policy_dir)
 
-    calibrator, policy = fit_threshold_policy(cfg, data.logits, data.labels, weights_sha256)
+    calibrator, policy = fit_threshold_policy(cfg, inputs, weights_sha256)
     logger.info(
         f"calibrator: {calibrator['kind']} ({calibrator['selected_by']}), VAL_CALIB NLL "
         f"{calibrator['nll_before']:.4f} -> {calibrator['nll_after']:.4f}"

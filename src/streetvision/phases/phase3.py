@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streetvision.challenge import val_calib_renders
 from streetvision.cluster_env import resume_root
 from streetvision.config.loader import config_from_json, config_to_json
 from streetvision.config.schema import Config
@@ -43,7 +44,7 @@ from streetvision.devices import task_device
 from streetvision.metrics.evaluation import aurc_scores
 from streetvision.models import load_model_dir, predict_logits, save_model_dir, to_model_input, validate_checkpoint
 from streetvision.models.multiview import MultiViewClassifier
-from streetvision.phases.phase2 import fit_threshold_policy, policy_summary, write_policy
+from streetvision.phases.phase2 import calibration_inputs, fit_threshold_policy, policy_summary, write_policy
 from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.progress import progress
 from streetvision.registry import PHASE_READS
@@ -296,8 +297,11 @@ def _tune_and_write(config: str, paths: dict[str, dict[str, str]], result_path: 
     weights_sha256 = sha256_file(gate_checkpoint_dir / "model.safetensors")
 
     # The threshold is fitted on logits of exactly the weights just saved.
-    logits = predict_logits(scorer(model), calib.images, mean, std, batch, device)
-    calibrator, policy = fit_threshold_policy(cfg, logits, calib.labels, weights_sha256, kind="gate")
+    tuned = scorer(model)
+    logits = predict_logits(tuned, calib.images, mean, std, batch, device)
+    renders = val_calib_renders(cfg, tuned, np.asarray(calib.images), mean, std, device)
+    calib_inputs = calibration_inputs(cfg, logits, calib.labels, renders, f"{PHASE} VAL_CALIB")
+    calibrator, policy = fit_threshold_policy(cfg, calib_inputs, weights_sha256, kind="gate")
     policy.update(
         gate_best_epoch=best_epoch,
         gate_val_select_aurc=best_aurc,

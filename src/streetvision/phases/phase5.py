@@ -9,7 +9,13 @@ from streetvision.config.schema import Config
 from streetvision.contracts.metadata import ArtifactMetadata, prepare_output_dir, write_metadata
 from streetvision.contracts.splits import Role
 from streetvision.data.shards import load_logits
-from streetvision.phases.phase2 import fit_calibrator_from_config, logits_weights_sha256, policy_summary, write_policy
+from streetvision.phases.phase2 import (
+    calibration_inputs,
+    fit_calibrator_from_config,
+    logits_weights_sha256,
+    policy_summary,
+    write_policy,
+)
 from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.registry import PHASE_READS
 from streetvision.selective import guarantee_text, scrc_policy
@@ -36,16 +42,19 @@ def run_phase5(cfg: Config, paths: PhasePaths) -> PhaseResult:
     val_calib_logits_dir, policy_dir = paths.input("val_calib_logits"), paths.output("policy")
     role, split = PHASE_READS[PHASE]["val_calib_logits"]
     data = load_logits(val_calib_logits_dir, split=split, role=role, phase=PHASE, input_name="val_calib_logits")
-    weights_sha256 = logits_weights_sha256(data.meta, f"{PHASE} input 'val_calib_logits' ({val_calib_logits_dir})")
+    where = f"{PHASE} input 'val_calib_logits' ({val_calib_logits_dir})"
+    weights_sha256 = logits_weights_sha256(data.meta, where)
+    inputs = calibration_inputs(cfg, data.logits, data.labels, data.renders, where)
     policy_dir = prepare_output_dir(policy_dir)
 
     c = cfg.calibration
-    calibrator = fit_calibrator_from_config(cfg, data.logits, data.labels, weights_sha256)
+    calibrator = fit_calibrator_from_config(cfg, inputs.fit_logits, inputs.fit_labels, weights_sha256)
     logger.info(f"calibrator: {calibrator['kind']} ({calibrator['selected_by']})")
-    probs = calibrated_probabilities(calibrator, data.logits)
+    probs = calibrated_probabilities(calibrator, inputs.certify_logits)
     policy = scrc_policy(
-        probs, data.labels, c.target_risk, c.delta, c.scrc_selection_rate, c.scrc_selection_fraction, c.seed
+        probs, inputs.certify_labels, c.target_risk, c.delta, c.scrc_selection_rate, c.scrc_selection_fraction, c.seed
     )
+    policy["distribution"], policy["calibration_levels"] = inputs.distribution, inputs.levels
     policy["calibrator"] = calibrator["kind"]
     policy["weights_sha256"] = weights_sha256
     policy["guarantee"] = guarantee_text(policy)
