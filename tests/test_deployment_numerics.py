@@ -3,7 +3,7 @@
 
 import numpy as np
 import torch
-from conftest import PHASE1_OUTPUTS, TINY, build_bundle, phase1_paths
+from conftest import PHASE1_OUTPUTS, TINY, TRUST, build_bundle, phase1_paths
 
 from streetvision.config import load_config
 from streetvision.contracts import Role, Split
@@ -22,7 +22,7 @@ def test_val_calib_logits_equal_the_bundles_logits_under_bf16_training(ingested,
     paths = phase1_paths(dirs, tmp_path)
     run_phase1(cfg, paths)
     out = {name: paths.output(name) for name in PHASE1_OUTPUTS}
-    bundle = Bundle.load(build_bundle(cfg, dirs, out, tmp_path))
+    bundle = Bundle.load(build_bundle(cfg, dirs, out, tmp_path), TRUST)
     calib = load_split(dirs[Split.VAL_CALIB], split=Split.VAL_CALIB, role=Role.PREDICTION, phase="t", input_name="x")
     written = load_logits(
         out["val_calib_logits"], split=Split.VAL_CALIB, role=Role.POLICY_FITTING, phase="t", input_name="x"
@@ -81,5 +81,5 @@ def test_policy_phases_certify_one_render_per_image_and_name_the_distribution(tr
     other = load_config(TINY + ["evaluation.challenge_levels=[1, 2]"])
     with pytest.raises(PolicyError, match="deployment mix is"):
         calibration_inputs(other, data.logits, data.labels, data.renders, "t")
-    bundle = Bundle.load(build_bundle(cfg, dirs, out, tmp_path))
+    bundle = Bundle.load(build_bundle(cfg, dirs, out, tmp_path), TRUST)
     assert "deployment inputs" in bundle.policy["guarantee"] and bundle.policy["calibration_levels"] == [0, 3]
