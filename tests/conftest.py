@@ -37,6 +37,9 @@ TINY = [
     "data.demo.frames_min=1",
     "data.demo.frames_max=2",
     "data.demo.roadwork_fraction=0.6",
+    # No absolute floors on the tiny set: its tests count TRAIN batches at the 70/10/10/10 fractions.
+    "data.split.min_val_select=0",
+    "data.split.min_val_calib=0",
     "model.img_size=32",
     "model.patch_size=8",
     "model.depth=1",

@@ -12,18 +12,18 @@ def _config(capsys, *argv: str) -> dict:
 
 
 def test_overrides_after_phases_are_overrides_not_phases(capsys):
-    shown = _config(capsys, "--phases", "phase1", "phase5", "phase6", "training.epochs=3", "model.depth=2")
+    shown = _config(capsys, "--phases", "phase1", "phase5", "phase6", "training.epochs=3", "model.head_dropout=0.2")
     assert shown["pipeline"]["phases"] == ["ingest", "phase1", "phase5", "phase6"]
-    assert shown["training"]["epochs"] == 3 and shown["model"]["depth"] == 2
+    assert shown["training"]["epochs"] == 3 and shown["model"]["head_dropout"] == 0.2
 
 
 def test_phases_take_a_comma_list_and_options_end_the_list(capsys, tmp_path):
-    (tmp_path / "c.yaml").write_text("model: {depth: 3}\n")
+    (tmp_path / "c.yaml").write_text("model: {head_dropout: 0.1}\n")
     shown = _config(
         capsys, "--phases", "phase1,phase2", "phase6", "--config", str(tmp_path / "c.yaml"), "training.epochs=2"
     )
     assert shown["pipeline"]["phases"] == ["ingest", "phase1", "phase2", "phase6"]
-    assert shown["training"]["epochs"] == 2 and shown["model"]["depth"] == 3
+    assert shown["training"]["epochs"] == 2 and shown["model"]["head_dropout"] == 0.1
 
 
 def test_the_rewrite_touches_only_the_phase_list():
