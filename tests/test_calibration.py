@@ -33,7 +33,7 @@ def _draw(rng, n, scale=3.0, shift=0.0):
 def test_platt_matches_sklearn_logistic_regression():
     rng = np.random.default_rng(0)
     logits, labels, _ = _draw(rng, 3000, scale=3.0, shift=1.0)
-    cal = fit_calibrator(logits, labels, "platt")
+    cal = fit_calibrator(logits, labels, "platt", keep_decision=False)  # the fitted map alone
     z = logits[:, 1] - logits[:, 0]
     ref = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], labels)
     assert prob_roadwork(cal, logits) == pytest.approx(ref.predict_proba(z[:, None])[:, 1], abs=1e-6)
@@ -44,7 +44,7 @@ def test_platt_matches_sklearn_logistic_regression():
 def test_isotonic_matches_sklearn_isotonic_regression():
     rng = np.random.default_rng(1)
     logits, labels, _ = _draw(rng, 2000)
-    cal = fit_calibrator(logits, labels, "isotonic")
+    cal = fit_calibrator(logits, labels, "isotonic", keep_decision=False)
     z = logits[:, 1] - logits[:, 0]
     ref = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(z, labels)
     z_new = np.linspace(z.min() - 5, z.max() + 5, 500)
@@ -72,7 +72,7 @@ def test_temperature_is_the_nll_minimum_and_beta_is_monotone():
 def test_histogram_binning_predicts_smoothed_bin_rates():
     rng = np.random.default_rng(3)
     logits, labels, _ = _draw(rng, 1000)
-    cal = fit_calibrator(logits, labels, "histogram", histogram_bins=5)
+    cal = fit_calibrator(logits, labels, "histogram", histogram_bins=5, keep_decision=False)
     z = logits[:, 1] - logits[:, 0]
     p = prob_roadwork(cal, logits)
     assert len(np.unique(p)) <= 5
@@ -86,7 +86,7 @@ def test_every_method_improves_nll_of_miscalibrated_logits_and_round_trips_json(
     rng = np.random.default_rng(4)
     logits, labels, _ = _draw(rng, 2000, scale=4.0, shift=1.5)
     test_logits, test_labels, _ = _draw(rng, 4000, scale=4.0, shift=1.5)
-    cal = json.loads(json.dumps(fit_calibrator(logits, labels, method)))  # what a bundle stores
+    cal = json.loads(json.dumps(fit_calibrator(logits, labels, method, keep_decision=False)))  # as a bundle stores it
     probs = calibrated_probabilities(cal, test_logits)
     assert ((probs >= 0) & (probs <= 1)).all() and probs.sum(axis=1) == pytest.approx(1.0)
     raw = log_loss(test_labels, expit(test_logits[:, 1] - test_logits[:, 0]))
@@ -101,6 +101,24 @@ def test_auto_picks_the_lowest_cross_validated_nll():
     assert cal["kind"] == min(cal["cv_nll"], key=cal["cv_nll"].get)
     assert cal["kind"] != "temperature"
     assert cal["cv_nll"]["platt"] == pytest.approx(cross_validated_nll("platt", logits, labels, 5, 0), abs=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_keep_decision_never_changes_the_models_class_and_defers_where_the_map_disagrees(method):
+    rng = np.random.default_rng(6)
+    logits, labels, _ = _draw(rng, 2000, scale=3.0, shift=2.0)  # shifted: the fitted maps move the 0.5 cut
+    free = fit_calibrator(logits, labels, method, keep_decision=False)
+    kept = json.loads(json.dumps(fit_calibrator(logits, labels, method, keep_decision=True)))
+    z = logits[:, 1] - logits[:, 0]
+    p_free, probs = prob_roadwork(free, logits), calibrated_probabilities(kept, logits)
+    assert (probs.argmax(axis=1) == (z > 0)).all()  # the model's own decision, even where the map disagrees
+    agree = (p_free > 0.5) == (z > 0)
+    disagree = ~agree & (p_free != 0.5)
+    # Temperature scaling keeps the sign of z, so it never disagrees; the other maps fit the shift.
+    assert (disagree.sum() == 0) if method == "temperature" else (disagree.sum() > 20 and agree.sum() > 1000)
+    assert probs[agree, 1] == pytest.approx(p_free[agree], abs=1e-12)  # where they agree, the fitted map
+    assert probs[disagree].max(axis=1) == pytest.approx(0.5, abs=1e-12)  # else the lowest confidence
+    assert probs.max(axis=1).min() >= 0.5
 
 
 def test_auto_with_too_few_of_a_class_falls_back_to_temperature():

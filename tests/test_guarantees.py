@@ -238,15 +238,25 @@ def test_ltt_keeps_its_promise_and_certifies_more_coverage_than_sgr(n):
 
 
 def reference_ltt(kappa, correct, target, delta):
-    """Fixed-sequence testing written out as a loop: thresholds = distinct confidences, most confident first;
-    the first k_min - 1 candidates are skipped (none can pass); stop at the first bound above the target."""
-    k_min = next(k for k in range(1, 10_000) if 1 - delta ** (1 / k) <= target)
-    best = None
-    for theta in np.unique(kappa)[::-1]:
+    """Fixed-sequence testing written out as a loop: a candidate at each accepted count k where one more error
+    becomes allowed (the largest j with P(Binomial(k, target) <= j) <= delta grows), its threshold the k-th
+    highest confidence with all its ties, most confident first; stop at the first bound above the target."""
+    ranked = np.sort(kappa)[::-1]
+    counts, allowed = [], -1
+    for k in range(1, len(kappa) + 1):
+        grew = False
+        while binom.cdf(allowed + 1, k, target) <= delta:
+            allowed, grew = allowed + 1, True
+        if grew:
+            counts.append(k)
+    best, tested = None, set()
+    for k in counts:
+        theta = float(ranked[k - 1])
+        if theta in tested:  # ties: this count falls inside the previous candidate's accepted set
+            continue
+        tested.add(theta)
         accepted = kappa >= theta
         n, errors = int(accepted.sum()), int((~correct[accepted]).sum())
-        if n < k_min:
-            continue
         # The bound: the b with P(Binomial(n, b) <= errors) = delta (one-sided Clopper-Pearson).
         bound = (
             1.0
@@ -255,7 +265,7 @@ def reference_ltt(kappa, correct, target, delta):
         )
         if bound > target:
             break
-        best = (float(theta), bound, n / len(kappa))
+        best = (theta, bound, n / len(kappa))
     return best
 
 

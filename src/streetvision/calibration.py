@@ -5,6 +5,12 @@ margin z = logit_roadwork - logit_other (for two classes softmax(l / T)[1] = sig
 with scikit-learn / scipy, and are stored as plain JSON (no pickles), so a bundle can be read without
 trusting code. `fit_calibrator(method="auto")` chooses the method with the lowest cross-validated NLL
 inside VAL_CALIB (stratified k-fold), then refits it on all of VAL_CALIB.
+
+With `keep_decision` (the default), a calibrator says how sure the model is, never which class it predicts:
+where the fitted map would move an image across 0.5 against the model's own decision (z > 0: roadwork, the
+cut phase 1 chose on VAL_SELECT), its probability stays just on the model's side of 0.5, so its confidence is
+the lowest there is and every threshold defers it. A calibrator fitted on deployment renders otherwise shifts
+the cut towards what the renders need, which costs accuracy on the images deployment sends unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from streetvision.contracts.errors import PolicyError
 METHODS = ("temperature", "platt", "isotonic", "histogram", "beta")
 # Probabilities are kept inside [EPS, 1 - EPS] so NLL stays finite and beta's log features exist.
 EPS = 1e-6
+# The smallest P(roadwork) that still predicts roadwork: argmax of [1 - p, p] at p = 0.5 is "other".
+_ABOVE_HALF = float(np.nextafter(0.5, 1.0))
 
 
 def margin(logits: np.ndarray) -> np.ndarray:
@@ -85,7 +93,7 @@ def _fit_histogram(z: np.ndarray, labels: np.ndarray, bins: int) -> dict:
     return {"edges": inner.tolist(), "values": ((positives + 1) / (counts + 2)).tolist()}
 
 
-def _fit(method: str, z: np.ndarray, labels: np.ndarray, histogram_bins: int) -> dict:
+def _fit(method: str, z: np.ndarray, labels: np.ndarray, histogram_bins: int, keep_decision: bool) -> dict:
     if method == "temperature":
         params = _fit_temperature(z, labels)
     elif method == "platt":
@@ -100,7 +108,7 @@ def _fit(method: str, z: np.ndarray, labels: np.ndarray, histogram_bins: int) ->
         raise PolicyError(
             f"unknown calibration method {method!r}", "calibration.method", f"use one of {METHODS} or auto"
         )
-    return {"kind": method, **params}
+    return {"kind": method, **params, "keep_decision": keep_decision}
 
 
 def prob_roadwork(calibrator: dict, logits: np.ndarray) -> np.ndarray:
@@ -119,7 +127,10 @@ def prob_roadwork(calibrator: dict, logits: np.ndarray) -> np.ndarray:
         p = expit(_beta_features(z) @ np.array([calibrator["a"], calibrator["b"]]) + calibrator["c"])
     else:
         raise PolicyError(f"unknown calibrator kind {kind!r}", "calibrator.json", f"use one of {METHODS}")
-    return np.asarray(p, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    if calibrator.get("keep_decision", False):  # calibrators written before the key existed did not keep it
+        p = np.where(z > 0, np.maximum(p, _ABOVE_HALF), np.minimum(p, 0.5))
+    return p
 
 
 def calibrated_probabilities(calibrator: dict, logits: np.ndarray) -> np.ndarray:
@@ -133,7 +144,13 @@ def _nll(labels: np.ndarray, p: np.ndarray) -> float:
 
 
 def cross_validated_nll(
-    method: str, logits: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0, histogram_bins: int = 10
+    method: str,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    folds: int = 5,
+    seed: int = 0,
+    histogram_bins: int = 10,
+    keep_decision: bool = True,
 ) -> float:
     """Mean held-out NLL over stratified folds of VAL_CALIB (folds shrink to the rarer class's count)."""
     labels = np.asarray(labels)
@@ -143,7 +160,7 @@ def cross_validated_nll(
         return float("nan")
     losses = []
     for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(z, labels):
-        calibrator = _fit(method, z[train], labels[train], histogram_bins)
+        calibrator = _fit(method, z[train], labels[train], histogram_bins, keep_decision)
         losses.append(_nll(labels[held], prob_roadwork(calibrator, np.asarray(logits)[held])))
     return float(np.mean(losses))
 
@@ -155,6 +172,7 @@ def fit_calibrator(
     folds: int = 5,
     seed: int = 0,
     histogram_bins: int = 10,
+    keep_decision: bool = True,
 ) -> dict:
     """Fit one calibrator on VAL_CALIB logits; "auto" picks the lowest cross-validated NLL among METHODS."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -162,11 +180,11 @@ def fit_calibrator(
     z = margin(logits)
     cv = {}
     if method == "auto":
-        cv = {m: cross_validated_nll(m, logits, labels, folds, seed, histogram_bins) for m in METHODS}
+        cv = {m: cross_validated_nll(m, logits, labels, folds, seed, histogram_bins, keep_decision) for m in METHODS}
         finite = {m: v for m, v in cv.items() if np.isfinite(v)}
         # Too few samples of a class to cross-validate: temperature scaling (one parameter) is the safe choice.
         method = min(finite, key=lambda m: finite[m]) if finite else "temperature"
-    calibrator = _fit(method, z, labels, histogram_bins)
+    calibrator = _fit(method, z, labels, histogram_bins, keep_decision)
     calibrator.update(
         n_calib=int(len(labels)),
         nll_before=_nll(labels, expit(z)),

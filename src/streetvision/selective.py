@@ -6,9 +6,10 @@ calibration draw, the error rate among accepted samples (from the distribution V
 <= target risk.
 
 - Learn-then-Test fixed-sequence testing (Angelopoulos et al., 2021; "ltt", the default): candidate
-  thresholds are VAL_CALIB's distinct confidences (no labels used to pick them), tested from the most
-  confident down, each at the full delta; the search stops at the first failure and keeps the last pass.
-  Fixed-sequence testing controls the family-wise error at delta without any multiplicity correction.
+  thresholds are VAL_CALIB confidences at the accepted counts where one more error becomes allowed (no labels
+  used to pick them), tested from the most confident down, each at the full delta; the search stops at the
+  first failure and keeps the last pass. Fixed-sequence testing controls the family-wise error at delta
+  without any multiplicity correction.
 - SGR (Geifman & El-Yaniv, 2017; "sgr"): a binary search over the same sorted confidences, each of its
   ceil(log2 m) tests at delta / ceil(log2 m) (Bonferroni). It needs more error-free accepted images.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import beta
+from scipy.stats import beta, binom
 
 
 def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
@@ -138,13 +139,40 @@ def fit_threshold(
     raise ValueError(f"unknown threshold method {method!r}; use one of {THRESHOLD_METHODS}")
 
 
+def allowed_errors(counts: np.ndarray, target_risk: float, delta: float) -> np.ndarray:
+    """The most errors among `counts` accepted images whose Clopper-Pearson bound still certifies the target
+    (-1 where even none would not)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    # P(Binomial(k, alpha) <= j) <= delta is the bound's own condition; its quantile, then exact by the bound.
+    j = binom.ppf(delta, counts, target_risk).astype(np.int64) - 1
+    j += clopper_pearson_upper_array(j + 1, counts, delta) <= target_risk
+    j -= (j >= 0) & (clopper_pearson_upper_array(np.maximum(j, 0), counts, delta) > target_risk)
+    return np.maximum(j, -1)
+
+
+def ltt_test_counts(m: int, target_risk: float, delta: float) -> np.ndarray:
+    """The accepted counts Learn-then-Test tests, in order: each count where one more error becomes allowed.
+
+    k_0 = min_error_free_accepted (0 errors allowed), k_1 the fewest images that may hold 1 error, and so on
+    up to m. Between k_j and k_(j+1) the allowance stays j while errors can only grow, so a test there passes
+    only if the test at k_j does: the sequence keeps the easiest test of each allowance and skips the rest,
+    where an error that arrives a little early would otherwise end the whole sequence. Uses m only, no labels.
+    """
+    if m < 1:
+        return np.zeros(0, np.int64)
+    counts = np.arange(1, m + 1)
+    allowed = allowed_errors(counts, target_risk, delta)
+    steps = np.flatnonzero(allowed[1:] > allowed[:-1]) + 1
+    return counts[np.r_[[0] if allowed[0] >= 0 else [], steps].astype(np.int64)]
+
+
 def ltt_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: float, delta: float) -> dict:
     """Fixed-sequence Learn-then-Test threshold; threshold None when the first test already fails.
 
-    The sequence is VAL_CALIB's distinct confidences from the most confident down, starting where the
-    accepted count first reaches `min_error_free_accepted` (any earlier test must fail, and a fixed sequence
-    stops at its first failure). Its order uses the confidences only, never the labels. Each test is the
-    one-sided Clopper-Pearson bound at the full delta.
+    The sequence: the thresholds at `ltt_test_counts` (the k-th highest VAL_CALIB confidence, with its ties:
+    confidence >= threshold accepts them together), most confident first. Its order uses the confidences
+    only, never the labels. Each test is the one-sided Clopper-Pearson bound at the full delta; the search
+    stops at the first failure and keeps the last pass.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
@@ -152,9 +180,10 @@ def ltt_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: floa
     order = np.argsort(-confidence, kind="stable")
     conf_sorted, cum_errors = confidence[order], np.cumsum(~correct[order])
     # One candidate per distinct confidence: ties are accepted together (confidence >= threshold).
-    ends = np.flatnonzero(np.r_[conf_sorted[1:] != conf_sorted[:-1], True]) if m else np.zeros(0, int)
+    tie_ends = np.flatnonzero(np.r_[conf_sorted[1:] != conf_sorted[:-1], True]) if m else np.zeros(0, int)
     k_min = min_error_free_accepted(target_risk, delta, "ltt")
-    ends = ends[ends + 1 >= k_min]
+    counts = ltt_test_counts(m, target_risk, delta)
+    ends = np.unique(tie_ends[np.searchsorted(tie_ends, counts - 1)]) if len(counts) else counts
     accepted, errors = ends + 1, cum_errors[ends]
     bounds = clopper_pearson_upper_array(errors, accepted, delta)
     failed = np.flatnonzero(bounds > target_risk)

@@ -309,6 +309,7 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
             "guarantee_quantity": answers["guarantee_quantity"],
             "guarantee_value": answers["guarantee_value"],
             "deployment_mix_answered_error": answer_mixes[0]["answers"]["answered_error"] if answer_mixes else None,
+            "deployment_mix_coverage": answer_mixes[0]["answers"]["coverage"] if answer_mixes else None,
             "blessed": blessing["passed"],
             "blessing_checks": [f"{c['rule']}: {'pass' if c['passed'] else 'FAIL'}" for c in blessing["checks"]],
             "seconds": round(time.time() - started, 1),
@@ -329,6 +330,8 @@ def run_evaluate(cfg: Config, paths: PhasePaths) -> PhaseResult:
     for name, (low, high) in intervals.items():
         if np.isfinite(low) and np.isfinite(high):
             scalars[f"{name}_ci_low"], scalars[f"{name}_ci_high"] = low, high
+    if answer_mixes:
+        scalars["deployment_mix_coverage"] = float(answer_mixes[0]["answers"]["coverage"])
     for entry in challenge:
         for name in ("accuracy", "mcc", "deployment_score"):
             if np.isfinite(entry["metrics"][name]):

@@ -41,7 +41,7 @@ def logits_weights_sha256(meta: ArtifactMetadata, where: str) -> str:
 
 def fit_calibrator_from_config(cfg: Config, logits: np.ndarray, labels: np.ndarray, weights_sha256: str) -> dict:
     c = cfg.calibration
-    calibrator = fit_calibrator(logits, labels, c.method, c.cv_folds, c.seed, c.histogram_bins)
+    calibrator = fit_calibrator(logits, labels, c.method, c.cv_folds, c.seed, c.histogram_bins, c.keep_decision)
     calibrator["weights_sha256"] = weights_sha256
     return calibrator
 
