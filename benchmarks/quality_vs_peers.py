@@ -156,8 +156,11 @@ def run_seed(folder: Path, seed: int, overrides: list[str], root: Path) -> dict[
     dirs = {s: root / s.value for s in Split}
     run_ingest(cfg, PhasePaths.of("ingest", **{s.value: p for s, p in dirs.items()}, data_report=root / "report"))
     rows = {}
-    for name, config in (("pipeline, plain fit", plain), ("pipeline (default: deployment fit)", cfg)):
-        scalars = run_pipeline(config, dirs, root / name.split()[1].strip("(,"))
+    for name, config, folder in (
+        ("pipeline, plain fit", plain, "plain"),
+        ("pipeline (default: deployment fit)", cfg, "default"),
+    ):
+        scalars = run_pipeline(config, dirs, root / folder)
         rows[name] = {k: scalars[k] for k in COLUMNS} | {
             "seconds": scalars["seconds"],
             "deployment_coverage": scalars.get("deployment_mix_coverage", float("nan")),

@@ -143,7 +143,7 @@ def phase2_threshold(
     val_calib_logits: Input[ValCalibLogits],
     policy: Output[SelectivePolicy],
 ):
-    """Fit temperature scaling and the SGR threshold policy on VAL_CALIB logits only."""
+    """Fit the calibrator and the certified threshold policy (Learn-then-Test or SGR) on VAL_CALIB logits only."""
     from streetvision_components.adapter import run_component
 
     run_component("phase2", config, val_calib_logits=val_calib_logits, policy=policy)
@@ -158,7 +158,7 @@ def phase3_gate(
     gate_checkpoint: Output[Checkpoint],
     policy: Output[SelectivePolicy],
 ):
-    """Gatekeeper fine-tune on TRAIN (epoch by AURC on VAL_SELECT), then its SGR threshold on VAL_CALIB."""
+    """Gatekeeper fine-tune on TRAIN (epoch by AURC on VAL_SELECT), then its certified threshold on VAL_CALIB."""
     from streetvision_components.adapter import run_component
 
     run_component(

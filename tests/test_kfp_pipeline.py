@@ -86,7 +86,8 @@ VALID_SELECTIONS = [
 @pytest.mark.parametrize("phases", VALID_SELECTIONS, ids=lambda p: "+".join(p))
 @pytest.mark.parametrize("accelerator", ["h100", "a100", "none"])
 def test_every_phase_selection_compiles(phases, accelerator):
-    cfg = load_config([f"pipeline.phases=[{', '.join(phases)}]", f"cluster.accelerator={accelerator}"])
+    vit = ["model=vit_tiny"] if "phase4" in phases else []  # phase 4 adapts a ViT (a CNN is a config error)
+    cfg = load_config([f"pipeline.phases=[{', '.join(phases)}]", f"cluster.accelerator={accelerator}", *vit])
     expected, _ = resolve_phases(phases)
     docs = compile_to_documents(cfg)
     plans = describe(docs)
@@ -310,7 +311,7 @@ def test_val_split_into_phase4_fails_at_pipeline_definition(bad):
 
 
 def test_plan_with_phase4_feeds_its_backbone_to_phase1():
-    cfg = load_config(["pipeline.phases=[phase4, phase2, phase6, evaluate]"])
+    cfg = load_config(["pipeline.phases=[phase4, phase2, phase6, evaluate]", "model=vit_tiny"])
     docs = compile_to_documents(cfg)
     plans = describe(docs)
     order = [p.display_name for p in plans]
@@ -334,7 +335,7 @@ def test_plan_with_phase4_feeds_its_backbone_to_phase1():
 def test_cli_plan_shows_phase4_before_phase1(capsys):
     from streetvision.cli import main
 
-    main(["plan", "--phases", "phase4", "phase1"])
+    main(["plan", "--phases", "phase4", "phase1", "model=vit_tiny"])
     out = capsys.readouterr().out
     assert "ingest -> phase4 -> phase1" in out
 
@@ -342,7 +343,7 @@ def test_cli_plan_shows_phase4_before_phase1(capsys):
 def test_lint_catches_a_val_split_hand_wired_into_phase4():
     import copy
 
-    docs = compile_to_documents(load_config(["pipeline.phases=[phase4, phase1]"]))
+    docs = compile_to_documents(load_config(["pipeline.phases=[phase4, phase1]", "model=vit_tiny"]))
     assert lint_documents(docs).ok
     broken = copy.deepcopy(docs)
     tasks = broken[0]["root"]["dag"]["tasks"]

@@ -17,7 +17,7 @@ from streetvision_pipelines.factory import RetryPolicy, compile_pipeline
 from streetvision_pipelines.inspect_spec import load_documents
 
 from streetvision.cli import main
-from streetvision.config import load_config
+from streetvision.config import ConfigError, load_config
 from streetvision.preflight import local_input_problems
 
 
@@ -62,7 +62,9 @@ def test_several_sources_weights_and_pool_are_checked_per_selected_phase(tmp_pat
     assert _problems(weights, "pipeline.phases=[ingest]") == {}  # phase 1 (the reader) is not selected
     assert _problems("model.weights=hub") == _problems(f"model.weights={tmp_path}") == {}
     pool = f"explora.pool_source={tmp_path / 'pool'}"
-    assert "explora.pool_source" in _problems(pool, "pipeline.phases=[phase4, phase1]")
+    assert "explora.pool_source" in _problems(pool, "pipeline.phases=[phase4, phase1]", "model=vit_tiny")
+    with pytest.raises(ConfigError, match="not a ViT"):  # phase 4 on the default CNN: refused before any run
+        load_config(["pipeline.phases=[phase4, phase1]"])
     assert _problems(pool) == {}  # phase 4 not selected
 
 

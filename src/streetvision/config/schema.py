@@ -72,6 +72,11 @@ MemoryQuantity = Annotated[
 ]
 
 
+def is_vit(model_name: str) -> bool:
+    """Whether a timm model name is a vision transformer (the family phase 4 and the shrink keys need)."""
+    return "vit" in model_name or model_name.startswith(("deit", "eva", "beit"))
+
+
 class ModelConfig(Group):
     """A timm architecture, optionally shrunk (depth/width, ViTs only) for CPU demos and tests.
 
@@ -98,11 +103,10 @@ class ModelConfig(Group):
     @classmethod
     def _vit_only(cls, value: int | None, info: ValidationInfo) -> int | None:
         name = info.data.get("name", "")
-        vit = "vit" in name or name.startswith(("deit", "eva", "beit"))
         return _checked(
             value,
             value is not None
-            and not vit
+            and not is_vit(name)
             and f"shrinks a ViT only; model.name={name} takes none (pick model=vit_tiny for the shrunk ViT)",
         )
 
@@ -755,6 +759,23 @@ class Config(Group):
         if fit_on == "plain" or (fit_on == "auto" and not self.evaluation.challenge_levels):
             return []
         return sorted(set(self.evaluation.challenge_levels))
+
+    @field_validator("pipeline")
+    @classmethod
+    def _phase4_adapts_a_vit(cls, pipeline: PipelineConfig, info: ValidationInfo) -> PipelineConfig:
+        model = info.data.get("model")
+        try:
+            phases = resolve_phases(pipeline.phases)[0]
+        except ContractError:  # reported by PipelineConfig itself
+            return pipeline
+        return _checked(
+            pipeline,
+            model is not None
+            and "phase4" in phases
+            and not is_vit(model.name)
+            and f"phase4 (ExPLoRA) adapts a ViT's attention with LoRA; model.name={model.name} is not a ViT: pick "
+            "model=vit_tiny (CPU) or model=vit_small / vit_base (pretrained DINOv2), or leave phase4 out",
+        )
 
     @field_validator("evaluation")
     @classmethod
