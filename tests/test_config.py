@@ -1,12 +1,16 @@
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
+from streetvision import registry
 from streetvision.cli import main
-from streetvision.config import Config, ConfigError, config_from_json, config_to_json, load_config, loader
+from streetvision.config import Config, ConfigError, config_from_json, config_to_json, load_config, loader, schema
 from streetvision.config.loader import preset_groups, selected_presets
+from streetvision.config.schema import ClusterConfig, TaskResources
+from streetvision.registry import PHASE_NAMES, default_resources
 
 OVERLAYS = ["manifests/overlays/h100/streetvision.yaml", "manifests/overlays/a100/streetvision.yaml"]
 
@@ -121,6 +125,29 @@ def test_yaml_file_unknown_keys_and_types(tmp_path):
     assert "training.lr: expected float" in text
     assert "training.momentum: unknown key" in text
     assert "model.depth: expected int, got float 2.5" in text
+
+
+def test_cluster_has_a_resources_key_per_registry_phase(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("cluster: {phase1: {gpus: 2}, phase9: {gpus: 1}, retries: -1}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file=path)
+    retries, phase9 = info.value.problems  # the unknown phase is reported with the group's other problems
+    assert retries == "cluster.retries: must be >= 0, got -1"
+    assert phase9.startswith("cluster.phase9: unknown key (did you mean 'phase"), phase9
+    with pytest.raises(ConfigError, match=r"'cluster.phase9' is not a config group \(did you mean 'phase"):
+        load_config(["cluster.phase9.gpus=2"])
+    path.write_text("cluster: {phase1: {gpus: 2}}\n")
+    assert load_config(config_file=path).cluster.resources_for("phase1").gpus == 2
+    # A phase given in part takes the rest from the registry, also outside the loader.
+    phase1 = ClusterConfig.model_validate({"phase1": {"gpus": 2}}).resources_for("phase1")
+    assert phase1 == TaskResources(**{**default_resources("phase1"), "gpus": 2})
+    # A phase added to the registry is a cluster key with its registry defaults, with no change to the schema.
+    monkeypatch.setattr(schema, "PHASE_NAMES", (*PHASE_NAMES, "phase7"))
+    monkeypatch.setitem(registry.PHASE_SPECS, "phase7", replace(registry.PHASE_SPECS["phase2"], name="phase7"))
+    cluster = ClusterConfig.model_validate({"phase7": {"gpus": 1}})
+    assert cluster.resources_for("phase7") == TaskResources(cpu="2", memory="4G", gpus=1)
+    assert list(cluster.model_dump())[-1] == "phase7"
 
 
 def test_bool_is_not_an_int_and_int_is_a_float():
@@ -278,5 +305,5 @@ def test_a_failed_validation_leaves_no_run_folder(tmp_path, capsys):
 
 def test_a_plain_number_is_a_quantity():
     cfg = load_config(["cluster.phase1.cpu=4", "cluster.phase1.memory=1073741824", "cluster.ingest.cpu=0.5"])
-    assert cfg.cluster.phase1.cpu == "4" and cfg.cluster.phase1.memory == "1073741824"
-    assert cfg.cluster.ingest.cpu == "0.5"
+    assert cfg.cluster.resources_for("phase1").cpu == "4" and cfg.cluster.resources_for("phase1").memory == "1073741824"
+    assert cfg.cluster.resources_for("ingest").cpu == "0.5"

@@ -10,17 +10,17 @@ import math
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
 
 from streetvision.config import Config, ConfigError, config_from_json, config_to_json, load_config
 from streetvision.config.loader import _inner_model
+from streetvision.config.schema import Group
 from streetvision.phase_graph import resolve_phases
 from streetvision.registry import PHASE_NAMES
 
 
-def dotted_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+def dotted_keys(model: type[Group] = Config, prefix: str = "") -> list[str]:
     keys = []
-    for name, info in model.model_fields.items():
+    for name, info in model.group_keys().items():
         inner = _inner_model(info.annotation)
         key = f"{prefix}{name}"
         if inner is not None and info.annotation is inner:  # a nested group: its own keys

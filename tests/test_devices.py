@@ -57,7 +57,7 @@ def test_phase6_runs_on_cpu_with_training_device_cuda(trained, tmp_path, no_cuda
     """Phase 6 has no GPUs (and the CPU image): its drift reference must not ask for CUDA."""
     _, dirs, out = trained
     cfg = load_config(TINY + ["training.device=cuda"])
-    assert cfg.cluster.phase6.gpus == 0
+    assert cfg.cluster.resources_for("phase6").gpus == 0
     bundle = build_bundle(cfg, dirs, out, tmp_path)
     assert (bundle / REFERENCE_FILE).is_file()  # computed on VAL_CALIB with the bundle's weights, on CPU
 

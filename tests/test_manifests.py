@@ -122,7 +122,10 @@ def test_overlay_renders_what_the_pipeline_expects(overlay, tmp_path):
     (priority,) = by_kind["PriorityClass"]
     assert priority["value"] < 0 and priority["preemptionPolicy"] == "Never"
     (quota,) = by_kind["ResourceQuota"]
-    assert int(quota["spec"]["hard"]["requests.nvidia.com/gpu"]) >= cluster.phase1.gpus + cluster.evaluate.gpus
+    assert (
+        int(quota["spec"]["hard"]["requests.nvidia.com/gpu"])
+        >= cluster.resources_for("phase1").gpus + cluster.resources_for("evaluate").gpus
+    )
     for resource in resources:
         if resource["kind"] not in CLUSTER_SCOPED:
             assert resource["metadata"]["namespace"] == namespace, resource["metadata"]["name"]
@@ -137,7 +140,7 @@ def test_overlay_pipeline_config_compiles_for_its_accelerator(overlay):
     plans = {p.display_name: p for p in describe(compile_to_documents(cfg))}
     label = {"h100": "nvidia-h100-80gb", "a100": "nvidia-a100-80gb"}[overlay]
     assert plans["phase1"].node_selector == {"cloud.google.com/gke-accelerator": label}
-    assert plans["phase1"].resources["resourceMemoryLimit"] == cfg.cluster.phase1.memory
+    assert plans["phase1"].resources["resourceMemoryLimit"] == cfg.cluster.resources_for("phase1").memory
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -27,4 +27,4 @@ def test_accepted_quantities_compile_and_schedule(number, suffix, kind):
     }
     validate[kind](None, value)
     # ... and what the cluster parses; a task needs more than nothing.
-    assert parse_quantity(getattr(cfg.cluster.phase1, kind)) > 0
+    assert parse_quantity(getattr(cfg.cluster.resources_for("phase1"), kind)) > 0

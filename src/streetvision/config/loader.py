@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from streetvision.config.schema import Config
+from streetvision.config.schema import Config, Group
 from streetvision.contracts.errors import ConfigError  # here too: `from streetvision.config import ConfigError`
 
 DEFAULTS_PACKAGE = "streetvision.config"
@@ -151,16 +151,16 @@ def _dotted(loc: tuple) -> str:
     return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
 
 
-def _inner_model(annotation) -> type[BaseModel] | None:
+def _inner_model(annotation) -> type[Group] | None:
     """The config group inside an annotation (`SourceConfig` in `list[SourceConfig]`), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if isinstance(annotation, type) and issubclass(annotation, Group):
         return annotation
     return next(filter(None, map(_inner_model, typing.get_args(annotation))), None)
 
 
-def _field_at(loc: tuple) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+def _field_at(loc: tuple) -> tuple[type[Group] | None, FieldInfo | None]:
     """The group that holds the last key of `loc`, and that key's field (None past the groups)."""
-    model: type[BaseModel] | None = Config
+    model: type[Group] | None = Config
     info: FieldInfo | None = None
     for i, part in enumerate(loc):
         if isinstance(part, int):  # a list item: the same group, no field of its own
@@ -168,7 +168,7 @@ def _field_at(loc: tuple) -> tuple[type[BaseModel] | None, FieldInfo | None]:
             continue
         if model is None:
             return None, None
-        info = model.model_fields.get(part)
+        info = model.group_keys().get(part)
         if i < len(loc) - 1:
             model = _inner_model(info.annotation) if info else None
     return model, info
@@ -200,7 +200,7 @@ def _describe(error: Any) -> list[str]:
     model, info = _field_at(loc)
     note = f" ({info.description})" if info and info.description else ""
     if kind == "extra_forbidden":
-        return [f"{where}: unknown key{_suggest(str(loc[-1]), model.model_fields if model else [])}"]
+        return [f"{where}: unknown key{_suggest(str(loc[-1]), model.group_keys() if model else [])}"]
     if kind in _TYPE_NAMES:
         return [f"{where}: expected {_TYPE_NAMES[kind]}, got {type(value).__name__} {value!r}"]
     if kind == "literal_error":

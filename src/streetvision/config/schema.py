@@ -12,9 +12,22 @@ skipped when a field it reads failed). The loader turns pydantic's errors into o
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails
 
 from streetvision.contracts.errors import ContractError
 from streetvision.phase_graph import resolve_phases
@@ -33,6 +46,11 @@ class Group(BaseModel):
     """A config group: strict types, no unknown keys, rules checked on defaults too."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+    @classmethod
+    def group_keys(cls) -> dict[str, FieldInfo]:
+        """The group's keys and their fields: its model fields (ClusterConfig adds one key per phase)."""
+        return dict(cls.model_fields)
 
 
 def _checked(value, *problems: object):
@@ -612,7 +630,9 @@ class TaskResources(Group):
 
 
 class ClusterConfig(Group):
-    """Where compiled pipelines run. Ignored by the local runner."""
+    """Where compiled pipelines run, and each phase's task resources. Ignored by the local runner."""
+
+    model_config = ConfigDict(extra="allow")  # only phase keys: see _phase_resources
 
     accelerator: Literal["none", "h100", "a100"] = "h100"
     # The component images. "": the images built from this checkout, <image_registry>/stage1[-cpu]:<version>-
@@ -640,17 +660,39 @@ class ClusterConfig(Group):
     spot: bool = False
     # /dev/shm for GPU phases (PyTorch data workers and NCCL need more than the container default of 64 MiB).
     shm_size: str = Field("16Gi", pattern=r"^\d+(Ki|Mi|Gi)$", description="a Kubernetes quantity like 512Mi or 16Gi")
-    ingest: TaskResources = Field(default_factory=lambda: TaskResources(**default_resources("ingest")))
-    phase1: TaskResources = Field(default_factory=lambda: TaskResources(**default_resources("phase1")))
-    phase4: TaskResources = Field(default_factory=lambda: TaskResources(**default_resources("phase4")))
-    phase2: TaskResources = Field(default_factory=lambda: TaskResources(**default_resources("phase2")))
-    phase3: TaskResources = Field(default_factory=lambda: TaskResources(**default_resources("phase3")))
-    phase5: TaskResources = Field(default_factory=lambda: TaskResources(**default_resources("phase5")))
-    phase6: TaskResources = Field(default_factory=lambda: TaskResources(**default_resources("phase6")))
-    evaluate: TaskResources = Field(default_factory=lambda: TaskResources(**default_resources("evaluate")))
+    # One key per phase of the registry, `cluster.<phase>: {cpu, memory, gpus}`, each defaulting to its phase's
+    # registry resources (a key given in part takes the rest from there); any other key is an unknown key.
+    __pydantic_extra__: dict[str, TaskResources] = Field(init=False)
+
+    @classmethod
+    def group_keys(cls) -> dict[str, FieldInfo]:
+        return {**cls.model_fields, **{phase: FieldInfo.from_annotation(TaskResources) for phase in PHASE_NAMES}}
 
     def resources_for(self, phase: str) -> TaskResources:
-        return getattr(self, phase)
+        return self.__pydantic_extra__[phase]
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _phase_resources(cls, data: Any, handler: ModelWrapValidatorHandler[ClusterConfig]) -> ClusterConfig:
+        """The phase keys filled in from the registry; an unknown key reported with every other problem."""
+        if not isinstance(data, dict):
+            return handler(data)
+        unknown = [key for key in data if key not in cls.group_keys()]
+        filled = {key: value for key, value in data.items() if key in cls.model_fields}
+        for phase in PHASE_NAMES:
+            value = data.get(phase, {})
+            filled[phase] = {**default_resources(phase), **value} if isinstance(value, dict) else value
+        problems = [InitErrorDetails(type="extra_forbidden", loc=(key,), input=data[key]) for key in unknown]
+        try:
+            cluster = handler(filled)
+        except ValidationError as exc:
+            problems = [
+                InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {}))
+                for e in exc.errors()
+            ] + problems
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return cluster
 
     @field_validator("gpu_image", "cpu_image")
     @classmethod
