@@ -8,6 +8,7 @@ sharpened distribution and the student's distribution, exactly as in DINO/iBOT.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -65,9 +66,19 @@ def teacher_probabilities(logits: torch.Tensor, center: torch.Tensor, temperatur
 
 
 @torch.no_grad()
-def update_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: float) -> torch.Tensor:
-    batch_mean = teacher_logits.float().reshape(-1, teacher_logits.shape[-1]).mean(dim=0)
-    return center * momentum + batch_mean * (1.0 - momentum)
+def update_center(
+    center: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    momentum: float,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The centre moved towards the batch's mean logits. Under DDP `all_reduce` (a sum over the processes)
+    makes that the global batch's mean, as DINOv2 does, so every process keeps the same centre."""
+    flat = teacher_logits.float().reshape(-1, teacher_logits.shape[-1])
+    total = torch.cat([flat.sum(dim=0), flat.new_tensor([flat.shape[0]])])
+    if all_reduce is not None:
+        total = all_reduce(total)
+    return center * momentum + total[:-1] / total[-1] * (1.0 - momentum)
 
 
 def dino_loss(
@@ -87,13 +98,21 @@ def dino_loss(
 
 
 def ibot_loss(
-    student_patch_logits: torch.Tensor, teacher_patch_probs: torch.Tensor, masks: torch.Tensor, student_temp: float
+    student_patch_logits: torch.Tensor,
+    teacher_patch_probs: torch.Tensor,
+    masks: torch.Tensor,
+    student_temp: float,
+    masked_patches: float | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy on masked patches only: the student sees the mask token, the teacher the real patch."""
+    """Cross-entropy on masked patches only: the student sees the mask token, the teacher the real patch.
+
+    Averaged over `masked_patches` (default: the masked patches of these images; under DDP, the global batch's,
+    so the processes' losses sum to the global one)."""
     log_p = F.log_softmax(student_patch_logits.float() / student_temp, dim=-1)
     per_patch = -(teacher_patch_probs * log_p).sum(dim=-1)  # (B, N)
     weight = masks.float()
-    return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
+    count = weight.sum() if masked_patches is None else torch.tensor(masked_patches)
+    return (per_patch * weight).sum() / count.clamp_min(1.0)
 
 
 def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

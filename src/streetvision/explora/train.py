@@ -4,6 +4,12 @@ folder or a gs:// prefix) that a retried (preempted) task resumes from.
 
 Determinism makes the resume exact: each step draws its batch from `numpy.random.default_rng([seed, step])`
 and reseeds torch with (seed, step), so a resumed run repeats the same steps an uninterrupted one takes.
+
+With several processes (DDP, `training.num_processes`) every process draws the same global batch and the same
+views and masks of it (augmentation is cheap next to the forward and backward passes), then trains on its share
+of the images: each loss is that share's part of the global batch's loss, the teacher's centres are updated
+with the global batch's mean (all-reduced, as DINOv2 does), and the EMA teacher stays the same everywhere. Only
+KoLeo differs from one process: its nearest neighbours are searched within each process's share, as in DINOv2.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from streetvision.explora.objective import (
     vit_tokens,
 )
 from streetvision.models import ImageRows
+from streetvision.training import distributed
 from streetvision.training.engine import Checkpoints, Optimization, Plan, fit, param_groups, warmup_cosine
 
 logger = logging.getLogger(__name__)
@@ -64,9 +71,20 @@ class Student(nn.Module):
     def vit(self) -> Any:
         return self.backbone.base_model.model  # the timm model, with PEFT's layers injected
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None):
+    def forward(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        local_images: torch.Tensor | None = None,
+        patch_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Class tokens of `images` (masked patches replaced by the mask token), their prototype logits, the
+        patch tokens' logits (with `masks` or `patch_logits`) and the local views' logits: one call per step,
+        so that DDP sees every use of the weights."""
         cls, patches = vit_tokens(self.vit, images, masks, self.mask_token)
-        return cls, patches
+        patch_out = self.head(patches) if masks is not None or patch_logits else None
+        local_out = self.head(vit_tokens(self.vit, local_images)[0]) if local_images is not None else None
+        return cls, self.head(cls), patch_out, local_out
 
 
 @dataclass
@@ -136,9 +154,12 @@ class ExploraTrainer:
         vit: Any = peft_backbone.base_model.model
         torch.manual_seed(cfg.seed)  # fresh heads: same init on every attempt
         self.student = Student(peft_backbone, vit.embed_dim, cfg).to(device)
+        if not cfg.ibot:
+            self.student.mask_token.requires_grad_(False)  # unused: DDP needs every trained weight in the loss
         self.teacher = copy.deepcopy(self.student).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         self.trained_names = [n for n, p in self.student.named_parameters() if p.requires_grad]
         self.patch_size = int(vit.patch_embed.patch_size[0])
         self.local_size = local_crop_size(cfg, img_size, self.patch_size)
@@ -181,56 +202,61 @@ class ExploraTrainer:
 
         x = torch.from_numpy(batch_uint8).to(device).permute(0, 3, 1, 2).float().div_(255.0)
         batch = x.shape[0]
+        # The views and masks of the whole global batch (the same on every process), then this process's share.
         with torch.no_grad():
             globals_ = [self._normalize(self.global_aug(x)) for _ in range(2)]
             locals_ = [self._normalize(self.local_aug(x)) for _ in range(cfg.local_crops)]
-        masks = None
+        all_masks = None
         if cfg.ibot:
-            masks = random_patch_masks(
+            all_masks = random_patch_masks(
                 2 * batch, self.num_patches, _pair(cfg.ibot_mask_ratio), cfg.ibot_mask_probability, gen
             ).to(device)
-        global_batch = torch.cat(globals_)
+        share = torch.arange(self.rank, batch, self.world, device=device)
+        weight = len(share) / batch  # this share's part of a mean over the global batch
+        global_batch = torch.cat([view[share] for view in globals_])
+        local_batch = torch.cat([view[share] for view in locals_]) if locals_ else None
+        masks = all_masks.view(2, batch, -1)[:, share].flatten(0, 1) if all_masks is not None else None
 
         with torch.no_grad(), self.optimization.autocast():
-            t_cls, t_patches = self.teacher(global_batch)
-            t_cls_logits = self.teacher.head(t_cls)
+            _, t_cls_logits, t_patch_logits, _ = self.teacher(global_batch, patch_logits=cfg.ibot)
             teacher_probs = teacher_probabilities(t_cls_logits, self.dino_center, sched["teacher_temp"]).chunk(2)
-            if cfg.ibot:
-                t_patch_logits = self.teacher.head(t_patches)
+            if t_patch_logits is not None:
                 teacher_patch_probs = teacher_probabilities(t_patch_logits, self.ibot_center, sched["teacher_temp"])
 
         with self.optimization.autocast():
-            s_cls, s_patches = self.student(global_batch, masks)
-            student_logits = list(self.student.head(s_cls).chunk(2))
-            if locals_:
-                l_cls, _ = self.student(torch.cat(locals_))
-                student_logits += list(self.student.head(l_cls).chunk(cfg.local_crops))
-            losses = {"dino": dino_loss(student_logits, list(teacher_probs), cfg.student_temp)}
-            if cfg.ibot:
-                assert masks is not None
-                losses["ibot"] = ibot_loss(self.student.head(s_patches), teacher_patch_probs, masks, cfg.student_temp)
+            s_cls, s_cls_logits, s_patch_logits, s_local_logits = self.optimization.net(
+                global_batch, masks, local_batch
+            )
+            student_logits = list(s_cls_logits.chunk(2))
+            if s_local_logits is not None:
+                student_logits += list(s_local_logits.chunk(cfg.local_crops))
+            losses = {"dino": weight * dino_loss(student_logits, list(teacher_probs), cfg.student_temp)}
+            if all_masks is not None:
+                assert masks is not None and s_patch_logits is not None and t_patch_logits is not None
+                masked = float(all_masks.sum())  # iBOT averages over the global batch's masked patches
+                losses["ibot"] = ibot_loss(s_patch_logits, teacher_patch_probs, masks, cfg.student_temp, masked)
             if cfg.koleo:
                 first, second = s_cls.chunk(2)
-                losses["koleo"] = (koleo_loss(first) + koleo_loss(second)) / 2
+                losses["koleo"] = weight * (koleo_loss(first) + koleo_loss(second)) / 2
         total = losses["dino"] + cfg.ibot_weight * losses.get("ibot", 0.0) + cfg.koleo_weight * losses.get("koleo", 0.0)
-        if not torch.isfinite(total):
+        # The global batch's losses: the sum of every process's share (the same number on every process).
+        shown = distributed.all_reduce_sum(torch.stack([total, *losses.values()]).detach().float())
+        if not torch.isfinite(shown[0]):
             raise SSLDivergedError(
-                f"SSL loss is {total.item()} at step {self.step_index}",
+                f"SSL loss is {shown[0].item()} at step {self.step_index}",
                 "phase4",
                 "lower explora.lr, keep training.precision fp32 or bf16, or raise explora.teacher_temp_warmup_steps; "
                 "the run resumes from its last checkpoint",
             )
         self.optimization.update(total)
         self._ema(sched["momentum"])
-        self.dino_center = update_center(self.dino_center, t_cls_logits, cfg.center_momentum)
-        if cfg.ibot:
-            assert masks is not None
-            self.ibot_center = (
-                update_center(self.ibot_center, t_patch_logits[masks], cfg.center_momentum)
-                if masks.any()
-                else self.ibot_center
-            )
-        record = {"step": self.step_index, "loss": total.item(), **{k: v.item() for k, v in losses.items()}, **sched}
+        reduce = distributed.all_reduce_sum
+        self.dino_center = update_center(self.dino_center, t_cls_logits, cfg.center_momentum, reduce)
+        if all_masks is not None and all_masks.any():
+            assert masks is not None and t_patch_logits is not None
+            self.ibot_center = update_center(self.ibot_center, t_patch_logits[masks], cfg.center_momentum, reduce)
+        values = dict(zip(["loss", *losses], shown.tolist()))
+        record = {"step": self.step_index, **values, **sched}
         self.history.append(record)
         self.step_index += 1
         return record
@@ -315,7 +341,7 @@ class SSLRecipe:
         self.images_seen += len(batch)
         self._window_images += len(batch)
         done = self.trainer.step_index
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if (done % cfg.log_every == 0 or done == cfg.steps) and self.trainer.rank == 0:
             rate = self._window_images / max(time.perf_counter() - self._window_start, 1e-9)
             parts = " ".join(f"{k} {record[k]:.4f}" for k in ("dino", "ibot", "koleo") if k in record)
             logger.info(

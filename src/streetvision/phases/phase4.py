@@ -22,6 +22,7 @@ import base64
 import io
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,8 +33,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from streetvision.cluster_env import resume_root
+from streetvision.config.loader import config_from_json, config_to_json
 from streetvision.config.schema import Config
-from streetvision.contracts.errors import CheckpointError, LeakageViolationError
+from streetvision.contracts.errors import CheckpointError, ConfigError, LeakageViolationError
 from streetvision.contracts.metadata import (
     ArtifactMetadata,
     check_same_partition,
@@ -43,7 +45,7 @@ from streetvision.contracts.metadata import (
     write_metadata,
 )
 from streetvision.contracts.splits import Role
-from streetvision.data.shards import load_split
+from streetvision.data.shards import SplitData, load_split
 from streetvision.devices import task_device
 from streetvision.explora.adapters import apply_adapters, merge_adapters, save_adapter
 from streetvision.explora.pool import load_pool, pixel_hashes
@@ -52,6 +54,7 @@ from streetvision.explora.train import ExploraTrainer, ImagePool, run_fingerprin
 from streetvision.models import ImageRows, build_from_spec, create_model, model_spec, normalization
 from streetvision.phases.result import PhasePaths, PhaseResult
 from streetvision.registry import PHASE_READS
+from streetvision.training import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +135,9 @@ def _curves_html(history: list[dict], probes: dict, adapter: dict) -> str:
 
 def run_phase4(cfg: Config, paths: PhasePaths) -> PhaseResult:
     """Adapt the backbone; the result carries the SSL scalars (for KFP Metrics) and the curves page. Training
-    state is kept under `training.resume_dir` or, on a cluster, the run's checkpoint location for phase 4.
+    state is kept under `training.resume_dir` or, on a cluster, the run's checkpoint location for phase 4. With
+    ``training.num_processes`` > 1 the adaptation runs in one torchrun worker per GPU (DDP), as phase 1's
+    training does (``explora.batch_size`` is the global batch); rank 0 probes and writes the outputs.
 
     Args:
         cfg: the run's config (``explora``, ``model``).
@@ -144,39 +149,82 @@ def run_phase4(cfg: Config, paths: PhasePaths) -> PhaseResult:
     Raises:
         LeakageViolationError: an input comes from a split (or lineage) this phase's role may not read.
         IntegrityError: an input is incomplete (no completion record) or altered since it was written.
-        ConfigError: an ExPLoRA setting that does not fit the model (blocks, target modules, crop size).
+        ConfigError: an ExPLoRA setting that does not fit the model (blocks, target modules, crop size), or
+            the device or process count asked for is not available.
         TrainingDivergedError: the self-supervised loss became NaN or infinite (SSLDivergedError).
     """
-    started = time.time()
-    train_dir, val_select_dir = paths.input("train"), paths.input("val_select")
-    backbone_dir = paths.output("backbone")
+    _, select, _ = _load_inputs(paths)  # checks roles and completeness before anything is written
+    # Resolved before anything is written or any worker starts: a GPU task without a visible GPU fails here.
+    device = task_device(cfg, PHASE)
     ecfg = cfg.explora
+    processes = distributed.resolve_num_processes(cfg.training.num_processes, device.type, PHASE)
+    if processes > 1 and ecfg.batch_size < 2 * processes:
+        raise ConfigError(
+            f"explora.batch_size={ecfg.batch_size} is the global batch: {processes} processes need at least "
+            f"{2 * processes} images (two each)",
+            f"{PHASE} with training.num_processes={cfg.training.num_processes}",
+            "raise explora.batch_size or lower training.num_processes",
+        )
+    with tempfile.TemporaryDirectory(prefix=f"streetvision-{PHASE}-pool-") as scratch:
+        pool_file, pool_report = "", {"pool_images": 0}
+        if ecfg.pool_source:
+            # Decoded and checked here, once (a VAL_SELECT image in it is refused before any output is started);
+            # the training processes map the decoded array.
+            pool, pool_report = load_pool(
+                ecfg.pool_source,
+                cfg.model.img_size,
+                cfg.data.min_image_size,
+                ecfg.pool_max_images,
+                f"{PHASE}, explora.pool_source ({ecfg.pool_source})",
+                forbidden_hashes=pixel_hashes(select.images),
+            )
+            pool_file = str(Path(scratch) / "pool.npy")
+            np.save(pool_file, pool)
+            del pool
+        prepare_output_dir(paths.output("backbone"))
+        job = {
+            "config": config_to_json(cfg),
+            "paths": {"inputs": dict(paths.inputs), "outputs": dict(paths.outputs)},
+            "pool_file": pool_file,
+            "pool_report": pool_report,
+        }
+        done = distributed.run_job(PHASE, processes, "streetvision.phases.phase4:_adapt_and_write", job)
+    return PhaseResult(PHASE, {KIND: done[KIND]}, metrics=done["metrics"], reports={"ssl_curves": done["ssl_curves"]})
+
+
+def _load_inputs(paths: PhasePaths) -> tuple[SplitData, SplitData, str]:
+    """TRAIN and VAL_SELECT, each checked for its role, and their common partition."""
     reads = PHASE_READS[PHASE]
     inputs = {}
-    for name, path in (("train", train_dir), ("val_select", val_select_dir)):
+    for name in ("train", "val_select"):
         role, split = reads[name]
-        inputs[name] = load_split(path, split=split, role=role, phase=PHASE, input_name=name)
+        inputs[name] = load_split(paths.input(name), split=split, role=role, phase=PHASE, input_name=name)
     partition = check_same_partition({k: v.meta for k, v in inputs.items()}, PHASE)
-    train, select = inputs["train"], inputs["val_select"]
+    return inputs["train"], inputs["val_select"], partition
 
-    arrays: list[ImageRows] = [train.images]
-    pool_report: dict[str, Any] = {"pool_images": 0}
-    if ecfg.pool_source:
-        pool, pool_report = load_pool(
-            ecfg.pool_source,
-            cfg.model.img_size,
-            cfg.data.min_image_size,
-            ecfg.pool_max_images,
-            f"{PHASE}, explora.pool_source ({ecfg.pool_source})",
-            forbidden_hashes=pixel_hashes(select.images),
-        )
-        arrays.append(pool)
+
+def _adapt_and_write(
+    config: str,
+    paths: dict[str, dict[str, str]],
+    pool_file: str,
+    pool_report: dict[str, Any],
+    result_path: str | None = None,
+) -> dict:
+    """Everything after the input checks; runs in every training process (DDP), rank 0 probes and writes the
+    outputs. `pool_file`: the decoded unlabelled pool ("" for none)."""
+    started = time.time()
+    cfg = config_from_json(config)
+    where = PhasePaths(PHASE, **paths)
+    ecfg = cfg.explora
+    train, select, partition = _load_inputs(where)
+    rank = distributed.rank()
+    arrays: list[ImageRows] = [train.images] + ([np.load(pool_file, mmap_mode="r")] if pool_file else [])
     images = ImagePool(arrays)
-    out_dir = prepare_output_dir(backbone_dir)
+    out_dir = Path(where.output("backbone"))
 
     if cfg.training.num_threads > 0:
         torch.set_num_threads(cfg.training.num_threads)
-    device = task_device(cfg, PHASE)
+    device = task_device(cfg, PHASE, distributed.local_rank())
     amp = torch.bfloat16 if cfg.training.precision == "bf16" else None
     torch.manual_seed(ecfg.seed)
     backbone = build_backbone(cfg)
@@ -189,22 +237,29 @@ def run_phase4(cfg: Config, paths: PhasePaths) -> PhaseResult:
         select_x = extract_features(model, select.images, mean, std, batch, device, amp)
         return probe_scores(train_x, train.labels, select_x, select.labels, ecfg.probe, ecfg.knn_k, ecfg.seed)
 
-    probes = {"before": probe(backbone)}
-    logger.info(f"probe before adaptation (TRAIN -> VAL_SELECT): {_fmt(probes['before'])}")
+    probes: dict[str, dict[str, float]] = {}
+    if rank == 0:  # the probes score the starting and the adapted backbone once (they draw no random numbers)
+        probes["before"] = probe(backbone)
+        logger.info(f"probe before adaptation (TRAIN -> VAL_SELECT): {_fmt(probes['before'])}")
 
     peft_model, adapter = apply_adapters(backbone, ecfg)
-    logger.info(
-        f"ExPLoRA: {ecfg.adapter} rank {ecfg.rank} on {adapter['lora_modules']} layers, fully trained "
-        f"{adapter['unfrozen_blocks']}{' + norms' if ecfg.unfreeze_norms else ''}: "
-        f"{adapter['trainable_parameters']:,} of {adapter['backbone_parameters']:,} backbone parameters trainable "
-        f"({100 * adapter['trainable_fraction']:.1f} %); {len(images)} images "
-        f"(TRAIN {train.meta.count}, pool {pool_report['pool_images']}), {ecfg.steps} steps of {ecfg.batch_size}"
-    )
+    if rank == 0:
+        logger.info(
+            f"ExPLoRA: {ecfg.adapter} rank {ecfg.rank} on {adapter['lora_modules']} layers, fully trained "
+            f"{adapter['unfrozen_blocks']}{' + norms' if ecfg.unfreeze_norms else ''}: "
+            f"{adapter['trainable_parameters']:,} of {adapter['backbone_parameters']:,} backbone parameters "
+            f"trainable ({100 * adapter['trainable_fraction']:.1f} %); {len(images)} images (TRAIN "
+            f"{train.meta.count}, pool {pool_report['pool_images']}), {ecfg.steps} steps of {ecfg.batch_size}, "
+            f"{distributed.world_size()} process(es)"
+        )
     trainer = ExploraTrainer(peft_model, ecfg, cfg.model.img_size, mean, std, device, amp)
     head_params = sum(p.numel() for p in trainer.student.head.parameters())
     fingerprint = run_fingerprint(ecfg, spec, f"{train.meta.fingerprint}/{pool_report.get('pool_fingerprint')}")
     # A local/PVC folder or a gs:// prefix: a retried task resumes from the last saved step either way.
     throughput = train_ssl(trainer, images, resume_root(cfg, PHASE), fingerprint)
+    distributed.barrier()
+    if rank != 0:
+        return {}
 
     exported = (trainer.teacher if ecfg.export == "teacher" else trainer.student).backbone
     merged = merge_adapters(exported).cpu()
@@ -249,6 +304,7 @@ def run_phase4(cfg: Config, paths: PhasePaths) -> PhaseResult:
         "merge_max_abs_error": merge_error,
         "export": ecfg.export,
         "device": str(device),
+        "processes": distributed.world_size(),
         "seconds": round(time.time() - started, 1),
     }
     for when in ("before", "after"):
@@ -269,7 +325,7 @@ def run_phase4(cfg: Config, paths: PhasePaths) -> PhaseResult:
         for k, v in summary.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
     }
-    return PhaseResult(PHASE, {KIND: meta}, metrics=metrics, reports={"ssl_curves": curves})
+    return distributed.hand_back({KIND: meta, "metrics": metrics, "ssl_curves": curves}, result_path)
 
 
 def _fmt(scores: dict[str, float]) -> str:

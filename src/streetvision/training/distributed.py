@@ -1,6 +1,6 @@
 """Data-parallel training on one node: one process per GPU, launched with torchrun, joined with DDP.
 
-A training phase's task (phases 1 and 3) runs as one process; when more than one process is asked for
+A training phase's task (phases 1, 3 and 4) runs as one process; when more than one process is asked for
 (`training.num_processes`), `run_job` writes a small job file and starts
 ``torchrun --standalone --nproc-per-node N -m streetvision.training.distributed JOB``. Each worker
 joins the process group (NCCL on GPUs, gloo on CPU), runs the job's target function and leaves. Inside a
