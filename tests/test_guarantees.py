@@ -230,7 +230,7 @@ def test_ltt_keeps_its_promise_and_certifies_more_coverage_than_sgr(n):
     sgr = threshold_outcomes("sgr", n, target, delta, LTT_TRIALS, seed=n)
     assert ltt[:, 0].sum() <= _allowed_violations(delta, LTT_TRIALS)
     assert sgr[:, 0].sum() <= _allowed_violations(delta, LTT_TRIALS)
-    # Mean coverage; on a rare draw LTT stops at its very first test (an error among the most confident 59)
+    # Mean coverage; on a rare draw both LTT sequences stop at their first tests
     # where SGR's first test sits lower (0.2 % of draws at n = 1000), so per draw it is not always ahead.
     assert ltt[:, 1].mean() > sgr[:, 1].mean()
     if n == 100:  # 100 samples: SGR's 7 tests need 79 error-free accepted ones and never get there; LTT needs 45
@@ -238,34 +238,39 @@ def test_ltt_keeps_its_promise_and_certifies_more_coverage_than_sgr(n):
 
 
 def reference_ltt(kappa, correct, target, delta):
-    """Fixed-sequence testing written out as a loop: a candidate at each accepted count k where one more error
-    becomes allowed (the largest j with P(Binomial(k, target) <= j) <= delta grows), its threshold the k-th
-    highest confidence with all its ties, most confident first; stop at the first bound above the target."""
+    """Learn-then-Test written out as loops: candidates at each accepted count k where one more error becomes
+    allowed at delta / 2 (the largest j with P(Binomial(k, target) <= j) <= delta / 2 grows), the threshold the
+    k-th highest confidence with all its ties; two fixed sequences over them, from the first candidate and from
+    the fourth (3 errors allowed), each stopping at its first bound above the target; the most accepting pass."""
+    level = delta / 2
     ranked = np.sort(kappa)[::-1]
     counts, allowed = [], -1
     for k in range(1, len(kappa) + 1):
         grew = False
-        while binom.cdf(allowed + 1, k, target) <= delta:
+        while binom.cdf(allowed + 1, k, target) <= level:
             allowed, grew = allowed + 1, True
         if grew:
             counts.append(k)
-    best, tested = None, set()
-    for k in counts:
-        theta = float(ranked[k - 1])
-        if theta in tested:  # ties: this count falls inside the previous candidate's accepted set
-            continue
-        tested.add(theta)
-        accepted = kappa >= theta
-        n, errors = int(accepted.sum()), int((~correct[accepted]).sum())
-        # The bound: the b with P(Binomial(n, b) <= errors) = delta (one-sided Clopper-Pearson).
-        bound = (
-            1.0
-            if errors >= n
-            else brentq(lambda b, n=n, e=errors: binom.cdf(e, n, b) - delta, 1e-15, 1 - 1e-15, xtol=1e-15)
-        )
-        if bound > target:
-            break
-        best = (theta, bound, n / len(kappa))
+    best = None
+    for start in (0, 3):
+        tested = set()
+        for k in counts[start:]:
+            theta = float(ranked[k - 1])
+            if theta in tested:  # ties: this count falls inside the previous candidate's accepted set
+                continue
+            tested.add(theta)
+            accepted = kappa >= theta
+            n, errors = int(accepted.sum()), int((~correct[accepted]).sum())
+            # The bound: the b with P(Binomial(n, b) <= errors) = level (one-sided Clopper-Pearson).
+            bound = (
+                1.0
+                if errors >= n
+                else brentq(lambda b, n=n, e=errors: binom.cdf(e, n, b) - level, 1e-15, 1 - 1e-15, xtol=1e-15)
+            )
+            if bound > target:
+                break
+            if best is None or n / len(kappa) > best[2]:
+                best = (theta, bound, n / len(kappa))
     return best
 
 
@@ -287,13 +292,13 @@ def test_ltt_matches_a_loop_reference_with_ties(seed):
 def test_min_error_free_accepted_is_the_smallest_certifying_count():
     """k error-free images certify alpha at level d exactly when P(Binomial(k, alpha) = 0) <= d."""
     for target, delta, method, n_calib, expected in [
-        (0.05, 0.05, "ltt", 0, 59),
+        (0.05, 0.05, "ltt", 0, 72),  # two sequences, each at delta / 2
         (0.05, 0.05, "sgr", 200, 99),  # ceil(log2 200) = 8 tests
-        (0.10, 0.05, "ltt", 0, 29),
-        (0.01, 0.10, "ltt", 0, 230),
+        (0.10, 0.05, "ltt", 0, 36),
+        (0.01, 0.10, "ltt", 0, 299),
     ]:
         k = min_error_free_accepted(target, delta, method, n_calib)
-        level = delta / (int(np.ceil(np.log2(n_calib))) if method == "sgr" else 1)
+        level = delta / (int(np.ceil(np.log2(n_calib))) if method == "sgr" else 2)
         assert binom.pmf(0, k, target) <= level < binom.pmf(0, k - 1, target)
         assert k == expected
     with pytest.raises(ValueError, match="threshold method"):
@@ -306,9 +311,9 @@ def test_ltt_guarantee_text_names_the_test_and_infeasibility_names_the_size_need
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
     policy = ltt_threshold(confidence, correct, 0.05, 0.05)
     assert policy["feasible"] and "Learn-then-Test" in guarantee_text(policy)
-    small = ltt_threshold(confidence[:40], correct[:40], 0.05, 0.05)  # 40 < 59: nothing can pass
+    small = ltt_threshold(confidence[:40], correct[:40], 0.05, 0.05)  # 40 < 72: nothing can pass
     assert not small["feasible"] and small["tests"] == 0 and not accept_mask(confidence[:40], small).any()
-    assert "at least 59 accepted" in guarantee_text(small)
+    assert "at least 72 accepted" in guarantee_text(small)
 
 
 @pytest.mark.parametrize("method", ["ltt", "sgr"])
@@ -330,7 +335,7 @@ def test_calibration_size_check_says_what_would_reach_the_target():
     from streetvision.selective import calibration_size_check, min_val_calib_size
 
     ok = calibration_size_check(168, 0.05, 0.05, "ltt", 0.1, 1680)
-    assert ok["reachable"] and ok["min_error_free_accepted"] == 59 and "168 images" in ok["message"]
+    assert ok["reachable"] and ok["min_error_free_accepted"] == 72 and "168 images" in ok["message"]
     short = calibration_size_check(168, 0.01, 0.05, "ltt", 0.1, 1680)
     assert not short["reachable"] and "never reach" in short["message"]
     # Each suggested fix is enough on its own, and only just: the sizes come from the same bound.
@@ -342,7 +347,7 @@ def test_calibration_size_check_says_what_would_reach_the_target():
     assert f"calibration.target_risk >= {target:.3f}" in short["message"]
     # SGR needs more, and the message points at LTT; its smallest VAL_CALIB meets its own Bonferroni factor.
     sgr = calibration_size_check(90, 0.05, 0.05, "sgr", 0.1, 900)
-    assert not sgr["reachable"] and "threshold_method=ltt (needs 59)" in sgr["message"]
+    assert not sgr["reachable"] and "threshold_method=ltt (needs 72)" in sgr["message"]
     size = min_val_calib_size(0.05, 0.05, "sgr")
     assert size >= min_error_free_accepted(0.05, 0.05, "sgr", size)
     assert size - 1 < min_error_free_accepted(0.05, 0.05, "sgr", size - 1)
@@ -362,9 +367,9 @@ def test_plan_and_ingest_report_the_val_calib_size_the_target_needs(ingested):
     assert check["val_calib_images"] == n_calib and check["min_error_free_accepted"] == need
     assert check["reachable"] == (n_calib >= need) and check["message"] in (report_dir / "report.md").read_text()
     line = _calibration_size_line(load_config(["calibration.target_risk=0.01"]))
-    assert line.startswith("WARNING:") and "needs at least 299 accepted VAL_CALIB images" in line
+    assert line.startswith("WARNING:") and "needs at least 368 accepted VAL_CALIB images" in line
     line = _calibration_size_line(load_config(["data.source=folder", "data.path=images"]))
-    assert "at least 59 accepted VAL_CALIB images" in line and "590 images in all" in line
+    assert "at least 72 accepted VAL_CALIB images" in line and "720 images in all" in line
 
 
 def test_policy_outcomes_put_answered_errors_beside_each_guarantees_quantity():
@@ -426,3 +431,15 @@ def test_certifying_one_render_per_image_keeps_the_promise_and_pooling_renders_d
         pooled += every["feasible"] and _render_risk(every["threshold"], jitter) > target
     assert one <= _allowed_violations(delta, trials)
     assert pooled > _allowed_violations(delta, trials)
+
+
+def test_an_error_among_the_most_confident_does_not_end_the_ltt_search():
+    """Two wrong answers among the 31 most confident of 300 (a flipped label, say): the sequence from the top
+    stops at its first test, the one that starts where 3 errors are allowed certifies most of the set."""
+    confidence = np.linspace(0.999, 0.6, 300)
+    correct = np.ones(300, dtype=bool)
+    correct[[17, 30]] = False
+    policy = ltt_threshold(confidence, correct, 0.05, 0.05)
+    assert policy["stopped_at"]["accepted"] == 72 and policy["stopped_at"]["errors"] == 2
+    assert policy["feasible"] and policy["calib_coverage"] > 0.9 and policy["risk_bound"] <= 0.05
+    assert accept_mask(confidence, policy).sum() == round(policy["calib_coverage"] * 300)

@@ -7,9 +7,9 @@ calibration draw, the error rate among accepted samples (from the distribution V
 
 - Learn-then-Test fixed-sequence testing (Angelopoulos et al., 2021; "ltt", the default): candidate
   thresholds are VAL_CALIB confidences at the accepted counts where one more error becomes allowed (no labels
-  used to pick them), tested from the most confident down, each at the full delta; the search stops at the
-  first failure and keeps the last pass. Fixed-sequence testing controls the family-wise error at delta
-  without any multiplicity correction.
+  used to pick them), tested from the most confident down; a sequence stops at its first failure and keeps
+  its last pass. Two sequences run, one from the top and one from the count where 3 errors are allowed, each
+  at delta / 2 (Bonferroni), so one error among the most confident images does not end the search.
 - SGR (Geifman & El-Yaniv, 2017; "sgr"): a binary search over the same sorted confidences, each of its
   ceil(log2 m) tests at delta / ceil(log2 m) (Bonferroni). It needs more error-free accepted images.
 """
@@ -42,6 +42,19 @@ def clopper_pearson_upper_array(errors: np.ndarray, n: np.ndarray, delta: float)
 THRESHOLD_METHODS = ("ltt", "sgr")
 
 
+# Learn-then-Test runs two fixed sequences, each at delta / 2 (Bonferroni): one from the most confident images,
+# one from the count where this many errors are allowed. The second survives an error among the most confident
+# images (a flipped label, one hard render) that would end the first at its first test.
+LTT_SECOND_START_ERRORS = 3
+LTT_SEQUENCES = 2
+
+
+def method_level(delta: float, method: str, n_calib: int = 0) -> float:
+    """The level each of `method`'s tests is run at: delta / 2 for "ltt" (two sequences), delta / ceil(log2 n)
+    for "sgr" (its binary search's tests)."""
+    return delta / (sgr_tests(n_calib) if method == "sgr" else LTT_SEQUENCES)
+
+
 def sgr_tests(n_calib: int) -> int:
     """How many thresholds SGR's binary search tests on n_calib samples (its Bonferroni factor)."""
     return max(1, math.ceil(math.log2(n_calib))) if n_calib > 1 else 1
@@ -50,13 +63,13 @@ def sgr_tests(n_calib: int) -> int:
 def min_error_free_accepted(target_risk: float, delta: float, method: str = "ltt", n_calib: int = 0) -> int:
     """The fewest accepted VAL_CALIB images, all correct, whose Clopper-Pearson bound certifies `target_risk`.
 
-    The smallest k with upper bound(0 errors of k) <= target_risk, at delta for "ltt" and at delta / tests for
-    "sgr" (tests = ceil(log2 n_calib)). A VAL_CALIB smaller than this can never certify the target, whatever
-    the model: e.g. 59 images for 5 % at delta = 0.05 with ltt, 99 with sgr on 129-256 images (8 tests).
+    The smallest k with upper bound(0 errors of k) <= target_risk at the method's test level (`method_level`). A
+    VAL_CALIB smaller than this can never certify the target, whatever the model: e.g. 72 images for 5 % at
+    delta = 0.05 with ltt, 99 with sgr on 129-256 images (8 tests).
     """
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"unknown threshold method {method!r}; use one of {THRESHOLD_METHODS}")
-    level = delta / sgr_tests(n_calib) if method == "sgr" else delta
+    level = method_level(delta, method, n_calib)
     # Closed form of 1 - level ** (1 / k) <= target_risk, then checked against the bound itself (float edges).
     k = max(1, math.ceil(math.log(level) / math.log1p(-target_risk)))
     while clopper_pearson_upper(0, k, level) > target_risk:
@@ -80,7 +93,7 @@ def min_val_calib_size(target_risk: float, delta: float, method: str = "ltt") ->
 
 def reachable_target(n_calib: int, delta: float, method: str = "ltt") -> float:
     """The smallest target risk `n_calib` error-free accepted images can certify (nothing smaller ever passes)."""
-    level = delta / sgr_tests(n_calib) if method == "sgr" else delta
+    level = method_level(delta, method, n_calib)
     return clopper_pearson_upper(0, n_calib, level)
 
 
@@ -167,27 +180,43 @@ def ltt_test_counts(m: int, target_risk: float, delta: float) -> np.ndarray:
 
 
 def ltt_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: float, delta: float) -> dict:
-    """Fixed-sequence Learn-then-Test threshold; threshold None when the first test already fails.
+    """Learn-then-Test threshold from two fixed sequences; threshold None when neither passes a test.
 
-    The sequence: the thresholds at `ltt_test_counts` (the k-th highest VAL_CALIB confidence, with its ties:
-    confidence >= threshold accepts them together), most confident first. Its order uses the confidences
-    only, never the labels. Each test is the one-sided Clopper-Pearson bound at the full delta; the search
-    stops at the first failure and keeps the last pass.
+    Each sequence tests thresholds at `ltt_test_counts` (the k-th highest VAL_CALIB confidence, with its ties:
+    confidence >= threshold accepts them together), most confident first, each test the one-sided
+    Clopper-Pearson bound at delta / 2, and stops at its first failure. The first starts at the top, the second
+    at the count where LTT_SECOND_START_ERRORS errors are allowed. By Bonferroni over the two, every threshold
+    either certifies holds at delta together; the policy takes the one that accepts most. The order and both
+    starts use the confidences and sizes only, never the labels.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
     m = len(confidence)
+    level = method_level(delta, "ltt")
     order = np.argsort(-confidence, kind="stable")
     conf_sorted, cum_errors = confidence[order], np.cumsum(~correct[order])
     # One candidate per distinct confidence: ties are accepted together (confidence >= threshold).
     tie_ends = np.flatnonzero(np.r_[conf_sorted[1:] != conf_sorted[:-1], True]) if m else np.zeros(0, int)
-    k_min = min_error_free_accepted(target_risk, delta, "ltt")
-    counts = ltt_test_counts(m, target_risk, delta)
-    ends = np.unique(tie_ends[np.searchsorted(tie_ends, counts - 1)]) if len(counts) else counts
-    accepted, errors = ends + 1, cum_errors[ends]
-    bounds = clopper_pearson_upper_array(errors, accepted, delta)
-    failed = np.flatnonzero(bounds > target_risk)
-    passed = int(failed[0]) if len(failed) else len(bounds)
+    counts = ltt_test_counts(m, target_risk, level)
+    ends_all = tie_ends[np.searchsorted(tie_ends, counts - 1)] if len(counts) else counts
+    tests, best, first_stop = 0, -1, None
+    for start in (0, LTT_SECOND_START_ERRORS):
+        ends = np.unique(ends_all[start:])
+        accepted, errors = ends + 1, cum_errors[ends]
+        bounds = clopper_pearson_upper_array(errors, accepted, level)
+        failed = np.flatnonzero(bounds > target_risk)
+        passed = int(failed[0]) if len(failed) else len(bounds)
+        tests += passed + (1 if len(failed) else 0)
+        if passed:
+            best = max(best, int(ends[passed - 1]))
+        if start == 0 and len(failed):
+            stop = passed
+            first_stop = {
+                "threshold": float(conf_sorted[ends[stop]]),
+                "accepted": int(accepted[stop]),
+                "errors": int(errors[stop]),
+                "bound": float(bounds[stop]),
+            }
     policy = {
         "kind": "threshold",
         "method": "ltt",
@@ -195,27 +224,20 @@ def ltt_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: floa
         "target_risk": target_risk,
         "delta": delta,
         "n_calib": m,
-        "min_error_free_accepted": k_min,
-        "tests": passed + (1 if len(failed) else 0),
-        "stopped_at": None
-        if not len(failed)
-        else {
-            "threshold": float(conf_sorted[ends[passed]]),
-            "accepted": int(accepted[passed]),
-            "errors": int(errors[passed]),
-            "bound": float(bounds[passed]),
-        },
+        "min_error_free_accepted": min_error_free_accepted(target_risk, delta, "ltt"),
+        "tests": tests,
+        "stopped_at": first_stop,  # where the sequence from the top stopped
     }
-    if passed == 0:
+    if best < 0:
         policy.update(feasible=False, threshold=None, calib_coverage=0.0, calib_risk=None, risk_bound=None)
         return policy
-    best = passed - 1
+    n_accepted, n_errors = best + 1, int(cum_errors[best])
     policy.update(
         feasible=True,
-        threshold=float(conf_sorted[ends[best]]),
-        calib_coverage=float(accepted[best] / m),
-        calib_risk=float(errors[best] / accepted[best]),
-        risk_bound=float(bounds[best]),
+        threshold=float(conf_sorted[best]),
+        calib_coverage=float(n_accepted / m),
+        calib_risk=float(n_errors / n_accepted),
+        risk_bound=float(clopper_pearson_upper(n_errors, n_accepted, level)),
     )
     return policy
 
@@ -297,7 +319,10 @@ def accept_mask(confidence: np.ndarray, policy: dict) -> np.ndarray:
 def _test_words(policy: dict) -> str:
     """How the threshold was certified, in words (the two methods differ in their multiplicity correction)."""
     if policy.get("method") == "ltt":
-        return f"Learn-then-Test fixed-sequence test over {policy['tests']} thresholds, each at the full delta"
+        return (
+            f"Learn-then-Test: two fixed sequences (from the most confident images, and from where "
+            f"{LTT_SECOND_START_ERRORS} errors are allowed), {policy['tests']} thresholds tested, each at delta / 2"
+        )
     return f"SGR, Bonferroni over {policy['tests']} tests"
 
 

@@ -435,8 +435,8 @@ class CalibrationConfig(Group):
     # Selective guarantee: accepted-set error <= target_risk with probability >= 1 - delta.
     target_risk: Fraction = 0.05
     delta: Fraction = 0.05
-    # How the threshold is certified: "ltt" (Learn-then-Test fixed-sequence testing, each test at the full delta)
-    # or "sgr" (binary search, Bonferroni over its ceil(log2 n) tests). ltt needs fewer error-free images: 59
+    # How the threshold is certified: "ltt" (Learn-then-Test: two fixed sequences, each test at delta / 2)
+    # or "sgr" (binary search, Bonferroni over its ceil(log2 n) tests). ltt needs fewer error-free images: 72
     # against 99 for 5 % at delta 0.05 (streetvision.selective.min_error_free_accepted).
     threshold_method: Literal["ltt", "sgr"] = "ltt"
     # What the calibrator and policy are fitted on, i.e. the distribution the guarantee is about. "deployment":
