@@ -336,7 +336,7 @@ class AugmentConfig(Group):
     The defaults are the deployment challenges (the validators rotate, crop, flip, re-compress, blur, add noise
     and change colours; streetvision.challenge), for every recipe: the policy is certified on VAL_CALIB rendered
     that way, and a model that never saw such renders is confidently wrong on some of them (on the demo, the
-    answered share of the deployment mix goes from 0.24 to 0.54 with them). ``strength`` scales every
+    answered share of the deployment mix goes from 0.24 to 0.54 with them, seed 0). ``strength`` scales every
     probability and magnitude at once: 0 turns augmentation off, 1 uses the values below as written.
     """
 
