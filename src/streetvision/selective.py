@@ -199,24 +199,32 @@ def ltt_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: floa
     tie_ends = np.flatnonzero(np.r_[conf_sorted[1:] != conf_sorted[:-1], True]) if m else np.zeros(0, int)
     counts = ltt_test_counts(m, target_risk, level)
     ends_all = tie_ends[np.searchsorted(tie_ends, counts - 1)] if len(counts) else counts
-    tests, best, first_stop = 0, -1, None
-    for start in (0, LTT_SECOND_START_ERRORS):
-        ends = np.unique(ends_all[start:])
-        accepted, errors = ends + 1, cum_errors[ends]
-        bounds = clopper_pearson_upper_array(errors, accepted, level)
-        failed = np.flatnonzero(bounds > target_risk)
-        passed = int(failed[0]) if len(failed) else len(bounds)
-        tests += passed + (1 if len(failed) else 0)
-        if passed:
-            best = max(best, int(ends[passed - 1]))
+    # Both sequences walk the same candidates (the second from the one where its allowance starts), so every
+    # bound is computed once.
+    ends = np.unique(ends_all)
+    accepted, errors = ends + 1, cum_errors[ends]
+    fails = clopper_pearson_upper_array(errors, accepted, level) > target_risk
+    starts = [0]
+    if len(ends_all) > LTT_SECOND_START_ERRORS:
+        starts.append(int(np.searchsorted(ends, ends_all[LTT_SECOND_START_ERRORS])))
+    tests, best, first_stop, reached = 0, -1, None, -1
+    for start in starts:
+        if start <= reached:  # the first sequence already ran these tests: the second would stop where it did
+            continue
+        failed = np.flatnonzero(fails[start:])
+        stop = start + int(failed[0]) if len(failed) else len(ends)
+        tests += stop - start + (1 if len(failed) else 0)
+        if stop > start:
+            best = max(best, int(ends[stop - 1]))
         if start == 0 and len(failed):
-            stop = passed
+            bound = clopper_pearson_upper(int(errors[stop]), int(accepted[stop]), level)
             first_stop = {
                 "threshold": float(conf_sorted[ends[stop]]),
                 "accepted": int(accepted[stop]),
                 "errors": int(errors[stop]),
-                "bound": float(bounds[stop]),
+                "bound": float(bound),
             }
+        reached = stop
     policy = {
         "kind": "threshold",
         "method": "ltt",
