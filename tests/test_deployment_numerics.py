@@ -1,6 +1,8 @@
 """The policy is fitted on the numbers deployment computes: VAL_CALIB logits written by phase 1 equal
 `Bundle.predict`'s logits on the same images, also when training ran under bf16 autocast."""
 
+import json
+
 import numpy as np
 import torch
 from conftest import PHASE1_OUTPUTS, TINY, TRUST, build_bundle, phase1_paths
@@ -83,3 +85,33 @@ def test_policy_phases_certify_one_render_per_image_and_name_the_distribution(tr
         calibration_inputs(other, data.logits, data.labels, data.renders, "t")
     bundle = Bundle.load(build_bundle(cfg, dirs, out, tmp_path), TRUST)
     assert "deployment inputs" in bundle.policy["guarantee"] and bundle.policy["calibration_levels"] == [0, 3]
+
+
+def test_the_epoch_is_selected_on_val_select_as_deployment_sends_it(ingested, tmp_path):
+    from streetvision.challenge import deployment_levels, render_as_deployed, val_select_renders
+
+    _, dirs, _, _ = ingested
+    select = load_split(
+        dirs[Split.VAL_SELECT], split=Split.VAL_SELECT, role=Role.MODEL_SELECTION, phase="t", input_name="x"
+    )
+    images = np.asarray(select.images)
+    cfg = load_config(TINY + ["evaluation.challenge_levels=[0,2]"])
+    rendered = val_select_renders(cfg, images)
+    assert rendered.shape == (len(images), cfg.model.img_size, cfg.model.img_size, 3) and rendered.dtype == np.uint8
+    np.testing.assert_array_equal(rendered, val_select_renders(cfg, images))  # seeded: a rerun picks the same epoch
+    # Each image is one render at the level deployment_levels drew for it, rebuilt the way deployment decodes it.
+    size, seed = cfg.evaluation.challenge_size, cfg.calibration.seed + 1
+    levels = deployment_levels(len(images), [0, 2], 1, seed)[:, 0]
+    assert set(levels) == {0, 2}
+    for level in (0, 2):
+        rows = np.flatnonzero(levels == level)
+        expected = render_as_deployed(images[rows], level, size, cfg.model.img_size, seed * 7919)
+        np.testing.assert_array_equal(rendered[rows], expected)
+    level0 = render_as_deployed(images, 0, size, cfg.model.img_size, seed * 7919)
+    assert not np.array_equal(rendered[levels == 2], level0[levels == 2])  # level 2 is not the plain JPEG
+    plain = load_config(TINY + ["evaluation.challenge_levels=[]"])
+    np.testing.assert_array_equal(val_select_renders(plain, images), images)  # fitted on plain: selected on plain
+    paths = phase1_paths(dirs, tmp_path)
+    run_phase1(cfg, paths)
+    summary = json.loads((paths.output("checkpoint") / "training_summary.json").read_text())
+    assert summary["selected_on"] == "VAL_SELECT's deployment renders at challenge levels [0, 2]"

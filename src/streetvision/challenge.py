@@ -8,6 +8,7 @@ to the one before. Rendering is seeded, so every evaluation of every bundle sees
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,25 @@ def render_as_deployed(images: np.ndarray, level: int, size: int, img_size: int,
     return np.stack([decode_image(data, img_size, min_size=1).pixels for data in encoded])
 
 
+def deployment_renders(
+    images: np.ndarray, levels: list[int], renders: int, size: int, img_size: int, seed: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, int]]:
+    """Deployment's mix, one (render r, rows, pixels, level) group at a time: each render of each image draws
+    its level uniformly from `levels` (the configured challenge levels, each equally likely), then its
+    augmentation; the draws are seeded and use no labels. Pixels are decoded as a bundle decodes them."""
+    images = np.asarray(images)
+    drawn = deployment_levels(len(images), levels, renders, seed)
+    for r in range(renders):
+        for level in np.unique(drawn[:, r]):
+            rows = np.flatnonzero(drawn[:, r] == level)
+            yield r, rows, render_as_deployed(images[rows], int(level), size, img_size, seed * 7919 + r), int(level)
+
+
+def deployment_levels(n: int, levels: list[int], renders: int, seed: int) -> np.ndarray:
+    """The level (N, R) of each of R renders of N images, drawn uniformly from `levels`."""
+    return np.random.default_rng([seed, n]).choice(np.asarray(levels, dtype=np.int64), size=(n, renders))
+
+
 def deployment_render_logits(
     scorer: torch.nn.Module,
     images: np.ndarray,
@@ -106,22 +126,29 @@ def deployment_render_logits(
     batch_size: int = 128,
     device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, R, 2) of R deployment renders per image and their levels (N, R).
+    """Logits (N, R, 2) of R deployment renders per image (`deployment_renders`) and their levels (N, R),
+    scored with the fp32 inference function `Bundle.predict` uses."""
+    logits = np.zeros((len(images), renders, 2), np.float32)
+    for r, rows, pixels, _ in deployment_renders(images, levels, renders, size, img_size, seed):
+        logits[rows, r] = predict_logits(scorer, pixels, mean, std, batch_size, device)
+    return logits, deployment_levels(len(images), levels, renders, seed)
 
-    Deployment's mix: each render of each image draws its level uniformly from `levels` (the configured
-    challenge levels, each equally likely), then its augmentation; the draws are seeded and use no labels.
-    Scored with the fp32 inference function `Bundle.predict` uses.
-    """
-    images = np.asarray(images)
-    n = len(images)
-    drawn = np.random.default_rng([seed, n]).choice(np.asarray(levels, dtype=np.int64), size=(n, renders))
-    logits = np.zeros((n, renders, 2), np.float32)
-    for r in range(renders):
-        for level in np.unique(drawn[:, r]):
-            rows = np.flatnonzero(drawn[:, r] == level)
-            pixels = render_as_deployed(np.asarray(images[rows]), int(level), size, img_size, seed * 7919 + r)
-            logits[rows, r] = predict_logits(scorer, pixels, mean, std, batch_size, device)
-    return logits, drawn
+
+def val_select_renders(cfg: Config, images: Any) -> Any:
+    """VAL_SELECT as deployment sends it, for choosing the epoch: one render per image (N, S, S, 3), in the
+    images' order, at the levels the policy is certified for (`Config.calibration_levels`); the plain images
+    where the policy fits on plain ones (`images` itself, any array-like). A model picked on plain images is
+    picked before it copes with renders."""
+    levels = cfg.calibration_levels()
+    if not levels:
+        return images
+    pixels = np.zeros((len(images), cfg.model.img_size, cfg.model.img_size, 3), np.uint8)
+    # Seeded apart from VAL_CALIB's renders (calibration.seed), though the images differ anyway.
+    for _, rows, rendered, _ in deployment_renders(
+        images, levels, 1, cfg.evaluation.challenge_size, cfg.model.img_size, cfg.calibration.seed + 1
+    ):
+        pixels[rows] = rendered
+    return pixels
 
 
 def val_calib_renders(

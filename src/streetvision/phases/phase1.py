@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from streetvision import io as storage
-from streetvision.challenge import val_calib_renders
+from streetvision.challenge import val_calib_renders, val_select_renders
 from streetvision.cluster_env import resume_root
 from streetvision.config.loader import config_from_json, config_to_json
 from streetvision.config.schema import Config
@@ -162,12 +162,16 @@ def _train_and_write(config: str, dirs: list[str], result_path: str | None = Non
             f"{distributed.world_size()} process(es)"
         )
     device = task_device(cfg, PHASE, distributed.local_rank())
+    # The epoch is chosen on VAL_SELECT as deployment sends it, at the levels the policy is certified for.
+    selected_on = _selection_inputs(cfg)
+    if rank == 0:
+        logger.info(f"selecting the epoch on {selected_on}")
     result = train_classifier(
         model,
         train.images,
         train.labels,
         train.sample_ids,
-        select.images,
+        val_select_renders(cfg, select.images),
         select.labels,
         mean,
         std,
@@ -210,6 +214,7 @@ def _train_and_write(config: str, dirs: list[str], result_path: str | None = Non
         "prior_correction": prior,
         "views": views,
         "resumed_from": result.resumed_from,
+        "selected_on": selected_on,
         "best_epoch": result.best_epoch + 1,
         "epochs_run": result.epochs_run,
         "processes": distributed.world_size(),
@@ -280,6 +285,11 @@ def _train_and_write(config: str, dirs: list[str], result_path: str | None = Non
     }
     outputs["training_curves"] = curves_html(result.history, cfg.training.selection_metric, training_summary)
     return distributed.hand_back(outputs, result_path)
+
+
+def _selection_inputs(cfg: Config) -> str:
+    levels = cfg.calibration_levels()
+    return f"VAL_SELECT's deployment renders at challenge levels {levels}" if levels else "plain VAL_SELECT"
 
 
 def _logit(p: float) -> float:
