@@ -16,6 +16,7 @@ from streetvision.training.augment import BatchAugment
 
 # Everything off and the crop the whole image: each test turns on what it checks.
 OFF = dict(
+    plain_share=0.0,  # each test below sets the ops it checks, and they apply to every sample
     rotation_degrees=0.0,
     crop_scale_min=1.0,
     crop_ratio_max=1.0,
@@ -158,3 +159,16 @@ def test_draws_follow_the_seed_and_strength_scales_them():
     assert half.jpeg_p == pytest.approx(0.15) and half.noise_std == pytest.approx(0.015)
     off = BatchAugment(16, AugmentConfig(strength=0.0))
     assert off(x) is x and off.jpeg_p == 0
+
+
+def test_plain_share_leaves_about_its_share_exactly_plain_and_augments_the_rest():
+    torch.manual_seed(2)
+    x = _picture(size=16, n=400)
+    full = dict(rotation_degrees=20.0, crop_scale_min=0.2, hflip_p=0.5, vflip_p=0.5, color_jitter_p=0.5)
+    full |= dict(blur_p=0.2, noise_p=0.2)
+    out = BatchAugment(16, AugmentConfig(**{**OFF, **full, "plain_share": 0.4}))(x.clone())
+    plain = (out - x).flatten(1).abs().amax(1) < 1e-5
+    assert 0.3 < plain.float().mean() < 0.5  # the rest: almost every draw of these ops changes pixels
+    torch.manual_seed(2)
+    everything = BatchAugment(16, AugmentConfig(**{**OFF, **full}))(x.clone())
+    assert ((everything - x).flatten(1).abs().amax(1) < 1e-5).float().mean() < 0.05

@@ -341,6 +341,11 @@ class AugmentConfig(Group):
     """
 
     strength: float = Field(1.0, ge=0.0)
+    # Share of training samples left plain by every op but JPEG re-compression (which deployment's plain 224 px
+    # JPEG, challenge level 0, applies too). Half: a model trained only on renders loses plain accuracy and
+    # calibration, and half gains them back at the same deployment-mix coverage (load_digits, 3 seeds: plain
+    # MCC 0.90 -> 0.99, ECE 0.043 -> 0.019, deployment coverage 0.73 -> 0.74).
+    plain_share: Probability = 0.5
     rotation_degrees: float = Field(20.0, ge=0.0, le=180.0)
     crop_scale_min: float = Field(0.2, gt=0.0, le=1.0)  # RandomResizedCrop scale range is [crop_scale_min, 1]
     crop_ratio_max: float = Field(4 / 3, ge=1.0)  # ... and aspect-ratio range [1 / crop_ratio_max, crop_ratio_max]
@@ -365,8 +370,10 @@ class TrainingConfig(Group):
     warmup_epochs: float = Field(1.0, ge=0.0)
     label_smoothing: Unit = 0.1
     grad_clip_norm: float = Field(1.0, ge=0.0)  # 0: no clipping
-    # Early stopping: epochs without improvement of the selection metric on VAL_SELECT.
-    patience: int = Field(8, ge=1)
+    # Early stopping: epochs without improvement of the selection metric on VAL_SELECT. As long as the CPU
+    # schedule: under augmentation that metric stalls for 10+ epochs before it climbs again, and stopping after
+    # 8 cut most load_digits runs short (the best epoch is still the one kept).
+    patience: int = Field(40, ge=1)
     selection_metric: Literal["mcc", "balanced_accuracy", "accuracy", "auroc"] = "mcc"
     # Weight the loss so both classes count equally (the data is ~4:1, deployment is 50/50).
     balance_classes: bool = True

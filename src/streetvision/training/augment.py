@@ -28,6 +28,9 @@ from streetvision.config.schema import AugmentConfig
 
 _BLUR_KERNEL = (5, 5)
 _BLUR_SIGMA = (0.1, 1.5)
+# Draws (columns 0-15 of forward's) under which every op is skipped: crop area 1, aspect 1, centre 0, no
+# rotation, no flip, no jitter, blur or noise (each op fires where its draw is below its probability, at most 1).
+_NO_OP_DRAWS = torch.tensor([1.0, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0] + [1.0] * 8)
 _JPEG_STREAM = 0x4A504547  # keeps the JPEG draws apart from other generators seeded with the same numbers
 
 
@@ -58,6 +61,7 @@ class BatchAugment(nn.Module):
         self.noise_std = cfg.noise_std * s
         self.jpeg_p = min(1.0, cfg.jpeg_p * s)
         self.jpeg_quality_min = round(cfg.jpeg_quality_min)
+        self.plain_share = cfg.plain_share
 
     def recompress(self, batch: torch.Tensor, seed: list[int]) -> torch.Tensor:
         """JPEG-encode and decode, in place, the samples of a uint8 host batch (N, H, W, 3) drawn with
@@ -83,7 +87,9 @@ class BatchAugment(nn.Module):
             return x
         # Every choice and magnitude is drawn on the host (torch's CPU generator), so which samples an op
         # touches is known without waiting for the device; only the noise itself is drawn on the device.
-        draws = torch.rand(x.shape[0], 16)
+        draws = torch.rand(x.shape[0], 17)
+        # The plain share skips every device-side op: draws that pick no op, a full centred crop, no rotation.
+        draws[draws[:, 16] < self.plain_share, :16] = _NO_OP_DRAWS
         x = self.geometry(x, draws[:, :8])
         if self.jitter_p > 0:
             x = self.colour(x, draws[:, 8:13])
