@@ -87,21 +87,24 @@ def test_policy_phases_certify_one_render_per_image_and_name_the_distribution(tr
     assert "deployment inputs" in bundle.policy["guarantee"] and bundle.policy["calibration_levels"] == [0, 3]
 
 
-def test_the_epoch_is_selected_on_val_select_as_deployment_sends_it(ingested, tmp_path):
-    from streetvision.challenge import deployment_levels, render_as_deployed, val_select_renders
+def test_the_epoch_is_selected_on_plain_val_select_and_its_deployment_renders(ingested, tmp_path):
+    from streetvision.challenge import deployment_levels, render_as_deployed, val_select_for_selection
 
     _, dirs, _, _ = ingested
     select = load_split(
         dirs[Split.VAL_SELECT], split=Split.VAL_SELECT, role=Role.MODEL_SELECTION, phase="t", input_name="x"
     )
-    images = np.asarray(select.images)
+    images, n = np.asarray(select.images), len(select.labels)
     cfg = load_config(TINY + ["evaluation.challenge_levels=[0,2]"])
-    rendered = val_select_renders(cfg, images)
-    assert rendered.shape == (len(images), cfg.model.img_size, cfg.model.img_size, 3) and rendered.dtype == np.uint8
-    np.testing.assert_array_equal(rendered, val_select_renders(cfg, images))  # seeded: a rerun picks the same epoch
-    # Each image is one render at the level deployment_levels drew for it, rebuilt the way deployment decodes it.
-    size, seed = cfg.evaluation.challenge_size, cfg.calibration.seed + 1
-    levels = deployment_levels(len(images), [0, 2], 1, seed)[:, 0]
+    chosen_on, labels, described = val_select_for_selection(cfg, images, select.labels)
+    assert chosen_on.shape == (2 * n, cfg.model.img_size, cfg.model.img_size, 3) and chosen_on.dtype == np.uint8
+    np.testing.assert_array_equal(labels, np.concatenate([select.labels, select.labels]))
+    np.testing.assert_array_equal(chosen_on[:n], images)  # the plain images first
+    again, _, _ = val_select_for_selection(cfg, images, select.labels)
+    np.testing.assert_array_equal(chosen_on, again)  # seeded: a rerun picks the same epoch
+    # Then one render of each image at the level deployment_levels drew for it, decoded as deployment decodes it.
+    rendered, size, seed = chosen_on[n:], cfg.evaluation.challenge_size, cfg.calibration.seed + 1
+    levels = deployment_levels(n, [0, 2], 1, seed)[:, 0]
     assert set(levels) == {0, 2}
     for level in (0, 2):
         rows = np.flatnonzero(levels == level)
@@ -110,8 +113,9 @@ def test_the_epoch_is_selected_on_val_select_as_deployment_sends_it(ingested, tm
     level0 = render_as_deployed(images, 0, size, cfg.model.img_size, seed * 7919)
     assert not np.array_equal(rendered[levels == 2], level0[levels == 2])  # level 2 is not the plain JPEG
     plain = load_config(TINY + ["evaluation.challenge_levels=[]"])
-    np.testing.assert_array_equal(val_select_renders(plain, images), images)  # fitted on plain: selected on plain
+    only_plain = val_select_for_selection(plain, select.images, select.labels)
+    assert only_plain[0] is select.images and only_plain[2] == "plain VAL_SELECT"  # fitted on plain: chosen on plain
     paths = phase1_paths(dirs, tmp_path)
     run_phase1(cfg, paths)
     summary = json.loads((paths.output("checkpoint") / "training_summary.json").read_text())
-    assert summary["selected_on"] == "VAL_SELECT's deployment renders at challenge levels [0, 2]"
+    assert summary["selected_on"] == described and "challenge levels [0, 2]" in described

@@ -134,21 +134,23 @@ def deployment_render_logits(
     return logits, deployment_levels(len(images), levels, renders, seed)
 
 
-def val_select_renders(cfg: Config, images: Any) -> Any:
-    """VAL_SELECT as deployment sends it, for choosing the epoch: one render per image (N, S, S, 3), in the
-    images' order, at the levels the policy is certified for (`Config.calibration_levels`); the plain images
-    where the policy fits on plain ones (`images` itself, any array-like). A model picked on plain images is
-    picked before it copes with renders."""
+def val_select_for_selection(cfg: Config, images: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, str]:
+    """The images, labels and a description of what the epoch is chosen on: plain VAL_SELECT followed by one
+    deployment render of each image at the levels the policy is certified for (`Config.calibration_levels`);
+    plain VAL_SELECT alone (`images` itself, any array-like) where the policy fits on plain images. Renders
+    alone pick epochs that cope with renders but lose plain accuracy; plain alone picks them before they cope
+    with renders."""
     levels = cfg.calibration_levels()
     if not levels:
-        return images
+        return images, labels, "plain VAL_SELECT"
     pixels = np.zeros((len(images), cfg.model.img_size, cfg.model.img_size, 3), np.uint8)
     # Seeded apart from VAL_CALIB's renders (calibration.seed), though the images differ anyway.
     for _, rows, rendered, _ in deployment_renders(
         images, levels, 1, cfg.evaluation.challenge_size, cfg.model.img_size, cfg.calibration.seed + 1
     ):
         pixels[rows] = rendered
-    return pixels
+    described = f"plain VAL_SELECT and one render of each image at challenge levels {levels}"
+    return np.concatenate([np.asarray(images), pixels]), np.concatenate([labels, labels]), described
 
 
 def val_calib_renders(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from streetvision import io as storage
-from streetvision.challenge import val_calib_renders, val_select_renders
+from streetvision.challenge import val_calib_renders, val_select_for_selection
 from streetvision.cluster_env import resume_root
 from streetvision.config.loader import config_from_json, config_to_json
 from streetvision.config.schema import Config
@@ -162,8 +162,8 @@ def _train_and_write(config: str, dirs: list[str], result_path: str | None = Non
             f"{distributed.world_size()} process(es)"
         )
     device = task_device(cfg, PHASE, distributed.local_rank())
-    # The epoch is chosen on VAL_SELECT as deployment sends it, at the levels the policy is certified for.
-    selected_on = _selection_inputs(cfg)
+    # The epoch is chosen on plain VAL_SELECT and its renders at the levels the policy is certified for.
+    select_images, select_labels, selected_on = val_select_for_selection(cfg, select.images, select.labels)
     if rank == 0:
         logger.info(f"selecting the epoch on {selected_on}")
     result = train_classifier(
@@ -171,8 +171,8 @@ def _train_and_write(config: str, dirs: list[str], result_path: str | None = Non
         train.images,
         train.labels,
         train.sample_ids,
-        val_select_renders(cfg, select.images),
-        select.labels,
+        select_images,
+        select_labels,
         mean,
         std,
         cfg.training,
@@ -285,11 +285,6 @@ def _train_and_write(config: str, dirs: list[str], result_path: str | None = Non
     }
     outputs["training_curves"] = curves_html(result.history, cfg.training.selection_metric, training_summary)
     return distributed.hand_back(outputs, result_path)
-
-
-def _selection_inputs(cfg: Config) -> str:
-    levels = cfg.calibration_levels()
-    return f"VAL_SELECT's deployment renders at challenge levels {levels}" if levels else "plain VAL_SELECT"
 
 
 def _logit(p: float) -> float:
