@@ -144,8 +144,10 @@ class ModelConfig(Group):
 class DemoConfig(Group):
     """Procedural street scenes generated at ingest (deterministic for a given seed)."""
 
-    # Dashcam sequences; the frames of one sequence share a group id.
-    num_sequences: int = Field(420, ge=8, description="need at least 8 for four splits")
+    # Dashcam sequences; the frames of one sequence share a group id. 600 (about 2,400 frames): with 420, one
+    # VAL_CALIB draw in five held too many confident errors on renders (2 % of labels are flipped) to certify
+    # the default target; with 600 every one of five seeds did (benchmarks/demo_seeds.py).
+    num_sequences: int = Field(600, ge=8, description="need at least 8 for four splits")
     frames_min: int = Field(2, ge=1)
     frames_max: int = Field(6, ge=1)
     roadwork_fraction: Fraction = 0.8
