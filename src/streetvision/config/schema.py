@@ -338,8 +338,9 @@ class AugmentConfig(Group):
     The defaults are the deployment challenges (the validators rotate, crop, flip, re-compress, blur, add noise
     and change colours; streetvision.challenge), for every recipe: the policy is certified on VAL_CALIB rendered
     that way, and a model that never saw such renders is confidently wrong on some of them (on the demo, the
-    answered share of the deployment mix goes from 0.24 to 0.54 with them, seed 0). ``strength`` scales every
-    probability and magnitude at once: 0 turns augmentation off, 1 uses the values below as written.
+    answered share of the deployment mix went from 0.24 to 0.54 with them, seed 0, before plain_share).
+    ``strength`` scales every probability and magnitude at once: 0 turns augmentation off, 1 uses the values
+    below as written; ``plain_share`` leaves a share of the samples plain.
     """
 
     strength: float = Field(1.0, ge=0.0)
