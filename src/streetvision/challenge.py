@@ -129,9 +129,11 @@ def deployment_render_logits(
     """Logits (N, R, 2) of R deployment renders per image (`deployment_renders`) and their levels (N, R),
     scored with the fp32 inference function `Bundle.predict` uses."""
     logits = np.zeros((len(images), renders, 2), np.float32)
-    for r, rows, pixels, _ in deployment_renders(images, levels, renders, size, img_size, seed):
+    drawn = np.zeros((len(images), renders), np.int64)
+    for r, rows, pixels, level in deployment_renders(images, levels, renders, size, img_size, seed):
         logits[rows, r] = predict_logits(scorer, pixels, mean, std, batch_size, device)
-    return logits, deployment_levels(len(images), levels, renders, seed)
+        drawn[rows, r] = level
+    return logits, drawn
 
 
 def val_select_for_selection(cfg: Config, images: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, str]:
@@ -143,6 +145,7 @@ def val_select_for_selection(cfg: Config, images: Any, labels: np.ndarray) -> tu
     levels = cfg.calibration_levels()
     if not levels:
         return images, labels, "plain VAL_SELECT"
+    images = np.asarray(images)  # read once: the renders and the concatenation both use it
     pixels = np.zeros((len(images), cfg.model.img_size, cfg.model.img_size, 3), np.uint8)
     # Seeded apart from VAL_CALIB's renders (calibration.seed), though the images differ anyway.
     for _, rows, rendered, _ in deployment_renders(
@@ -150,7 +153,7 @@ def val_select_for_selection(cfg: Config, images: Any, labels: np.ndarray) -> tu
     ):
         pixels[rows] = rendered
     described = f"plain VAL_SELECT and one render of each image at challenge levels {levels}"
-    return np.concatenate([np.asarray(images), pixels]), np.concatenate([labels, labels]), described
+    return np.concatenate([images, pixels]), np.concatenate([labels, labels]), described
 
 
 def val_calib_renders(
