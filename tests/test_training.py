@@ -112,6 +112,30 @@ def test_ema_tracks_the_weights_and_is_what_selection_uses():
     assert trainer.state()["ema"] is not None
 
 
+def test_cnn_trains_channels_last_and_comes_back_in_the_default_layout():
+    cfg = load_config(["model.img_size=32", "training.epochs=1", "training.batch_size=8"])  # the default CNN
+    x, y = _batch(16)
+    ids = [str(i) for i in range(16)]
+
+    def kernels(module):  # 1x1 kernels are alike in both layouts
+        return [p for p in module.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+
+    model = create_model(cfg.model)
+    mean, std = normalization(model)
+    trainer = Trainer(model, cfg.training, 32, mean, std, 2, np.ones(2), torch.device("cpu"))
+    assert kernels(model) and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels(model))
+    assert not any(p.is_contiguous() for p in kernels(model))
+    trainer.step(x, y, float(len(y)))  # a step runs in that layout
+
+    model = create_model(cfg.model)
+    train_classifier(model, x.numpy(), y.numpy(), ids, x.numpy(), y.numpy(), mean, std, cfg.training)
+    assert all(p.is_contiguous() for p in kernels(model))  # the layout a bundle loads its weights in
+    reloaded = create_model(cfg.model)
+    reloaded.load_state_dict(model.state_dict())
+    logits = predict_logits(model, x.numpy(), mean, std)
+    np.testing.assert_array_equal(logits, predict_logits(reloaded, x.numpy(), mean, std))
+
+
 def test_nonfinite_loss_names_step_batch_and_last_good_state(tmp_path):
     cfg = load_config(TINY + ["training.epochs=2"])
     model = create_model(cfg.model)

@@ -115,7 +115,10 @@ class Trainer:
         self.cfg, self.device = cfg, device
         self.rank = dist_utils.rank()
         self.amp = autocast_dtype(cfg.precision)
-        self.model = model.to(device)  # the plain module: state dicts, EMA and evaluation use it
+        # The plain module: state dicts, EMA and evaluation use it. Channels-last trains a CNN ~17 % faster on
+        # CPU (test_resnet at 64 px, 2 cores; benchmarks/train_throughput.py --channels_last on GPU);
+        # train_classifier hands the model back in the default layout.
+        self.model = model.to(device).to(memory_format=torch.channels_last)
         total = steps_per_epoch * cfg.epochs
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
         frozen = cfg.freeze_backbone_epochs * steps_per_epoch
@@ -162,7 +165,7 @@ class Trainer:
         target = target.to(self.device, non_blocking=True)
         with torch.no_grad():
             x = self.augment(x.permute(0, 3, 1, 2).float().div_(255.0))
-            x = (x - self.mean) / self.std
+            x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         with self.optimization.autocast():
             logits = self.optimization.net(x)
         # PyTorch's class-weighted, label-smoothed cross entropy, summed here and divided by the class weight
@@ -315,6 +318,7 @@ def train_classifier(
     )
     result = fit(recipe, plan, checkpoints, device)
     last_state = cpu_state(trainer.eval_model())
+    model.to(memory_format=torch.contiguous_format)  # the layout a bundle loads its weights in
     model.load_state_dict(result.best_state if result.best_state is not None else last_state)
     return TrainResult(
         best_epoch=result.best_epoch,
