@@ -116,8 +116,8 @@ class Trainer:
         self.rank = dist_utils.rank()
         self.amp = autocast_dtype(cfg.precision)
         # The plain module: state dicts, EMA and evaluation use it. Channels-last trains a CNN ~17 % faster on
-        # CPU (test_resnet at 64 px, 2 cores; benchmarks/train_throughput.py --channels_last on GPU);
-        # train_classifier hands the model back in the default layout.
+        # CPU (test_resnet at 64 px, 2 cores); on GPU it is unmeasured (benchmarks/train_throughput.py
+        # --channels_last measures it). train_classifier hands the model back in the default layout.
         self.model = model.to(device).to(memory_format=torch.channels_last)
         total = steps_per_epoch * cfg.epochs
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
